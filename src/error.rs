@@ -1,0 +1,160 @@
+//! The one error type of kvtier: a kind, a context trail and an optional source.
+//!
+//! Errors are matched by [`ErrorKind`], never by their text. Each boundary (gRPC, the C ABI)
+//! maps the kind once. A cache miss is not an error: stores return `Option`/`Lookup` values.
+
+use std::fmt;
+
+/// What went wrong, in a small set of kinds that callers can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The named thing does not exist (a directory, a segment, a registered layout).
+    NotFound,
+    /// A capacity bound was reached and nothing could be evicted to make room.
+    NoSpace,
+    /// Bytes failed their magic, version or checksum check.
+    Corrupt,
+    /// The caller passed a value that is out of range or inconsistent.
+    InvalidArgument,
+    /// A peer or resource is not reachable right now; retry later or treat as a miss.
+    Unavailable,
+    /// A deadline passed.
+    Timeout,
+    /// The operating system refused: permission, read-only file system, ...
+    PermissionDenied,
+    /// Any other I/O failure.
+    Io,
+}
+
+impl ErrorKind {
+    /// A stable lower-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
+/// kvtier's error: `kind` + a human message + `(key, value)` context + the underlying cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    context: Vec<(&'static str, String)>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a message that says what is wrong and, where it helps, what to do.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), context: Vec::new(), source: None }
+    }
+
+    /// Shorthand for [`ErrorKind::InvalidArgument`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Corrupt`].
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    /// Shorthand for [`ErrorKind::NoSpace`].
+    pub fn no_space(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NoSpace, message)
+    }
+
+    /// Wraps an I/O error, choosing the kind from the OS error (ENOSPC is `NoSpace`, EACCES/EROFS
+    /// are `PermissionDenied`, ENOENT is `NotFound`).
+    pub fn io(message: impl Into<String>, err: std::io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                ErrorKind::PermissionDenied
+            }
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => ErrorKind::NotFound,
+            _ => match err.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
+                _ => ErrorKind::Io,
+            },
+        };
+        Error { kind, message: message.into(), context: Vec::new(), source: Some(Box::new(err)) }
+    }
+
+    /// Adds a `(key, value)` pair that locates the failure (a path, a key, a field).
+    pub fn with_context(mut self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.context.push((key, value.to_string()));
+        self
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The kind, for matching.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message without context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The value of a context key, if present.
+    pub fn context(&self, key: &str) -> Option<&str> {
+        self.context.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for (k, v) in &self.context {
+            write!(f, " [{k}: {v}]")?;
+        }
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_kinds_and_keep_context() {
+        let e = Error::io("write segment", std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .with_context("path", "/data/seg-1");
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert_eq!(e.context("path"), Some("/data/seg-1"));
+        let text = e.to_string();
+        assert!(text.starts_with("write segment [path: /data/seg-1]: "), "{text}");
+        let ro = Error::io("open", std::io::Error::from_raw_os_error(libc::EROFS));
+        assert_eq!(ro.kind(), ErrorKind::PermissionDenied);
+        assert!(std::error::Error::source(&ro).is_some());
+    }
+}

@@ -1,0 +1,28 @@
+//! kvtier: a KV-cache offload tier for LLM inference servers.
+//!
+//! Module map (dependencies point down this list; no module reaches up):
+//!
+//! - [`error`]: the one error type (kind + context + source).
+//! - [`key`]: block keys, the portable, versioned names of KV blocks (`docs/key-spec.md`).
+//! - [`layout`]: engine KV layouts, and gathering one engine block into one object and back.
+//! - [`buf`]: page-aligned buffers for O_DIRECT I/O.
+//! - [`block`]: block objects: the 64-byte header, checksums, records.
+//! - [`metrics`]: counters and metric names.
+//! - [`tier`]: the storage engines: the host-memory arena ([`tier::host`]) and the NVMe
+//!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].
+//! - [`bench`]: the measurement programs behind `kvtier bench ...`.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod block;
+pub mod buf;
+pub mod error;
+pub mod key;
+pub mod layout;
+pub mod metrics;
+pub mod tier;
+
+pub use error::{Error, ErrorKind, Result};
+pub use key::{BlockKey, Namespace, NamespaceParams};
+pub use layout::{KvDtype, KvLayout, LayoutKind};

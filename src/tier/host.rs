@@ -1,0 +1,509 @@
+//! The host-memory tier: a fixed-capacity arena of equal slots in a `memfd_create` mapping (so
+//! the agent can hand the same memory to engine processes), an index, LRU eviction, and pins.
+//!
+//! A slot holds one record (`[header][payload][pad]`, see [`crate::block`]), so a slot can be
+//! written to disk or the wire as it is. Writers get an exclusive [`WriteSlot`] from a free slot;
+//! readers get a pinned [`ReadSlot`]; pinned slots are never evicted or reused.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use dashmap::DashMap;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::block::{record_len, BlockHeader, HEADER_LEN};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::metrics::{Counter, StoreStats};
+
+/// Configuration of a [`HostArena`].
+#[derive(Debug, Clone)]
+pub struct HostArenaConfig {
+    /// Bytes of host memory to reserve. Rounded down to whole slots; at least one slot.
+    /// Default: `1 GiB`.
+    pub capacity_bytes: u64,
+    /// Payload bytes of every object (the layout's object size). Default: `2 MiB`.
+    pub payload_len: usize,
+    /// Name of the memfd (visible in `/proc/PID/fd`). Default: `kvtier-arena`.
+    pub name: String,
+}
+
+impl Default for HostArenaConfig {
+    fn default() -> Self {
+        HostArenaConfig { capacity_bytes: 1 << 30, payload_len: 2 << 20, name: "kvtier-arena".into() }
+    }
+}
+
+/// Index of a slot in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotId(pub u32);
+
+/// Outcome of committing a written slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The object is now indexed.
+    Stored(SlotId),
+    /// The key was already present; the new slot was released (dedup).
+    AlreadyPresent,
+}
+
+/// The memfd-backed slot arena. Thread-safe.
+pub struct HostArena {
+    fd: OwnedFd,
+    base: *mut u8,
+    map_len: usize,
+    slot_len: usize,
+    payload_len: usize,
+    pins: Box<[AtomicU32]>,
+    index: DashMap<BlockKey, SlotId>,
+    lru: Mutex<LruCache<BlockKey, SlotId>>,
+    free: Mutex<Vec<SlotId>>,
+    hits: Counter,
+    misses: Counter,
+    puts: Counter,
+    evictions: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+// SAFETY: the mapping is owned by the arena; slots are handed out either exclusively (WriteSlot,
+// taken off the free list) or shared and pinned (ReadSlot), never both at once.
+unsafe impl Send for HostArena {}
+// SAFETY: as above; all shared state is behind atomics, DashMap or mutexes.
+unsafe impl Sync for HostArena {}
+
+impl HostArena {
+    /// Creates the memfd, sizes it and maps it.
+    pub fn new(cfg: &HostArenaConfig) -> Result<Self> {
+        if cfg.payload_len == 0 {
+            return Err(Error::invalid("host arena `payload_len` must be at least 1 byte"));
+        }
+        let slot_len = record_len(cfg.payload_len);
+        let nslots = cfg.capacity_bytes / slot_len as u64;
+        if nslots == 0 {
+            return Err(Error::invalid(format!(
+                "host arena `capacity_bytes` {} is smaller than one slot ({slot_len} bytes)",
+                cfg.capacity_bytes
+            )));
+        }
+        let nslots = u32::try_from(nslots).map_err(|_| {
+            Error::invalid(format!("host arena `capacity_bytes` gives {nslots} slots; at most 2^32-1"))
+        })?;
+        let map_len = nslots as usize * slot_len;
+        let name = std::ffi::CString::new(cfg.name.as_str())
+            .map_err(|_| Error::invalid("host arena `name` must not contain NUL"))?;
+        // SAFETY: plain syscalls on a fresh fd; results are checked.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io("memfd_create for the host arena", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a valid, owned descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: valid fd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), map_len as libc::off_t) } != 0 {
+            return Err(Error::io("sizing the host arena memfd", std::io::Error::last_os_error())
+                .with_context("bytes", map_len));
+        }
+        // SAFETY: mapping a file we own of exactly map_len bytes.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::io("mapping the host arena", std::io::Error::last_os_error())
+                .with_context("bytes", map_len));
+        }
+        Ok(HostArena {
+            fd,
+            base: base as *mut u8,
+            map_len,
+            slot_len,
+            payload_len: cfg.payload_len,
+            pins: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
+            index: DashMap::new(),
+            lru: Mutex::new(LruCache::unbounded()),
+            free: Mutex::new((0..nslots).rev().map(SlotId).collect()),
+            hits: Counter::default(),
+            misses: Counter::default(),
+            puts: Counter::default(),
+            evictions: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+        })
+    }
+
+    /// The memfd, to share the arena with another process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Bytes of one slot (a record: header + payload, page-aligned).
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
+    /// Payload bytes per object.
+    pub fn payload_len(&self) -> usize {
+        self.payload_len
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> u32 {
+        self.pins.len() as u32
+    }
+
+    /// Byte offset of a slot within the memfd (what another process maps).
+    pub fn slot_offset(&self, slot: SlotId) -> u64 {
+        slot.0 as u64 * self.slot_len as u64
+    }
+
+    /// Objects currently indexed.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// True when `key` is indexed (no pin, no LRU update, no hit/miss counted).
+    pub fn contains(&self, key: BlockKey) -> bool {
+        self.index.contains_key(&key)
+    }
+
+    fn slot_ptr(&self, slot: SlotId) -> *mut u8 {
+        debug_assert!((slot.0 as usize) < self.pins.len());
+        // SAFETY: slot < nslots, so the offset is within the mapping.
+        unsafe { self.base.add(slot.0 as usize * self.slot_len) }
+    }
+
+    /// Takes a free slot for writing, evicting the least recently used unpinned object if none
+    /// is free. Fails with `NoSpace` only when every slot is pinned or being written.
+    pub fn reserve(&self) -> Result<WriteSlot<'_>> {
+        let free = self.free.lock().pop();
+        let slot = match free {
+            Some(s) => s,
+            None => self.evict_one()?,
+        };
+        Ok(WriteSlot { arena: self, slot: Some(slot) })
+    }
+
+    fn evict_one(&self) -> Result<SlotId> {
+        let mut lru = self.lru.lock();
+        let mut victim = None;
+        for (key, slot) in lru.iter().rev() {
+            // Remove only if still unpinned, atomically with respect to readers, which pin
+            // while holding the index shard's read lock.
+            if self.pins[slot.0 as usize].load(Ordering::Acquire) == 0
+                && self.index.remove_if(key, |_, s| self.pins[s.0 as usize].load(Ordering::Acquire) == 0).is_some()
+            {
+                victim = Some((*key, *slot));
+                break;
+            }
+        }
+        match victim {
+            Some((key, slot)) => {
+                lru.pop(&key);
+                self.evictions.inc();
+                Ok(slot)
+            }
+            None => Err(Error::no_space(
+                "host arena is full and every slot is pinned by a reader or writer; retry, or raise `capacity_bytes`",
+            )
+            .with_context("slots", self.slots())),
+        }
+    }
+
+    /// Pins and returns the object stored under `key`, marking it recently used.
+    pub fn get(&self, key: BlockKey) -> Option<ReadSlot<'_>> {
+        let slot = {
+            let entry = self.index.get(&key)?;
+            let slot = *entry;
+            self.pins[slot.0 as usize].fetch_add(1, Ordering::AcqRel);
+            slot
+        };
+        self.lru.lock().promote(&key);
+        self.hits.inc();
+        self.bytes_out.add(self.payload_len as u64);
+        Some(ReadSlot { arena: self, slot })
+    }
+
+    /// Like [`get`](Self::get) but counts a miss when absent.
+    pub fn lookup(&self, key: BlockKey) -> Option<ReadSlot<'_>> {
+        let r = self.get(key);
+        if r.is_none() {
+            self.misses.inc();
+        }
+        r
+    }
+
+    /// Removes `key` unless a reader has it pinned. Returns whether it was removed.
+    pub fn remove(&self, key: BlockKey) -> bool {
+        let mut lru = self.lru.lock();
+        match self.index.remove_if(&key, |_, s| self.pins[s.0 as usize].load(Ordering::Acquire) == 0) {
+            Some((_, slot)) => {
+                lru.pop(&key);
+                self.free.lock().push(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> StoreStats {
+        let objects = self.index.len() as u64;
+        StoreStats {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            puts: self.puts.get(),
+            evictions: self.evictions.get(),
+            corrupt: Vec::new(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            objects,
+            used_bytes: objects * self.slot_len as u64,
+            capacity_bytes: self.map_len as u64,
+        }
+    }
+
+    /// Slots currently pinned by readers.
+    pub fn pinned(&self) -> usize {
+        self.pins.iter().filter(|p| p.load(Ordering::Relaxed) > 0).count()
+    }
+}
+
+impl Drop for HostArena {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; all slot borrows have ended (they borrow &self).
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
+    }
+}
+
+/// An exclusive, not yet indexed slot. Dropping it without [`commit`](Self::commit) frees it.
+pub struct WriteSlot<'a> {
+    arena: &'a HostArena,
+    slot: Option<SlotId>,
+}
+
+impl WriteSlot<'_> {
+    /// The slot's id.
+    pub fn id(&self) -> SlotId {
+        self.slot.expect("slot present until commit")
+    }
+
+    /// The payload area to fill.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let p = self.arena.slot_ptr(self.id());
+        // SAFETY: the slot is exclusively ours (taken off the free list, not indexed).
+        unsafe { std::slice::from_raw_parts_mut(p.add(HEADER_LEN), self.arena.payload_len) }
+    }
+
+    /// Seals the header (checksumming the payload) and indexes the object under `key`. If
+    /// `key` is already present the slot is released and `AlreadyPresent` returned.
+    pub fn commit(mut self, key: BlockKey, layout_digest: u64) -> Commit {
+        let slot = self.slot.take().expect("slot present until commit");
+        let arena = self.arena;
+        let p = arena.slot_ptr(slot);
+        // SAFETY: exclusive slot; header and payload are disjoint parts of it.
+        let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER_LEN), arena.payload_len) };
+        let h = BlockHeader::new(key, layout_digest, payload, 0);
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(h.as_bytes().as_ptr(), p, HEADER_LEN) };
+        let mut lru = arena.lru.lock();
+        match arena.index.entry(key) {
+            dashmap::Entry::Occupied(entry) => {
+                drop(entry);
+                drop(lru);
+                arena.free.lock().push(slot);
+                Commit::AlreadyPresent
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(slot);
+                lru.put(key, slot);
+                arena.puts.inc();
+                arena.bytes_in.add(arena.payload_len as u64);
+                Commit::Stored(slot)
+            }
+        }
+    }
+}
+
+impl Drop for WriteSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.arena.free.lock().push(slot);
+        }
+    }
+}
+
+/// A pinned, indexed slot; unpinned on drop.
+pub struct ReadSlot<'a> {
+    arena: &'a HostArena,
+    slot: SlotId,
+}
+
+impl ReadSlot<'_> {
+    /// The slot's id.
+    pub fn id(&self) -> SlotId {
+        self.slot
+    }
+
+    /// The whole record (header, payload, padding), e.g. to write it to disk unchanged.
+    pub fn record(&self) -> &[u8] {
+        // SAFETY: the slot is pinned: not evicted, not reused, only read while pinned.
+        unsafe { std::slice::from_raw_parts(self.arena.slot_ptr(self.slot), self.arena.slot_len) }
+    }
+
+    /// The header.
+    pub fn header(&self) -> BlockHeader {
+        bytemuck::pod_read_unaligned(&self.record()[..HEADER_LEN])
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.record()[HEADER_LEN..HEADER_LEN + self.arena.payload_len]
+    }
+}
+
+impl Drop for ReadSlot<'_> {
+    fn drop(&mut self) {
+        self.arena.pins[self.slot.0 as usize].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Puts a copy of `payload` under `key` (for callers that do not write in place).
+pub fn put_copy(arena: &HostArena, key: BlockKey, layout_digest: u64, payload: &[u8]) -> Result<Commit> {
+    if payload.len() != arena.payload_len {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("payload is {} bytes; this arena stores {}-byte objects", payload.len(), arena.payload_len),
+        ));
+    }
+    // Dedup before taking a slot: reserving could evict another object for nothing.
+    if arena.contains(key) {
+        return Ok(Commit::AlreadyPresent);
+    }
+    let mut w = arena.reserve()?;
+    w.payload_mut().copy_from_slice(payload);
+    Ok(w.commit(key, layout_digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn arena(slots: u64, payload: usize) -> HostArena {
+        HostArena::new(&HostArenaConfig {
+            capacity_bytes: slots * record_len(payload) as u64,
+            payload_len: payload,
+            name: "test".into(),
+        })
+        .unwrap()
+    }
+
+    fn k(i: u128) -> BlockKey {
+        BlockKey::from_u128(i)
+    }
+
+    #[test]
+    fn put_get_and_lru_eviction() {
+        let a = arena(3, 1000);
+        for i in 0..3u8 {
+            assert!(matches!(put_copy(&a, k(i as u128), 9, &[i; 1000]).unwrap(), Commit::Stored(_)));
+        }
+        assert_eq!(put_copy(&a, k(1), 9, &[1; 1000]).unwrap(), Commit::AlreadyPresent);
+        // Touch 0 so that 1 is the least recently used.
+        assert_eq!(a.get(k(0)).unwrap().payload(), &[0u8; 1000][..]);
+        put_copy(&a, k(3), 9, &[3; 1000]).unwrap();
+        assert!(!a.contains(k(1)));
+        assert!(a.contains(k(0)) && a.contains(k(2)) && a.contains(k(3)));
+        let r = a.get(k(3)).unwrap();
+        let h = BlockHeader::decode(r.record()).unwrap();
+        assert_eq!(h.key(), k(3));
+        assert!(h.verify_payload(r.payload()).is_ok());
+        assert_eq!(a.stats().evictions, 1);
+        assert!(a.lookup(k(1)).is_none());
+        assert_eq!(a.stats().misses, 1);
+    }
+
+    #[test]
+    fn pinned_slots_are_never_evicted() {
+        let a = arena(2, 100);
+        put_copy(&a, k(1), 0, &[1; 100]).unwrap();
+        put_copy(&a, k(2), 0, &[2; 100]).unwrap();
+        let p1 = a.get(k(1)).unwrap();
+        let p2 = a.get(k(2)).unwrap();
+        let e = a.reserve().err().expect("all pinned: no space");
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert!(!a.remove(k(1)), "a pinned object cannot be removed");
+        drop(p2);
+        put_copy(&a, k(3), 0, &[3; 100]).unwrap();
+        assert!(!a.contains(k(2)));
+        assert_eq!(p1.payload(), &[1u8; 100][..]);
+        drop(p1);
+        assert_eq!(a.pinned(), 0);
+    }
+
+    #[test]
+    fn abandoned_writes_free_their_slot() {
+        let a = arena(1, 100);
+        {
+            let mut w = a.reserve().unwrap();
+            w.payload_mut().fill(7);
+        }
+        put_copy(&a, k(1), 0, &[1; 100]).unwrap();
+        assert_eq!(a.stats().evictions, 0);
+        assert!(put_copy(&a, k(1), 0, &[1; 99]).is_err());
+    }
+
+    #[test]
+    fn memfd_is_shareable() {
+        let a = arena(2, 100);
+        put_copy(&a, k(5), 0, &[5; 100]).unwrap();
+        let slot = a.get(k(5)).unwrap().id();
+        // Read the same bytes through the fd, as another process would after SCM_RIGHTS.
+        let mut buf = vec![0u8; 100];
+        let n = unsafe {
+            libc::pread(a.fd().as_raw_fd(), buf.as_mut_ptr().cast(), 100, (a.slot_offset(slot) + HEADER_LEN as u64) as i64)
+        };
+        assert_eq!(n, 100);
+        assert_eq!(buf, vec![5u8; 100]);
+    }
+
+    #[test]
+    fn concurrent_readers_and_writers_see_whole_objects() {
+        let a = Arc::new(arena(16, 4096));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500u32 {
+                        let key = (i % 40) as u128;
+                        let fill = (key as u8).wrapping_mul(3);
+                        if (i + t) % 2 == 0 {
+                            let _ = put_copy(&a, k(key), 0, &[fill; 4096]);
+                        } else if let Some(r) = a.get(k(key)) {
+                            assert!(r.payload().iter().all(|&b| b == fill), "torn read of key {key}");
+                            assert_eq!(r.header().key(), k(key));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(a.pinned(), 0);
+        assert!(a.len() <= 16);
+    }
+}

@@ -1,0 +1,554 @@
+//! The NVMe segment store: a log-structured block store in a directory.
+//!
+//! Records (`[header][payload][pad]`, see [`crate::block`]) are appended with aligned O_DIRECT
+//! writes to preallocated segment files of a fixed size. An in-memory index maps keys to
+//! `(segment, offset)`. Capacity is a hard bound on the number of segment files; when a new
+//! segment is needed at the bound, the oldest segment is evicted whole, after re-appending
+//! the records read since they were written (second chance, bounded to half a segment). Every
+//! read verifies the record's checksum: a mismatch is a miss, counted by reason, and the entry
+//! is dropped. On open, the store recovers its index from the segment files (see `recover`).
+
+mod file;
+mod recover;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::block::{BlockHeader, BlockObject, VerifyError, HEADER_LEN};
+use crate::buf::{AlignedBuf, ALIGN};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::metrics::{CorruptionCounters, Counter, StoreStats};
+use crate::tier::io::{IoEngine, IoMode};
+
+use file::Segment;
+
+/// When a put is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// When the write has reached the device (O_DIRECT): survives a crash of the process.
+    #[default]
+    Written,
+    /// After `fdatasync`: also survives power loss on devices with a volatile cache.
+    Synced,
+}
+
+/// Configuration of a [`SegmentStore`].
+#[derive(Debug, Clone)]
+pub struct SegmentStoreConfig {
+    /// Directory of the segment files. Default: none (must be set).
+    pub dir: PathBuf,
+    /// Hard bound on the bytes of segment files. At least two segments. Default: `16 GiB`.
+    pub capacity_bytes: u64,
+    /// Size of each segment file; a multiple of 4 KiB, at least 64 KiB. Default: `64 MiB`.
+    pub segment_bytes: u64,
+    /// I/O engine. Default: `Auto` (io_uring, else psync).
+    pub io: IoMode,
+    /// Open files with O_DIRECT (bypassing the page cache) where the file system allows.
+    /// Default: `true`.
+    pub direct_io: bool,
+    /// When a put is acknowledged. Default: `Written`.
+    pub durability: Durability,
+    /// Create the directory if it is missing. Default: `false` (a missing directory is an
+    /// error, which catches a mistyped or unmounted path).
+    pub create_dir: bool,
+    /// Re-append objects read since they were written when their segment is evicted.
+    /// Default: `true`.
+    pub second_chance: bool,
+}
+
+impl SegmentStoreConfig {
+    /// Defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SegmentStoreConfig {
+            dir: dir.into(),
+            capacity_bytes: 16 << 30,
+            segment_bytes: 64 << 20,
+            io: IoMode::Auto,
+            direct_io: true,
+            durability: Durability::Written,
+            create_dir: false,
+            second_chance: true,
+        }
+    }
+
+    /// Checks the values and names the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes % ALIGN as u64 != 0 || self.segment_bytes < 16 * ALIGN as u64 {
+            return Err(Error::invalid(format!(
+                "segment store `segment_bytes` is {}; it must be a multiple of 4096 and at least 65536",
+                self.segment_bytes
+            )));
+        }
+        if self.capacity_bytes < 2 * self.segment_bytes {
+            return Err(Error::invalid(format!(
+                "segment store `capacity_bytes` is {}; it must hold at least two segments ({} bytes)",
+                self.capacity_bytes,
+                2 * self.segment_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn max_segments(&self) -> usize {
+        (self.capacity_bytes / self.segment_bytes) as usize
+    }
+}
+
+/// Where a record lives.
+#[derive(Debug)]
+struct Loc {
+    seg: u64,
+    off: u64,
+    len: u32,
+    /// Read since written: earns a second chance on eviction.
+    hot: AtomicBool,
+}
+
+struct Active {
+    seg: Arc<Segment>,
+    offset: u64,
+}
+
+/// Counters of a segment store.
+#[derive(Default)]
+struct Counters {
+    hits: Counter,
+    misses: Counter,
+    puts: Counter,
+    evictions: Counter,
+    segments_evicted: Counter,
+    second_chances: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    write_errors: Counter,
+    corrupt: CorruptionCounters,
+    torn_on_recovery: Counter,
+}
+
+/// The log-structured segment store. Thread-safe: many readers and writers at once.
+pub struct SegmentStore {
+    cfg: SegmentStoreConfig,
+    io: Arc<dyn IoEngine>,
+    direct: bool,
+    index: DashMap<BlockKey, Loc>,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    active: Mutex<Active>,
+    next_id: AtomicU64,
+    counters: Counters,
+}
+
+/// What [`SegmentStore::open`] found on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Segment files found.
+    pub segments: usize,
+    /// Segments that were not sealed (written at the time of a crash) and were verified fully.
+    pub unsealed: usize,
+    /// Records indexed.
+    pub records: usize,
+    /// Torn or corrupt records discarded.
+    pub discarded: usize,
+    /// Files removed because their segment header was invalid (a crash while creating them).
+    pub removed_files: usize,
+}
+
+impl SegmentStore {
+    /// Opens (recovering) or creates a store in `cfg.dir`.
+    pub fn open(cfg: SegmentStoreConfig) -> Result<Self> {
+        Self::open_with_io(cfg.clone(), cfg.io.build()?).map(|(s, _)| s)
+    }
+
+    /// Like [`open`](Self::open) with an explicit I/O engine, returning what recovery found.
+    pub fn open_with_io(cfg: SegmentStoreConfig, io: Arc<dyn IoEngine>) -> Result<(Self, RecoveryReport)> {
+        cfg.validate()?;
+        recover::check_dir(&cfg)?;
+        let (found, report, corrupt) = recover::scan(&cfg, io.as_ref())?;
+        let next = found.keys().next_back().map_or(1, |id| id + 1);
+        let (seg, direct) = Segment::create(io.as_ref(), &cfg.dir, next, cfg.segment_bytes, cfg.direct_io)?;
+        if cfg.direct_io && !direct {
+            tracing::warn!(dir = %cfg.dir.display(), "file system refuses O_DIRECT; using buffered I/O");
+        }
+        let mut segments = BTreeMap::new();
+        let index = DashMap::new();
+        for (id, (segment, records)) in found {
+            segments.insert(id, segment.clone());
+            for r in records {
+                segment.keys.lock().push((r.key, r.off));
+                segment.live_bytes.fetch_add(r.len as u64, Ordering::Relaxed);
+                // Ids ascend, so a key in a newer segment replaces the older entry.
+                if let Some(old) = index.insert(r.key, Loc { seg: id, off: r.off, len: r.len, hot: AtomicBool::new(false) }) {
+                    if let Some(s) = segments.get(&old.seg) {
+                        let s: &Arc<Segment> = s;
+                        s.live_bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        segments.insert(next, seg.clone());
+        let store = SegmentStore {
+            io,
+            direct,
+            index,
+            segments: RwLock::new(segments),
+            active: Mutex::new(Active { seg, offset: ALIGN as u64 }),
+            next_id: AtomicU64::new(next + 1),
+            counters: Counters::default(),
+            cfg,
+        };
+        store.counters.torn_on_recovery.add(report.discarded as u64);
+        for (reason, n) in corrupt {
+            for _ in 0..n {
+                store.counters.corrupt.record(reason);
+            }
+        }
+        // A smaller capacity than last time: evict the oldest until within the bound.
+        while store.segments.read().len() > store.cfg.max_segments() {
+            match store.pick_victim(Some(next)) {
+                Some(v) => store.drop_segment(v, false),
+                None => break,
+            }
+        }
+        tracing::info!(dir = %store.cfg.dir.display(), ?report, "segment store open");
+        Ok((store, report))
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SegmentStoreConfig {
+        &self.cfg
+    }
+
+    /// Name of the I/O engine in use, and whether files are opened with O_DIRECT.
+    pub fn io_mode(&self) -> (&'static str, bool) {
+        (self.io.name(), self.direct)
+    }
+
+    /// Objects indexed.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// True when `key` is indexed (not verified; no counters).
+    pub fn contains(&self, key: BlockKey) -> bool {
+        self.index.contains_key(&key)
+    }
+
+    /// Stores a sealed object. Returns when the write has completed per `durability`.
+    /// An existing object of the same key is replaced (the old record becomes dead space).
+    pub fn put(&self, obj: &BlockObject) -> Result<()> {
+        self.put_record(obj.record(), obj.header().key(), true)
+    }
+
+    fn put_record(&self, record: &[u8], key: BlockKey, allow_second_chance: bool) -> Result<()> {
+        let len = record.len() as u64;
+        if len > self.cfg.segment_bytes - ALIGN as u64 || len % ALIGN as u64 != 0 {
+            return Err(Error::invalid(format!(
+                "record of {len} bytes does not fit a {}-byte segment (or is not page-aligned); raise `segment_bytes`",
+                self.cfg.segment_bytes
+            )));
+        }
+        let (seg, off, victim) = self.reserve(len)?;
+        let mut res = self.io.write_at(&seg.file, record, off);
+        if res.is_ok() && self.cfg.durability == Durability::Synced {
+            res = self.io.sync(&seg.file);
+        }
+        if res.is_err() {
+            // Best effort: make sure recovery never takes a half-written record for a good one.
+            let _ = self.io.write_at(&seg.file, &AlignedBuf::zeroed(ALIGN), off);
+        } else {
+            seg.keys.lock().push((key, off));
+            seg.live_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        self.finish_write(&seg);
+        if let Err(e) = res {
+            self.counters.write_errors.inc();
+            return Err(Error::io("writing a record", e).with_context("segment", seg.path.display()));
+        }
+        let loc = Loc { seg: seg.id, off, len: len as u32, hot: AtomicBool::new(false) };
+        if let Some(old) = self.index.insert(key, loc) {
+            if let Some(s) = self.segments.read().get(&old.seg) {
+                s.live_bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
+            }
+        }
+        self.counters.puts.inc();
+        self.counters.bytes_in.add(len);
+        if let Some(v) = victim {
+            self.drop_segment(v, allow_second_chance && self.cfg.second_chance);
+        }
+        Ok(())
+    }
+
+    /// Reserves `len` bytes in the active segment, rolling to a new one when it is full.
+    fn reserve(&self, len: u64) -> Result<(Arc<Segment>, u64, Option<Arc<Segment>>)> {
+        let mut active = self.active.lock();
+        let mut victim = None;
+        if active.offset + len > active.seg.size {
+            let old = active.seg.clone();
+            self.close_segment(&old, active.offset);
+            if self.segments.read().len() >= self.cfg.max_segments() {
+                victim = Some(self.pick_victim(None).ok_or_else(|| {
+                    Error::no_space("segment store is full and every segment still has writes in flight; retry")
+                        .with_context("dir", self.cfg.dir.display())
+                })?);
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (seg, _) = match Segment::create(self.io.as_ref(), &self.cfg.dir, id, self.cfg.segment_bytes, self.cfg.direct_io) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Keep the old segment active (it is closed, so every put fails fast with
+                    // this error until space appears); the victim's space is released anyway.
+                    drop(active);
+                    if let Some(v) = victim {
+                        self.drop_segment(v, false);
+                    }
+                    return Err(e);
+                }
+            };
+            self.segments.write().insert(id, seg.clone());
+            *active = Active { seg, offset: ALIGN as u64 };
+        }
+        let off = active.offset;
+        active.offset += len;
+        let mut st = active.seg.state.lock();
+        st.inflight += 1;
+        st.end = active.offset;
+        drop(st);
+        Ok((active.seg.clone(), off, victim))
+    }
+
+    fn close_segment(&self, seg: &Arc<Segment>, end: u64) {
+        let mut st = seg.state.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        st.end = end;
+        if st.inflight == 0 {
+            self.seal(seg, &mut st);
+        }
+    }
+
+    fn finish_write(&self, seg: &Arc<Segment>) {
+        let mut st = seg.state.lock();
+        st.inflight -= 1;
+        if st.closed && st.inflight == 0 {
+            self.seal(seg, &mut st);
+        }
+    }
+
+    fn seal(&self, seg: &Segment, st: &mut file::SegState) {
+        if st.sealed {
+            return;
+        }
+        let records = seg.keys.lock().len() as u64;
+        match seg.write_seal(self.io.as_ref(), st.end, records) {
+            Ok(()) => st.sealed = true,
+            // Unsealed segments are verified in full on recovery: slower, still correct.
+            Err(e) => tracing::warn!(segment = %seg.path.display(), error = %e, "could not seal segment"),
+        }
+    }
+
+    /// The oldest segment with no write in flight (never the active one), removed from the map
+    /// and unlinked. Readers holding it keep reading the unlinked file.
+    fn pick_victim(&self, exclude: Option<u64>) -> Option<Arc<Segment>> {
+        let mut segs = self.segments.write();
+        let id = segs.iter().find_map(|(id, s)| {
+            let st = s.state.lock();
+            (Some(*id) != exclude && st.closed && st.inflight == 0).then_some(*id)
+        })?;
+        let seg = segs.remove(&id)?;
+        drop(segs);
+        if let Err(e) = std::fs::remove_file(&seg.path) {
+            tracing::warn!(segment = %seg.path.display(), error = %e, "could not remove evicted segment");
+        }
+        self.counters.segments_evicted.inc();
+        Some(seg)
+    }
+
+    /// Drops a victim's index entries; first re-appends the hot ones when `second_chance`.
+    fn drop_segment(&self, victim: Arc<Segment>, second_chance: bool) {
+        let keys = std::mem::take(&mut *victim.keys.lock());
+        let mut budget = if second_chance { self.cfg.segment_bytes / 2 } else { 0 };
+        let mut buf = AlignedBuf::zeroed(0);
+        for (key, off) in keys {
+            let (len, hot) = match self.index.get(&key) {
+                Some(l) if l.seg == victim.id && l.off == off => (l.len as usize, l.hot.load(Ordering::Relaxed)),
+                _ => continue,
+            };
+            if hot && len as u64 <= budget {
+                budget -= len as u64;
+                if buf.len() < len {
+                    buf = AlignedBuf::zeroed(len);
+                }
+                let kept = self.io.read_at(&victim.file, &mut buf[..len], off).is_ok()
+                    && self.verify(&buf[..len], key).is_ok()
+                    && self.put_record(&buf[..len], key, false).is_ok();
+                if kept {
+                    self.counters.second_chances.inc();
+                    continue;
+                }
+            }
+            if self.index.remove_if(&key, |_, l| l.seg == victim.id && l.off == off).is_some() {
+                self.counters.evictions.inc();
+            }
+        }
+    }
+
+    fn verify(&self, record: &[u8], key: BlockKey) -> Result<BlockHeader, VerifyError> {
+        let h = BlockHeader::decode(record)?;
+        let end = HEADER_LEN + h.payload_len() as usize;
+        let payload = record.get(HEADER_LEN..end).ok_or(VerifyError::Length)?;
+        h.verify_payload(payload)?;
+        if h.key() != key {
+            return Err(VerifyError::WrongKey);
+        }
+        Ok(h)
+    }
+
+    /// Reads and verifies the object under `key` into `buf` (grown if needed). Returns its
+    /// header, or `None` on a miss, including a record that failed verification (counted by
+    /// reason and dropped from the index). The payload is `buf[HEADER_LEN..][..payload_len]`.
+    pub fn get_into(&self, key: BlockKey, buf: &mut AlignedBuf) -> Result<Option<BlockHeader>> {
+        let Some((seg_id, off, len)) = self.index.get(&key).map(|l| {
+            l.hot.store(true, Ordering::Relaxed);
+            (l.seg, l.off, l.len as usize)
+        }) else {
+            self.counters.misses.inc();
+            return Ok(None);
+        };
+        let Some(seg) = self.segments.read().get(&seg_id).cloned() else {
+            // Evicted between the index lookup and now.
+            self.counters.misses.inc();
+            return Ok(None);
+        };
+        if buf.len() < len {
+            *buf = AlignedBuf::zeroed(len);
+        }
+        if let Err(e) = self.io.read_at(&seg.file, &mut buf[..len], off) {
+            self.counters.misses.inc();
+            return Err(Error::io("reading a record", e).with_context("segment", seg.path.display()));
+        }
+        match self.verify(&buf[..len], key) {
+            Ok(h) => {
+                self.counters.hits.inc();
+                self.counters.bytes_out.add(h.payload_len());
+                Ok(Some(h))
+            }
+            Err(reason) => {
+                self.counters.corrupt.record(reason);
+                self.counters.misses.inc();
+                self.index.remove_if(&key, |_, l| l.seg == seg_id && l.off == off);
+                tracing::warn!(%key, segment = %seg.path.display(), offset = off, reason = reason.as_str(), "dropping corrupt record");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads and verifies the object under `key` into a new buffer; `None` on a miss.
+    pub fn get(&self, key: BlockKey) -> Result<Option<BlockObject>> {
+        let mut buf = AlignedBuf::zeroed(0);
+        Ok(match self.get_into(key, &mut buf)? {
+            Some(_) => Some(BlockObject::from_record(buf, Some(key), None).map_err(Error::from)?),
+            None => None,
+        })
+    }
+
+    /// Removes `key` from the index (its space is reclaimed when its segment is evicted).
+    pub fn remove(&self, key: BlockKey) -> bool {
+        match self.index.remove(&key) {
+            Some((_, l)) => {
+                if let Some(s) = self.segments.read().get(&l.seg) {
+                    s.live_bytes.fetch_sub(l.len as u64, Ordering::Relaxed);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes every acknowledged write durable against power loss (fdatasync of every open
+    /// segment written since it was opened).
+    pub fn flush(&self) -> Result<()> {
+        let seg = self.active.lock().seg.clone();
+        self.io.sync(&seg.file).map_err(|e| Error::io("syncing the active segment", e))
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        let segs = self.segments.read();
+        StoreStats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            puts: c.puts.get(),
+            evictions: c.evictions.get(),
+            corrupt: c.corrupt.snapshot(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+            objects: self.index.len() as u64,
+            used_bytes: segs.values().map(|s| s.size).sum(),
+            capacity_bytes: self.cfg.capacity_bytes,
+        }
+    }
+
+    /// Store-specific counters beyond [`StoreStats`].
+    pub fn detail(&self) -> SegmentStats {
+        let c = &self.counters;
+        let segs = self.segments.read();
+        SegmentStats {
+            segments: segs.len() as u64,
+            segments_evicted: c.segments_evicted.get(),
+            second_chances: c.second_chances.get(),
+            write_errors: c.write_errors.get(),
+            torn_on_recovery: c.torn_on_recovery.get(),
+            live_bytes: segs.values().map(|s| s.live_bytes.load(Ordering::Relaxed)).sum(),
+        }
+    }
+
+    /// Failures of `reason` counted so far.
+    pub fn corrupt_count(&self, reason: VerifyError) -> u64 {
+        self.counters.corrupt.get(reason)
+    }
+}
+
+/// Segment-store counters beyond [`StoreStats`].
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Segment files in use.
+    pub segments: u64,
+    /// Segments evicted whole.
+    pub segments_evicted: u64,
+    /// Objects re-appended on eviction because they were read since written.
+    pub second_chances: u64,
+    /// Puts that failed with an I/O error (e.g. disk full).
+    pub write_errors: u64,
+    /// Torn or corrupt records discarded when the store was opened.
+    pub torn_on_recovery: u64,
+    /// Bytes of records the index points to.
+    pub live_bytes: u64,
+}
+
+impl std::fmt::Debug for SegmentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentStore").field("dir", &self.cfg.dir).field("objects", &self.len()).finish()
+    }
+}
+
+/// True when an error means the store cannot take writes right now (full disk or capacity).
+pub fn is_no_space(e: &Error) -> bool {
+    e.kind() == ErrorKind::NoSpace
+}
+
+#[cfg(test)]
+mod tests;
