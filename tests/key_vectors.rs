@@ -2,7 +2,7 @@
 //! them, they show the properties the spec promises, and the independent Python
 //! implementation (`docs/keyspec_check.py`, written from the spec alone) agrees.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kvtier::{BlockKey, KvDtype, Namespace, NamespaceParams};
 use serde_json::Value;
@@ -127,7 +127,10 @@ fn vectors_show_the_promised_properties() {
 
 #[test]
 fn independent_python_implementation_agrees() {
-    let python = std::env::var("KVTIER_PYTHON").unwrap_or_else(|_| "python3".into());
+    // The interpreter: $KVTIER_PYTHON, else the venv that `.ci/run` builds, else python3.
+    let venv = "/var/cache/kvtier/pytest-venv/bin/python";
+    let python = std::env::var("KVTIER_PYTHON")
+        .unwrap_or_else(|_| if Path::new(venv).exists() { venv.into() } else { "python3".into() });
     let out = std::process::Command::new(&python)
         .arg(root().join("docs/keyspec_check.py"))
         .arg("check")
