@@ -104,7 +104,13 @@ impl From<VerifyError> for Error {
 impl BlockHeader {
     /// A header for `payload`, with its checksum computed.
     pub fn new(key: BlockKey, layout_digest: u64, payload: &[u8], seq: u64) -> Self {
-        Self::with_checksum(key, layout_digest, payload.len() as u64, xxh3_64(payload), seq)
+        Self::with_checksum(
+            key,
+            layout_digest,
+            payload.len() as u64,
+            xxh3_64(payload),
+            seq,
+        )
     }
 
     /// A header from a precomputed payload checksum.
@@ -139,7 +145,9 @@ impl BlockHeader {
     /// Parses and checks a header (magic, version, header checksum, length bound). Does not
     /// look at the payload.
     pub fn decode(bytes: &[u8]) -> Result<Self, VerifyError> {
-        let Some(raw) = bytes.get(..HEADER_LEN) else { return Err(VerifyError::Length) };
+        let Some(raw) = bytes.get(..HEADER_LEN) else {
+            return Err(VerifyError::Length);
+        };
         let h: BlockHeader = bytemuck::pod_read_unaligned(raw);
         if u32::from_le(h.magic) != BLOCK_MAGIC {
             return Err(VerifyError::BadMagic);
@@ -163,7 +171,9 @@ impl BlockHeader {
 
     /// The block key.
     pub fn key(&self) -> BlockKey {
-        BlockKey::from_u128(((u64::from_le(self.key_hi) as u128) << 64) | u64::from_le(self.key_lo) as u128)
+        BlockKey::from_u128(
+            ((u64::from_le(self.key_hi) as u128) << 64) | u64::from_le(self.key_lo) as u128,
+        )
     }
 
     /// The layout digest.
@@ -207,7 +217,10 @@ impl std::fmt::Debug for BlockHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockHeader")
             .field("key", &self.key())
-            .field("layout_digest", &format_args!("{:016x}", self.layout_digest()))
+            .field(
+                "layout_digest",
+                &format_args!("{:016x}", self.layout_digest()),
+            )
             .field("payload_len", &self.payload_len())
             .field("seq", &self.seq())
             .finish()
@@ -236,7 +249,10 @@ impl BlockObject {
                 "block payload of {payload_len} bytes exceeds the {MAX_PAYLOAD_LEN}-byte limit"
             )));
         }
-        Ok(BlockObject { buf: AlignedBuf::zeroed(record_len(payload_len)), payload_len })
+        Ok(BlockObject {
+            buf: AlignedBuf::zeroed(record_len(payload_len)),
+            payload_len,
+        })
     }
 
     /// An object holding a copy of `payload`, sealed with `key`.
@@ -278,7 +294,13 @@ impl BlockObject {
     /// Rewrites only the sequence number (the payload checksum is kept).
     pub fn set_seq(&mut self, seq: u64) {
         let h = self.header();
-        let h = BlockHeader::with_checksum(h.key(), h.layout_digest(), h.payload_len(), h.payload_checksum(), seq);
+        let h = BlockHeader::with_checksum(
+            h.key(),
+            h.layout_digest(),
+            h.payload_len(),
+            h.payload_checksum(),
+            seq,
+        );
         self.buf[..HEADER_LEN].copy_from_slice(h.as_bytes());
     }
 
@@ -323,13 +345,22 @@ mod tests {
 
         let mut r = clone(&obj);
         r[HEADER_LEN + 9_999] ^= 1;
-        assert_eq!(BlockObject::from_record(r, None, None).unwrap_err(), VerifyError::PayloadChecksum);
+        assert_eq!(
+            BlockObject::from_record(r, None, None).unwrap_err(),
+            VerifyError::PayloadChecksum
+        );
         let mut r = clone(&obj);
         r[20] ^= 0x80; // inside the key
-        assert_eq!(BlockObject::from_record(r, None, None).unwrap_err(), VerifyError::HeaderChecksum);
+        assert_eq!(
+            BlockObject::from_record(r, None, None).unwrap_err(),
+            VerifyError::HeaderChecksum
+        );
         let mut r = clone(&obj);
         r[0] = b'X';
-        assert_eq!(BlockObject::from_record(r, None, None).unwrap_err(), VerifyError::BadMagic);
+        assert_eq!(
+            BlockObject::from_record(r, None, None).unwrap_err(),
+            VerifyError::BadMagic
+        );
         assert_eq!(
             BlockObject::from_record(AlignedBuf::zeroed(4096), None, None).unwrap_err(),
             VerifyError::BadMagic
@@ -338,10 +369,16 @@ mod tests {
             BlockObject::from_record(clone(&obj), Some(BlockKey::from_u128(43)), None).unwrap_err(),
             VerifyError::WrongKey
         );
-        assert_eq!(BlockObject::from_record(clone(&obj), None, Some(8)).unwrap_err(), VerifyError::WrongLayout);
+        assert_eq!(
+            BlockObject::from_record(clone(&obj), None, Some(8)).unwrap_err(),
+            VerifyError::WrongLayout
+        );
         let mut short = AlignedBuf::zeroed(4096);
         short.copy_from_slice(&obj.record()[..4096]);
-        assert_eq!(BlockObject::from_record(short, None, None).unwrap_err(), VerifyError::Length);
+        assert_eq!(
+            BlockObject::from_record(short, None, None).unwrap_err(),
+            VerifyError::Length
+        );
     }
 
     fn clone(o: &BlockObject) -> AlignedBuf {

@@ -57,7 +57,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message that says what is wrong and, where it helps, what to do.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), context: Vec::new(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            context: Vec::new(),
+            source: None,
+        }
     }
 
     /// Shorthand for [`ErrorKind::InvalidArgument`].
@@ -91,7 +96,12 @@ impl Error {
                 _ => ErrorKind::Io,
             },
         };
-        Error { kind, message: message.into(), context: Vec::new(), source: Some(Box::new(err)) }
+        Error {
+            kind,
+            message: message.into(),
+            context: Vec::new(),
+            source: Some(Box::new(err)),
+        }
     }
 
     /// Adds a `(key, value)` pair that locates the failure (a path, a key, a field).
@@ -118,7 +128,10 @@ impl Error {
 
     /// The value of a context key, if present.
     pub fn context(&self, key: &str) -> Option<&str> {
-        self.context.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+        self.context
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -137,7 +150,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -147,12 +162,18 @@ mod tests {
 
     #[test]
     fn io_errors_map_to_kinds_and_keep_context() {
-        let e = Error::io("write segment", std::io::Error::from_raw_os_error(libc::ENOSPC))
-            .with_context("path", "/data/seg-1");
+        let e = Error::io(
+            "write segment",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )
+        .with_context("path", "/data/seg-1");
         assert_eq!(e.kind(), ErrorKind::NoSpace);
         assert_eq!(e.context("path"), Some("/data/seg-1"));
         let text = e.to_string();
-        assert!(text.starts_with("write segment [path: /data/seg-1]: "), "{text}");
+        assert!(
+            text.starts_with("write segment [path: /data/seg-1]: "),
+            "{text}"
+        );
         let ro = Error::io("open", std::io::Error::from_raw_os_error(libc::EROFS));
         assert_eq!(ro.kind(), ErrorKind::PermissionDenied);
         assert!(std::error::Error::source(&ro).is_some());

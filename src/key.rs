@@ -47,7 +47,9 @@ impl BlockKey {
     /// Parses 32 hexadecimal digits (the `Display` form).
     pub fn from_hex(s: &str) -> Result<Self> {
         if s.len() != 32 {
-            return Err(Error::invalid("a block key is 32 hexadecimal digits").with_context("got", s));
+            return Err(
+                Error::invalid("a block key is 32 hexadecimal digits").with_context("got", s)
+            );
         }
         u128::from_str_radix(s, 16)
             .map(BlockKey)
@@ -111,17 +113,23 @@ impl NamespaceParams {
             }
         }
         if self.layout_id.is_empty() {
-            return Err(Error::invalid("namespace field `layout_id` must not be empty"));
+            return Err(Error::invalid(
+                "namespace field `layout_id` must not be empty",
+            ));
         }
         if self.tokens_per_block == 0 {
-            return Err(Error::invalid("namespace field `tokens_per_block` must be at least 1"));
+            return Err(Error::invalid(
+                "namespace field `tokens_per_block` must be at least 1",
+            ));
         }
         for (name, rank, size) in [
             ("tp", self.tp_rank, self.tp_size),
             ("pp", self.pp_rank, self.pp_size),
         ] {
             if size == 0 {
-                return Err(Error::invalid(format!("namespace field `{name}_size` must be at least 1")));
+                return Err(Error::invalid(format!(
+                    "namespace field `{name}_size` must be at least 1"
+                )));
             }
             if rank >= size {
                 return Err(Error::invalid(format!(
@@ -145,7 +153,13 @@ impl NamespaceParams {
         put_bytes(&mut out, self.revision.as_bytes());
         put_bytes(&mut out, self.kv_dtype.name().as_bytes());
         put_bytes(&mut out, self.layout_id.as_bytes());
-        for v in [self.tokens_per_block, self.tp_size, self.tp_rank, self.pp_size, self.pp_rank] {
+        for v in [
+            self.tokens_per_block,
+            self.tp_size,
+            self.tp_rank,
+            self.pp_size,
+            self.pp_rank,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         put_bytes(&mut out, &self.salt);
@@ -281,7 +295,10 @@ mod tests {
         assert!(ns.block_keys(&[]).is_empty());
         assert!(ns.block_keys(&[1, 2, 3]).is_empty());
         assert_eq!(ns.block_keys(&[1, 2, 3, 4, 5]).len(), 1);
-        assert_eq!(ns.block_keys(&[1, 2, 3, 4, 5])[0], ns.block_keys(&[1, 2, 3, 4])[0]);
+        assert_eq!(
+            ns.block_keys(&[1, 2, 3, 4, 5])[0],
+            ns.block_keys(&[1, 2, 3, 4])[0]
+        );
     }
 
     #[test]
@@ -293,10 +310,16 @@ mod tests {
         assert!(e.to_string().contains("tp_rank"), "{e}");
         let mut p = params();
         p.tokens_per_block = 0;
-        assert!(Namespace::new(&p).unwrap_err().to_string().contains("tokens_per_block"));
+        assert!(Namespace::new(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("tokens_per_block"));
         let mut p = params();
         p.model.clear();
-        assert!(Namespace::new(&p).unwrap_err().to_string().contains("`model`"));
+        assert!(Namespace::new(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("`model`"));
     }
 
     #[test]
@@ -304,7 +327,9 @@ mod tests {
         let ns = Namespace::new(&params()).unwrap();
         let e: &[&[u8]] = &[b"lora"];
         assert!(ns.block_keys_with_extras(&[1, 2, 3, 4, 5], &[e, e]).is_ok());
-        assert!(ns.block_keys_with_extras(&[1, 2, 3, 4, 5], &[e, e, e]).is_err());
+        assert!(ns
+            .block_keys_with_extras(&[1, 2, 3, 4, 5], &[e, e, e])
+            .is_err());
     }
 
     #[test]

@@ -162,13 +162,19 @@ impl KvLayout {
             ("head_size", head_size),
         ] {
             if v == 0 {
-                return Err(Error::invalid(format!("layout field `{name}` must be at least 1")));
+                return Err(Error::invalid(format!(
+                    "layout field `{name}` must be at least 1"
+                )));
             }
         }
         let seg = segment_len(kind, block_size, num_kv_heads, head_size, dtype)?;
         let n = num_blocks as u64;
         let block_stride = seg;
-        let kv_stride = if kind.segments() == 2 { mul(n, seg)? } else { 0 };
+        let kv_stride = if kind.segments() == 2 {
+            mul(n, seg)?
+        } else {
+            0
+        };
         let layer_bytes = mul(mul(n, seg)?, kind.segments())?;
         let layout = KvLayout {
             kind,
@@ -190,9 +196,18 @@ impl KvLayout {
     /// `kv_stride` between a block's K and V (ignored for one-segment layouts), `layer_bytes` the
     /// size of each layer's tensor. Rejects strides that would make blocks overlap or run past
     /// the tensor.
-    pub fn with_strides(mut self, block_stride: u64, kv_stride: u64, layer_bytes: u64) -> Result<Self> {
+    pub fn with_strides(
+        mut self,
+        block_stride: u64,
+        kv_stride: u64,
+        layer_bytes: u64,
+    ) -> Result<Self> {
         self.block_stride = block_stride;
-        self.kv_stride = if self.kind.segments() == 2 { kv_stride } else { 0 };
+        self.kv_stride = if self.kind.segments() == 2 {
+            kv_stride
+        } else {
+            0
+        };
         self.layer_bytes = layer_bytes;
         self.validate()?;
         Ok(self)
@@ -207,11 +222,14 @@ impl KvLayout {
                 self.block_stride
             )));
         }
-        let span_one = mul(n - 1, self.block_stride)?.checked_add(seg).ok_or_else(overflow)?;
+        let span_one = mul(n - 1, self.block_stride)?
+            .checked_add(seg)
+            .ok_or_else(overflow)?;
         let needed = if self.kind.segments() == 2 {
             // K and V regions apart (FlashAttention), or interleaved within each block stride.
             let apart = self.kv_stride >= span_one;
-            let interleaved = self.kv_stride >= seg && self.kv_stride + seg <= self.block_stride.max(seg);
+            let interleaved =
+                self.kv_stride >= seg && self.kv_stride + seg <= self.block_stride.max(seg);
             if !apart && !interleaved {
                 return Err(Error::invalid(format!(
                     "layout `kv_stride` {} makes K and V segments overlap (segment {seg} bytes, block_stride {})",
@@ -270,8 +288,14 @@ impl KvLayout {
     /// Bytes of one segment of one block in one layer.
     pub fn segment_len(&self) -> u64 {
         // validated at construction: cannot overflow
-        segment_len(self.kind, self.block_size, self.num_kv_heads, self.head_size, self.dtype)
-            .unwrap_or(u64::MAX)
+        segment_len(
+            self.kind,
+            self.block_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.dtype,
+        )
+        .unwrap_or(u64::MAX)
     }
 
     /// Bytes of one layer's slice of a block object (K and V of `block_size` tokens).
@@ -307,6 +331,7 @@ impl KvLayout {
         }
         let seg = self.segment_len() as usize;
         let k = block as usize * self.block_stride as usize;
+        #[allow(clippy::single_range_in_vec_init)] // one segment: a list of one range
         Ok(match self.kind.segments() {
             2 => {
                 let v = k + self.kv_stride as usize;
@@ -324,7 +349,11 @@ impl KvLayout {
         let mut off = 0usize;
         for layer in 0..self.num_layers as usize {
             for r in &ranges {
-                plan.push(CopySpan { layer, engine: r.clone(), object: off..off + r.len() });
+                plan.push(CopySpan {
+                    layer,
+                    engine: r.clone(),
+                    object: off..off + r.len(),
+                });
                 off += r.len();
             }
         }
@@ -339,7 +368,12 @@ impl KvLayout {
         enc.extend_from_slice(b"kvtier-layout");
         enc.extend_from_slice(&(self.kind.id().len() as u32).to_le_bytes());
         enc.extend_from_slice(self.kind.id().as_bytes());
-        for v in [self.num_layers, self.block_size, self.num_kv_heads, self.head_size] {
+        for v in [
+            self.num_layers,
+            self.block_size,
+            self.num_kv_heads,
+            self.head_size,
+        ] {
             enc.extend_from_slice(&v.to_le_bytes());
         }
         enc.extend_from_slice(&(self.dtype.name().len() as u32).to_le_bytes());
@@ -405,7 +439,13 @@ fn mul(a: u64, b: u64) -> Result<u64> {
     a.checked_mul(b).ok_or_else(overflow)
 }
 
-fn segment_len(kind: LayoutKind, block_size: u32, heads: u32, head_size: u32, dtype: KvDtype) -> Result<u64> {
+fn segment_len(
+    kind: LayoutKind,
+    block_size: u32,
+    heads: u32,
+    head_size: u32,
+    dtype: KvDtype,
+) -> Result<u64> {
     let elems = mul(mul(block_size as u64, heads as u64)?, head_size as u64)?;
     let kv = match kind {
         LayoutKind::VllmFlash => 1,
@@ -428,8 +468,17 @@ mod tests {
     }
 
     fn layouts() -> impl Strategy<Value = KvLayout> {
-        (kinds(), 1u32..4, 1u32..6, 1u32..5, 1u32..3, 1u32..5, 0u64..3, prop::bool::ANY).prop_map(
-            |(kind, l, n, b, h, d, pad, interleave)| {
+        (
+            kinds(),
+            1u32..4,
+            1u32..6,
+            1u32..5,
+            1u32..3,
+            1u32..5,
+            0u64..3,
+            prop::bool::ANY,
+        )
+            .prop_map(|(kind, l, n, b, h, d, pad, interleave)| {
                 let base = KvLayout::new(kind, l, n, b, h, d, KvDtype::Bf16).unwrap();
                 let seg = base.segment_len();
                 if pad == 0 {
@@ -442,10 +491,13 @@ mod tests {
                 } else {
                     (seg + pad, (n as u64) * (seg + pad) + pad)
                 };
-                let need = if kind == LayoutKind::VllmFlash { kv + (n as u64 - 1) * bs + seg } else { (n as u64 - 1) * bs + seg };
+                let need = if kind == LayoutKind::VllmFlash {
+                    kv + (n as u64 - 1) * bs + seg
+                } else {
+                    (n as u64 - 1) * bs + seg
+                };
                 base.with_strides(bs, kv, need + pad).unwrap()
-            },
-        )
+            })
     }
 
     #[test]
@@ -457,7 +509,10 @@ mod tests {
         assert_eq!(cpu.block_ranges(3).unwrap(), vec![3 * 131072..4 * 131072]);
         let fa = KvLayout::new(LayoutKind::VllmFlash, 2, 10, 16, 8, 128, KvDtype::F16).unwrap();
         let seg = 16 * 8 * 128 * 2;
-        assert_eq!(fa.block_ranges(1).unwrap(), vec![seg..2 * seg, 11 * seg..12 * seg]);
+        assert_eq!(
+            fa.block_ranges(1).unwrap(),
+            vec![seg..2 * seg, 11 * seg..12 * seg]
+        );
         assert_eq!(fa.layer_bytes(), 20 * seg as u64);
         assert_eq!(fa.object_layer_range(1), 2 * seg..4 * seg);
         assert!(fa.block_ranges(10).is_err());

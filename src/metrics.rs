@@ -72,7 +72,10 @@ impl CorruptionCounters {
     }
     /// `(reason, count)` for every reason.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        VerifyError::ALL.iter().map(|r| (r.as_str(), self.get(*r))).collect()
+        VerifyError::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.get(*r)))
+            .collect()
     }
 }
 

@@ -21,7 +21,10 @@ struct Case {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn load() -> Vec<Case> {
@@ -50,13 +53,29 @@ fn load() -> Vec<Case> {
                 name: c["name"].as_str().unwrap().to_string(),
                 ns: Namespace::new(&params).unwrap(),
                 digest: c["namespace_digest"].as_str().unwrap().to_string(),
-                keys: c["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect(),
-                tokens: c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect(),
+                keys: c["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap().to_string())
+                    .collect(),
+                tokens: c["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap() as u32)
+                    .collect(),
                 extras: c["extras"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|b| b.as_array().unwrap().iter().map(|e| hex(e.as_str().unwrap())).collect())
+                    .map(|b| {
+                        b.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| hex(e.as_str().unwrap()))
+                            .collect()
+                    })
                     .collect(),
             }
         })
@@ -64,7 +83,11 @@ fn load() -> Vec<Case> {
 }
 
 fn keys_of(c: &Case) -> Vec<BlockKey> {
-    let items: Vec<Vec<&[u8]>> = c.extras.iter().map(|b| b.iter().map(|e| e.as_slice()).collect()).collect();
+    let items: Vec<Vec<&[u8]>> = c
+        .extras
+        .iter()
+        .map(|b| b.iter().map(|e| e.as_slice()).collect())
+        .collect();
     let extras: Vec<&[&[u8]]> = items.iter().map(|b| b.as_slice()).collect();
     c.ns.block_keys_with_extras(&c.tokens, &extras).unwrap()
 }
@@ -74,7 +97,12 @@ fn rust_reproduces_every_vector() {
     let cases = load();
     assert!(cases.len() >= 20, "the spec promises at least 20 vectors");
     for c in &cases {
-        assert_eq!(c.ns.digest().to_string(), c.digest, "namespace of `{}`", c.name);
+        assert_eq!(
+            c.ns.digest().to_string(),
+            c.digest,
+            "namespace of `{}`",
+            c.name
+        );
         let got: Vec<String> = keys_of(c).iter().map(|k| k.to_string()).collect();
         assert_eq!(got, c.keys, "keys of `{}`", c.name);
     }
@@ -83,7 +111,12 @@ fn rust_reproduces_every_vector() {
 #[test]
 fn vectors_show_the_promised_properties() {
     let cases = load();
-    let by = |n: &str| cases.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("vector `{n}` missing"));
+    let by = |n: &str| {
+        cases
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("vector `{n}` missing"))
+    };
     let base = by("base");
     assert_eq!(base.keys.len(), base.tokens.len() / 4);
     assert!(by("empty prompt").keys.is_empty());
@@ -104,10 +137,21 @@ fn vectors_show_the_promised_properties() {
         let c = by(n);
         assert_ne!(c.digest, base.digest, "{n}");
         assert_eq!(c.keys.len(), base.keys.len(), "{n}");
-        assert!(c.keys.iter().zip(&base.keys).all(|(a, b)| a != b), "{n} must change every key");
+        assert!(
+            c.keys.iter().zip(&base.keys).all(|(a, b)| a != b),
+            "{n} must change every key"
+        );
     }
-    assert!(by("salt tenant-a").keys.iter().zip(&by("salt tenant-b").keys).all(|(a, b)| a != b));
-    assert!(by("tp 2 rank 0").keys.iter().zip(&by("tp 2 rank 1").keys).all(|(a, b)| a != b));
+    assert!(by("salt tenant-a")
+        .keys
+        .iter()
+        .zip(&by("salt tenant-b").keys)
+        .all(|(a, b)| a != b));
+    assert!(by("tp 2 rank 0")
+        .keys
+        .iter()
+        .zip(&by("tp 2 rank 1").keys)
+        .all(|(a, b)| a != b));
     assert_ne!(by("tokens_per_block 2").digest, base.digest);
     // Extra keys change only their block and its descendants.
     for (n, first) in [
@@ -118,10 +162,23 @@ fn vectors_show_the_promised_properties() {
         ("last token changed", 4),
     ] {
         let c = by(n);
-        assert_eq!(c.keys[..first], base.keys[..first], "{n}: keys before block {first} must not change");
-        assert!(c.keys[first..].iter().zip(&base.keys[first..]).all(|(a, b)| a != b), "{n}");
+        assert_eq!(
+            c.keys[..first],
+            base.keys[..first],
+            "{n}: keys before block {first} must not change"
+        );
+        assert!(
+            c.keys[first..]
+                .iter()
+                .zip(&base.keys[first..])
+                .all(|(a, b)| a != b),
+            "{n}"
+        );
     }
-    assert_ne!(by("two extra items on block 1").keys[1], by("two extra items swapped").keys[1]);
+    assert_ne!(
+        by("two extra items on block 1").keys[1],
+        by("two extra items swapped").keys[1]
+    );
     assert_eq!(by("extra on the partial block only").keys, base.keys);
 }
 
@@ -129,19 +186,29 @@ fn vectors_show_the_promised_properties() {
 fn independent_python_implementation_agrees() {
     // The interpreter: $KVTIER_PYTHON, else the venv that `.ci/run` builds, else python3.
     let venv = "/var/cache/kvtier/pytest-venv/bin/python";
-    let python = std::env::var("KVTIER_PYTHON")
-        .unwrap_or_else(|_| if Path::new(venv).exists() { venv.into() } else { "python3".into() });
+    let python = std::env::var("KVTIER_PYTHON").unwrap_or_else(|_| {
+        if Path::new(venv).exists() {
+            venv.into()
+        } else {
+            "python3".into()
+        }
+    });
     let out = std::process::Command::new(&python)
         .arg(root().join("docs/keyspec_check.py"))
         .arg("check")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; set KVTIER_PYTHON (bash .ci/run sets it up)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python}: {e}; set KVTIER_PYTHON (bash .ci/run sets it up)")
+        });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'xxhash'"),
         "{python} lacks the xxhash module: `pip install xxhash`, or run `bash .ci/run`, which builds a venv with it"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the Python implementation disagrees:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the Python implementation disagrees:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

@@ -50,7 +50,10 @@ fn object(i: u64) -> BlockObject {
 #[ignore = "child process of crash_kill_reopen_verify"]
 fn crash_writer_child() {
     let dir = std::env::var("KVTIER_CRASH_DIR").expect("run by crash_kill_reopen_verify");
-    let start: u64 = std::env::var("KVTIER_CRASH_START").unwrap().parse().unwrap();
+    let start: u64 = std::env::var("KVTIER_CRASH_START")
+        .unwrap()
+        .parse()
+        .unwrap();
     let store = Arc::new(SegmentStore::open(config(Path::new(&dir))).unwrap());
     println!("ready");
     std::thread::scope(|s| {
@@ -71,8 +74,17 @@ fn crash_writer_child() {
 /// Plants a record cut off halfway (header and the first part of the payload) after the last
 /// record of the newest (unsealed) segment, where a power cut could leave one.
 fn plant_torn_record(dir: &Path, torn: &BlockObject) -> bool {
-    let newest = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).max().unwrap();
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&newest).unwrap();
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&newest)
+        .unwrap();
     let size = f.metadata().unwrap().len();
     let mut off = ALIGN as u64;
     let mut end = off;
@@ -103,7 +115,13 @@ fn crash_kill_reopen_verify() {
     let mut start = 0u64;
     for round in 0..3u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_writer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("KVTIER_CRASH_DIR", dir.path())
             .env("KVTIER_CRASH_START", start.to_string())
             .stdout(Stdio::piped())
@@ -137,13 +155,26 @@ fn crash_kill_reopen_verify() {
         }
 
         // Reopen in this process (a new process relative to the killed writer).
-        let (store, report) = SegmentStore::open_with_io(config(dir.path()), Arc::new(Psync)).unwrap();
-        assert!(report.unsealed >= 1, "the killed writer's active segment is unsealed: {report:?}");
+        let (store, report) =
+            SegmentStore::open_with_io(config(dir.path()), Arc::new(Psync)).unwrap();
+        assert!(
+            report.unsealed >= 1,
+            "the killed writer's active segment is unsealed: {report:?}"
+        );
         for &i in &acked {
-            let got = store.get(key(i)).unwrap().unwrap_or_else(|| panic!("round {round}: acknowledged object {i} lost; {report:?}"));
-            assert_eq!(got.payload(), object(i).payload(), "object {i} came back different");
+            let got = store.get(key(i)).unwrap().unwrap_or_else(|| {
+                panic!("round {round}: acknowledged object {i} lost; {report:?}")
+            });
+            assert_eq!(
+                got.payload(),
+                object(i).payload(),
+                "object {i} came back different"
+            );
         }
-        assert!(!store.contains(torn.header().key()), "round {round}: a torn record was indexed");
+        assert!(
+            !store.contains(torn.header().key()),
+            "round {round}: a torn record was indexed"
+        );
         // Whatever else is indexed (written but not yet acknowledged at the kill) verifies too.
         let max = acked.iter().max().copied().unwrap_or(0) + 8;
         for i in start..max {
@@ -151,13 +182,22 @@ fn crash_kill_reopen_verify() {
                 assert_eq!(o.payload(), object(i).payload());
             }
         }
-        assert_eq!(store.stats().corrupt.iter().map(|(_, n)| n).sum::<u64>(), report.discarded as u64);
+        assert_eq!(
+            store.stats().corrupt.iter().map(|(_, n)| n).sum::<u64>(),
+            report.discarded as u64
+        );
         drop(store);
         // Torn records are gone for good: a second open discards nothing.
         let (_, again) = SegmentStore::open_with_io(config(dir.path()), Arc::new(Psync)).unwrap();
         assert_eq!(again.discarded, 0, "round {round}: {again:?}");
-        eprintln!("round {round}: {} acked so far; recovery {report:?}", acked.len());
+        eprintln!(
+            "round {round}: {} acked so far; recovery {report:?}",
+            acked.len()
+        );
         start = max + 2;
     }
-    assert!(planted >= 2, "torn records were planted in only {planted} of 3 rounds");
+    assert!(
+        planted >= 2,
+        "torn records were planted in only {planted} of 3 rounds"
+    );
 }

@@ -31,7 +31,11 @@ pub struct HostArenaConfig {
 
 impl Default for HostArenaConfig {
     fn default() -> Self {
-        HostArenaConfig { capacity_bytes: 1 << 30, payload_len: 2 << 20, name: "kvtier-arena".into() }
+        HostArenaConfig {
+            capacity_bytes: 1 << 30,
+            payload_len: 2 << 20,
+            name: "kvtier-arena".into(),
+        }
     }
 }
 
@@ -77,7 +81,9 @@ impl HostArena {
     /// Creates the memfd, sizes it and maps it.
     pub fn new(cfg: &HostArenaConfig) -> Result<Self> {
         if cfg.payload_len == 0 {
-            return Err(Error::invalid("host arena `payload_len` must be at least 1 byte"));
+            return Err(Error::invalid(
+                "host arena `payload_len` must be at least 1 byte",
+            ));
         }
         let slot_len = record_len(cfg.payload_len);
         let nslots = cfg.capacity_bytes / slot_len as u64;
@@ -88,7 +94,9 @@ impl HostArena {
             )));
         }
         let nslots = u32::try_from(nslots).map_err(|_| {
-            Error::invalid(format!("host arena `capacity_bytes` gives {nslots} slots; at most 2^32-1"))
+            Error::invalid(format!(
+                "host arena `capacity_bytes` gives {nslots} slots; at most 2^32-1"
+            ))
         })?;
         let map_len = nslots as usize * slot_len;
         let name = std::ffi::CString::new(cfg.name.as_str())
@@ -96,14 +104,20 @@ impl HostArena {
         // SAFETY: plain syscalls on a fresh fd; results are checked.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(Error::io("memfd_create for the host arena", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "memfd_create for the host arena",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: fd is a valid, owned descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: valid fd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), map_len as libc::off_t) } != 0 {
-            return Err(Error::io("sizing the host arena memfd", std::io::Error::last_os_error())
-                .with_context("bytes", map_len));
+            return Err(Error::io(
+                "sizing the host arena memfd",
+                std::io::Error::last_os_error(),
+            )
+            .with_context("bytes", map_len));
         }
         // SAFETY: mapping a file we own of exactly map_len bytes.
         let base = unsafe {
@@ -117,8 +131,10 @@ impl HostArena {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(Error::io("mapping the host arena", std::io::Error::last_os_error())
-                .with_context("bytes", map_len));
+            return Err(
+                Error::io("mapping the host arena", std::io::Error::last_os_error())
+                    .with_context("bytes", map_len),
+            );
         }
         Ok(HostArena {
             fd,
@@ -193,7 +209,10 @@ impl HostArena {
             Some(s) => s,
             None => self.evict_one()?,
         };
-        Ok(WriteSlot { arena: self, slot: Some(slot) })
+        Ok(WriteSlot {
+            arena: self,
+            slot: Some(slot),
+        })
     }
 
     fn evict_one(&self) -> Result<SlotId> {
@@ -203,7 +222,12 @@ impl HostArena {
             // Remove only if still unpinned, atomically with respect to readers, which pin
             // while holding the index shard's read lock.
             if self.pins[slot.0 as usize].load(Ordering::Acquire) == 0
-                && self.index.remove_if(key, |_, s| self.pins[s.0 as usize].load(Ordering::Acquire) == 0).is_some()
+                && self
+                    .index
+                    .remove_if(key, |_, s| {
+                        self.pins[s.0 as usize].load(Ordering::Acquire) == 0
+                    })
+                    .is_some()
             {
                 victim = Some((*key, *slot));
                 break;
@@ -248,7 +272,9 @@ impl HostArena {
     /// Removes `key` unless a reader has it pinned. Returns whether it was removed.
     pub fn remove(&self, key: BlockKey) -> bool {
         let mut lru = self.lru.lock();
-        match self.index.remove_if(&key, |_, s| self.pins[s.0 as usize].load(Ordering::Acquire) == 0) {
+        match self.index.remove_if(&key, |_, s| {
+            self.pins[s.0 as usize].load(Ordering::Acquire) == 0
+        }) {
             Some((_, slot)) => {
                 lru.pop(&key);
                 self.free.lock().push(slot);
@@ -277,7 +303,10 @@ impl HostArena {
 
     /// Slots currently pinned by readers.
     pub fn pinned(&self) -> usize {
-        self.pins.iter().filter(|p| p.load(Ordering::Relaxed) > 0).count()
+        self.pins
+            .iter()
+            .filter(|p| p.load(Ordering::Relaxed) > 0)
+            .count()
     }
 }
 
@@ -381,11 +410,20 @@ impl Drop for ReadSlot<'_> {
 }
 
 /// Puts a copy of `payload` under `key` (for callers that do not write in place).
-pub fn put_copy(arena: &HostArena, key: BlockKey, layout_digest: u64, payload: &[u8]) -> Result<Commit> {
+pub fn put_copy(
+    arena: &HostArena,
+    key: BlockKey,
+    layout_digest: u64,
+    payload: &[u8],
+) -> Result<Commit> {
     if payload.len() != arena.payload_len {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!("payload is {} bytes; this arena stores {}-byte objects", payload.len(), arena.payload_len),
+            format!(
+                "payload is {} bytes; this arena stores {}-byte objects",
+                payload.len(),
+                arena.payload_len
+            ),
         ));
     }
     // Dedup before taking a slot: reserving could evict another object for nothing.
@@ -419,9 +457,15 @@ mod tests {
     fn put_get_and_lru_eviction() {
         let a = arena(3, 1000);
         for i in 0..3u8 {
-            assert!(matches!(put_copy(&a, k(i as u128), 9, &[i; 1000]).unwrap(), Commit::Stored(_)));
+            assert!(matches!(
+                put_copy(&a, k(i as u128), 9, &[i; 1000]).unwrap(),
+                Commit::Stored(_)
+            ));
         }
-        assert_eq!(put_copy(&a, k(1), 9, &[1; 1000]).unwrap(), Commit::AlreadyPresent);
+        assert_eq!(
+            put_copy(&a, k(1), 9, &[1; 1000]).unwrap(),
+            Commit::AlreadyPresent
+        );
         // Touch 0 so that 1 is the least recently used.
         assert_eq!(a.get(k(0)).unwrap().payload(), &[0u8; 1000][..]);
         put_copy(&a, k(3), 9, &[3; 1000]).unwrap();
@@ -474,7 +518,12 @@ mod tests {
         // Read the same bytes through the fd, as another process would after SCM_RIGHTS.
         let mut buf = vec![0u8; 100];
         let n = unsafe {
-            libc::pread(a.fd().as_raw_fd(), buf.as_mut_ptr().cast(), 100, (a.slot_offset(slot) + HEADER_LEN as u64) as i64)
+            libc::pread(
+                a.fd().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                100,
+                (a.slot_offset(slot) + HEADER_LEN as u64) as i64,
+            )
         };
         assert_eq!(n, 100);
         assert_eq!(buf, vec![5u8; 100]);
@@ -493,7 +542,10 @@ mod tests {
                         if (i + t) % 2 == 0 {
                             let _ = put_copy(&a, k(key), 0, &[fill; 4096]);
                         } else if let Some(r) = a.get(k(key)) {
-                            assert!(r.payload().iter().all(|&b| b == fill), "torn read of key {key}");
+                            assert!(
+                                r.payload().iter().all(|&b| b == fill),
+                                "torn read of key {key}"
+                            );
                             assert_eq!(r.header().key(), k(key));
                         }
                     }

@@ -60,10 +60,15 @@ impl Uring {
     /// forbid it).
     pub fn new() -> std::io::Result<Self> {
         let ring = io_uring::IoUring::new(8)?;
-        Ok(Uring { rings: Mutex::new(vec![ring]) })
+        Ok(Uring {
+            rings: Mutex::new(vec![ring]),
+        })
     }
 
-    fn with_ring<T>(&self, f: impl FnOnce(&mut io_uring::IoUring) -> std::io::Result<T>) -> std::io::Result<T> {
+    fn with_ring<T>(
+        &self,
+        f: impl FnOnce(&mut io_uring::IoUring) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         let ring = self.rings.lock().pop();
         let mut ring = match ring {
             Some(r) => r,
@@ -74,7 +79,14 @@ impl Uring {
         out
     }
 
-    fn rw(&self, file: &File, ptr: *mut u8, len: usize, offset: u64, write: bool) -> std::io::Result<()> {
+    fn rw(
+        &self,
+        file: &File,
+        ptr: *mut u8,
+        len: usize,
+        offset: u64,
+        write: bool,
+    ) -> std::io::Result<()> {
         use io_uring::{opcode, types};
         self.with_ring(|ring| {
             let mut done = 0usize;
@@ -85,16 +97,25 @@ impl Uring {
                 let p = unsafe { ptr.add(done) };
                 let fd = types::Fd(file.as_raw_fd());
                 let sqe = if write {
-                    opcode::Write::new(fd, p as *const u8, chunk).offset(offset + done as u64).build()
+                    opcode::Write::new(fd, p as *const u8, chunk)
+                        .offset(offset + done as u64)
+                        .build()
                 } else {
-                    opcode::Read::new(fd, p, chunk).offset(offset + done as u64).build()
+                    opcode::Read::new(fd, p, chunk)
+                        .offset(offset + done as u64)
+                        .build()
                 };
                 // SAFETY: the buffer outlives the operation (we wait below).
                 unsafe {
-                    ring.submission().push(&sqe).map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
+                    ring.submission()
+                        .push(&sqe)
+                        .map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
                 }
                 ring.submit_and_wait(1)?;
-                let cqe = ring.completion().next().ok_or_else(|| std::io::Error::other("io_uring: no completion"))?;
+                let cqe = ring
+                    .completion()
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("io_uring: no completion"))?;
                 let res = cqe.result();
                 if res < 0 {
                     return Err(std::io::Error::from_raw_os_error(-res));
@@ -146,7 +167,9 @@ impl IoMode {
             "auto" => Ok(IoMode::Auto),
             "psync" => Ok(IoMode::Psync),
             "io_uring" | "uring" => Ok(IoMode::IoUring),
-            _ => Err(crate::Error::invalid(format!("unknown I/O engine `{s}`; expected auto, psync or io_uring"))),
+            _ => Err(crate::Error::invalid(format!(
+                "unknown I/O engine `{s}`; expected auto, psync or io_uring"
+            ))),
         }
     }
 
@@ -170,7 +193,12 @@ impl IoMode {
 
 /// Opens `path` for O_DIRECT I/O when `direct` is set and the file system supports it. Returns
 /// the file and whether it is actually direct (tmpfs and some FUSE mounts refuse O_DIRECT).
-pub fn open_file(path: &Path, create_new: bool, write: bool, direct: bool) -> std::io::Result<(File, bool)> {
+pub fn open_file(
+    path: &Path,
+    create_new: bool,
+    write: bool,
+    direct: bool,
+) -> std::io::Result<(File, bool)> {
     let open = |flags: i32| {
         let mut o = OpenOptions::new();
         o.read(true).write(write).custom_flags(flags);
@@ -211,7 +239,9 @@ mod tests {
             let (f, _direct) = open_file(&path, true, true, true).unwrap();
             io.allocate(&f, 1 << 20).unwrap();
             let mut w = AlignedBuf::zeroed(8192);
-            w.iter_mut().enumerate().for_each(|(j, b)| *b = (j * 7 + i) as u8);
+            w.iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (j * 7 + i) as u8);
             io.write_at(&f, &w, 4096).unwrap();
             let mut r = AlignedBuf::zeroed(8192);
             io.read_at(&f, &mut r, 4096).unwrap();

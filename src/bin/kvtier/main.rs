@@ -1,1 +1,229 @@
-fn main(){}
+//! The `kvtier` command: one binary with subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kvtier::bench;
+use kvtier::tier::io::IoMode;
+use kvtier::{KvDtype, Namespace, NamespaceParams};
+
+#[derive(Parser)]
+#[command(
+    name = "kvtier",
+    version,
+    about = "A KV-cache offload tier for LLM inference servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure kvtier against the machine's ceilings.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Print the block keys of a token sequence (the key spec, docs/key-spec.md).
+    Keys(KeysArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Segment store put/get against raw O_DIRECT I/O of the same bytes, in one run.
+    Disk(DiskArgs),
+    /// Block-key hashing throughput on one core.
+    Keys(KeyBenchArgs),
+}
+
+#[derive(Args)]
+struct DiskArgs {
+    /// Directory on the disk to measure (a scratch folder is created inside and removed).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Payload bytes per object (e.g. 2MiB, 256KiB).
+    #[arg(long, default_value = "2MiB", value_parser = parse_size)]
+    object_size: u64,
+    /// Bytes per phase and round.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    total: u64,
+    /// Rounds (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent requests, for the raw baseline and the store alike.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// I/O engine: auto, psync or io_uring.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeyBenchArgs {
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 131_072)]
+    prompt_tokens: usize,
+    /// Seconds to measure each block size.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeysArgs {
+    /// Model identity.
+    #[arg(long)]
+    model: String,
+    /// Weights revision.
+    #[arg(long, default_value = "")]
+    revision: String,
+    /// KV dtype (float16, bfloat16, float32, fp8_e4m3, fp8_e5m2).
+    #[arg(long, default_value = "bfloat16")]
+    dtype: String,
+    /// Engine layout id (vllm-flash, vllm-cpu, layer-major).
+    #[arg(long, default_value = "vllm-flash")]
+    layout: String,
+    /// Tokens per block.
+    #[arg(long, default_value_t = 16)]
+    block_size: u32,
+    /// Tensor-parallel size and rank.
+    #[arg(long, default_value_t = 1)]
+    tp_size: u32,
+    #[arg(long, default_value_t = 0)]
+    tp_rank: u32,
+    /// Pipeline-parallel size and rank.
+    #[arg(long, default_value_t = 1)]
+    pp_size: u32,
+    #[arg(long, default_value_t = 0)]
+    pp_rank: u32,
+    /// Tenant / cache salt.
+    #[arg(long, default_value = "")]
+    salt: String,
+    /// Token ids.
+    tokens: Vec<u32>,
+}
+
+/// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 256KiB, 2MiB, 1GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` in `{s}` (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Bench(BenchCmd::Disk(a)) => bench_disk(a),
+        Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
+        Cmd::Keys(a) => keys(a),
+    }
+}
+
+fn bench_disk(a: DiskArgs) -> Result<()> {
+    if a.object_size == 0 || a.total < a.object_size {
+        bail!("--object-size must be at least 1 byte and --total at least one object");
+    }
+    let opts = bench::DiskBenchOptions {
+        dir: a.dir,
+        object_bytes: a.object_size as usize,
+        total_bytes: a.total,
+        rounds: a.rounds,
+        threads: a.threads,
+        io: IoMode::parse(&a.io)?,
+    };
+    let r = bench::disk(&opts, |msg| eprintln!("kvtier bench disk: {msg}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "disk bench: {} objects of {} KiB per phase, {} thread(s), io={}, O_DIRECT={}",
+        r.objects,
+        r.object_bytes >> 10,
+        r.threads,
+        r.io,
+        r.direct
+    );
+    println!("{:<12} {:>10}   rounds (GB/s)", "phase", "GB/s");
+    for p in &r.phases {
+        let rounds: Vec<String> = p.rounds.iter().map(|x| format!("{x:.2}")).collect();
+        println!("{:<12} {:>10.2}   {}", p.name, p.gbps, rounds.join(" "));
+    }
+    println!("put / raw write: {:.2}", r.put_ratio);
+    println!("get / raw read:  {:.2}", r.get_ratio);
+    Ok(())
+}
+
+fn bench_keys(a: KeyBenchArgs) -> Result<()> {
+    let rows = bench::keys(a.prompt_tokens, a.seconds)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "block-key hashing, one core, {}-token prompt",
+        a.prompt_tokens
+    );
+    println!("{:>16} {:>12} {:>14}", "tokens/block", "GB/s", "ns/block");
+    for r in rows {
+        println!(
+            "{:>16} {:>12.2} {:>14.1}",
+            r.tokens_per_block, r.gbps, r.ns_per_block
+        );
+    }
+    Ok(())
+}
+
+fn keys(a: KeysArgs) -> Result<()> {
+    let ns = Namespace::new(&NamespaceParams {
+        model: a.model,
+        revision: a.revision,
+        kv_dtype: KvDtype::parse(&a.dtype)?,
+        layout_id: a.layout,
+        tokens_per_block: a.block_size,
+        tp_size: a.tp_size,
+        tp_rank: a.tp_rank,
+        pp_size: a.pp_size,
+        pp_rank: a.pp_rank,
+        salt: a.salt.into_bytes(),
+    })
+    .context("invalid namespace")?;
+    println!("namespace {}", ns.digest());
+    for (i, k) in ns.block_keys(&a.tokens).iter().enumerate() {
+        println!("block {i} {k}");
+    }
+    Ok(())
+}

@@ -45,7 +45,11 @@ impl SegmentHeader {
         let mut h = SegmentHeader {
             magic: SEGMENT_MAGIC,
             version: SEGMENT_VERSION.to_le(),
-            flags: if sealed.is_some() { FLAG_SEALED.to_le() } else { 0 },
+            flags: if sealed.is_some() {
+                FLAG_SEALED.to_le()
+            } else {
+                0
+            },
             id: id.to_le(),
             segment_bytes: segment_bytes.to_le(),
             end: end.to_le(),
@@ -93,7 +97,9 @@ pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
 /// Parses a segment file name back to its id.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".seg")?;
-    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten()
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 /// Write bookkeeping of a segment.
@@ -125,10 +131,17 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates, preallocates and stamps a new, unsealed segment.
-    pub fn create(io: &dyn IoEngine, dir: &Path, id: u64, size: u64, direct: bool) -> Result<(Arc<Self>, bool)> {
+    pub fn create(
+        io: &dyn IoEngine,
+        dir: &Path,
+        id: u64,
+        size: u64,
+        direct: bool,
+    ) -> Result<(Arc<Self>, bool)> {
         let path = segment_path(dir, id);
-        let (file, is_direct) =
-            open_file(&path, true, true, direct).map_err(|e| Error::io("creating a segment file", e).with_context("path", path.display()))?;
+        let (file, is_direct) = open_file(&path, true, true, direct).map_err(|e| {
+            Error::io("creating a segment file", e).with_context("path", path.display())
+        })?;
         let stamp = || -> std::io::Result<()> {
             io.allocate(&file, size)?;
             io.write_at(&file, &SegmentHeader::new(id, size, None).page(), 0)
@@ -145,7 +158,10 @@ impl Segment {
             file,
             path,
             size,
-            state: Mutex::new(SegState { end: ALIGN as u64, ..Default::default() }),
+            state: Mutex::new(SegState {
+                end: ALIGN as u64,
+                ..Default::default()
+            }),
             keys: Mutex::new(Vec::new()),
             live_bytes: AtomicU64::new(0),
         };
@@ -159,7 +175,11 @@ impl Segment {
             file,
             path,
             size,
-            state: Mutex::new(SegState { closed: true, end, ..Default::default() }),
+            state: Mutex::new(SegState {
+                closed: true,
+                end,
+                ..Default::default()
+            }),
             keys: Mutex::new(Vec::new()),
             live_bytes: AtomicU64::new(0),
         })
@@ -167,6 +187,10 @@ impl Segment {
 
     /// Writes the sealed header: recovery will trust record headers up to `end`.
     pub fn write_seal(&self, io: &dyn IoEngine, end: u64, records: u64) -> std::io::Result<()> {
-        io.write_at(&self.file, &SegmentHeader::new(self.id, self.size, Some((end, records))).page(), 0)
+        io.write_at(
+            &self.file,
+            &SegmentHeader::new(self.id, self.size, Some((end, records))).page(),
+            0,
+        )
     }
 }

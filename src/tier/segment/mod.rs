@@ -166,12 +166,21 @@ impl SegmentStore {
     }
 
     /// Like [`open`](Self::open) with an explicit I/O engine, returning what recovery found.
-    pub fn open_with_io(cfg: SegmentStoreConfig, io: Arc<dyn IoEngine>) -> Result<(Self, RecoveryReport)> {
+    pub fn open_with_io(
+        cfg: SegmentStoreConfig,
+        io: Arc<dyn IoEngine>,
+    ) -> Result<(Self, RecoveryReport)> {
         cfg.validate()?;
         recover::check_dir(&cfg)?;
         let (found, report, corrupt) = recover::scan(&cfg, io.as_ref())?;
         let next = found.keys().next_back().map_or(1, |id| id + 1);
-        let (seg, direct) = Segment::create(io.as_ref(), &cfg.dir, next, cfg.segment_bytes, cfg.direct_io)?;
+        let (seg, direct) = Segment::create(
+            io.as_ref(),
+            &cfg.dir,
+            next,
+            cfg.segment_bytes,
+            cfg.direct_io,
+        )?;
         if cfg.direct_io && !direct {
             tracing::warn!(dir = %cfg.dir.display(), "file system refuses O_DIRECT; using buffered I/O");
         }
@@ -181,9 +190,19 @@ impl SegmentStore {
             segments.insert(id, segment.clone());
             for r in records {
                 segment.keys.lock().push((r.key, r.off));
-                segment.live_bytes.fetch_add(r.len as u64, Ordering::Relaxed);
+                segment
+                    .live_bytes
+                    .fetch_add(r.len as u64, Ordering::Relaxed);
                 // Ids ascend, so a key in a newer segment replaces the older entry.
-                if let Some(old) = index.insert(r.key, Loc { seg: id, off: r.off, len: r.len, hot: AtomicBool::new(false) }) {
+                if let Some(old) = index.insert(
+                    r.key,
+                    Loc {
+                        seg: id,
+                        off: r.off,
+                        len: r.len,
+                        hot: AtomicBool::new(false),
+                    },
+                ) {
                     if let Some(s) = segments.get(&old.seg) {
                         let s: &Arc<Segment> = s;
                         s.live_bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
@@ -197,7 +216,10 @@ impl SegmentStore {
             direct,
             index,
             segments: RwLock::new(segments),
-            active: Mutex::new(Active { seg, offset: ALIGN as u64 }),
+            active: Mutex::new(Active {
+                seg,
+                offset: ALIGN as u64,
+            }),
             next_id: AtomicU64::new(next + 1),
             counters: Counters::default(),
             cfg,
@@ -273,9 +295,16 @@ impl SegmentStore {
         self.finish_write(&seg);
         if let Err(e) = res {
             self.counters.write_errors.inc();
-            return Err(Error::io("writing a record", e).with_context("segment", seg.path.display()));
+            return Err(
+                Error::io("writing a record", e).with_context("segment", seg.path.display())
+            );
         }
-        let loc = Loc { seg: seg.id, off, len: len as u32, hot: AtomicBool::new(false) };
+        let loc = Loc {
+            seg: seg.id,
+            off,
+            len: len as u32,
+            hot: AtomicBool::new(false),
+        };
         if let Some(old) = self.index.insert(key, loc) {
             if let Some(s) = self.segments.read().get(&old.seg) {
                 s.live_bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
@@ -298,12 +327,20 @@ impl SegmentStore {
             self.close_segment(&old, active.offset);
             if self.segments.read().len() >= self.cfg.max_segments() {
                 victim = Some(self.pick_victim(None).ok_or_else(|| {
-                    Error::no_space("segment store is full and every segment still has writes in flight; retry")
-                        .with_context("dir", self.cfg.dir.display())
+                    Error::no_space(
+                        "segment store is full and every segment still has writes in flight; retry",
+                    )
+                    .with_context("dir", self.cfg.dir.display())
                 })?);
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (seg, _) = match Segment::create(self.io.as_ref(), &self.cfg.dir, id, self.cfg.segment_bytes, self.cfg.direct_io) {
+            let (seg, _) = match Segment::create(
+                self.io.as_ref(),
+                &self.cfg.dir,
+                id,
+                self.cfg.segment_bytes,
+                self.cfg.direct_io,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     // Keep the old segment active (it is closed, so every put fails fast with
@@ -316,7 +353,10 @@ impl SegmentStore {
                 }
             };
             self.segments.write().insert(id, seg.clone());
-            *active = Active { seg, offset: ALIGN as u64 };
+            *active = Active {
+                seg,
+                offset: ALIGN as u64,
+            };
         }
         let off = active.offset;
         active.offset += len;
@@ -355,7 +395,9 @@ impl SegmentStore {
         match seg.write_seal(self.io.as_ref(), st.end, records) {
             Ok(()) => st.sealed = true,
             // Unsealed segments are verified in full on recovery: slower, still correct.
-            Err(e) => tracing::warn!(segment = %seg.path.display(), error = %e, "could not seal segment"),
+            Err(e) => {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "could not seal segment")
+            }
         }
     }
 
@@ -379,11 +421,17 @@ impl SegmentStore {
     /// Drops a victim's index entries; first re-appends the hot ones when `second_chance`.
     fn drop_segment(&self, victim: Arc<Segment>, second_chance: bool) {
         let keys = std::mem::take(&mut *victim.keys.lock());
-        let mut budget = if second_chance { self.cfg.segment_bytes / 2 } else { 0 };
+        let mut budget = if second_chance {
+            self.cfg.segment_bytes / 2
+        } else {
+            0
+        };
         let mut buf = AlignedBuf::zeroed(0);
         for (key, off) in keys {
             let (len, hot) = match self.index.get(&key) {
-                Some(l) if l.seg == victim.id && l.off == off => (l.len as usize, l.hot.load(Ordering::Relaxed)),
+                Some(l) if l.seg == victim.id && l.off == off => {
+                    (l.len as usize, l.hot.load(Ordering::Relaxed))
+                }
                 _ => continue,
             };
             if hot && len as u64 <= budget {
@@ -399,7 +447,11 @@ impl SegmentStore {
                     continue;
                 }
             }
-            if self.index.remove_if(&key, |_, l| l.seg == victim.id && l.off == off).is_some() {
+            if self
+                .index
+                .remove_if(&key, |_, l| l.seg == victim.id && l.off == off)
+                .is_some()
+            {
                 self.counters.evictions.inc();
             }
         }
@@ -437,7 +489,9 @@ impl SegmentStore {
         }
         if let Err(e) = self.io.read_at(&seg.file, &mut buf[..len], off) {
             self.counters.misses.inc();
-            return Err(Error::io("reading a record", e).with_context("segment", seg.path.display()));
+            return Err(
+                Error::io("reading a record", e).with_context("segment", seg.path.display())
+            );
         }
         match self.verify(&buf[..len], key) {
             Ok(h) => {
@@ -448,7 +502,8 @@ impl SegmentStore {
             Err(reason) => {
                 self.counters.corrupt.record(reason);
                 self.counters.misses.inc();
-                self.index.remove_if(&key, |_, l| l.seg == seg_id && l.off == off);
+                self.index
+                    .remove_if(&key, |_, l| l.seg == seg_id && l.off == off);
                 tracing::warn!(%key, segment = %seg.path.display(), offset = off, reason = reason.as_str(), "dropping corrupt record");
                 Ok(None)
             }
@@ -481,7 +536,9 @@ impl SegmentStore {
     /// segment written since it was opened).
     pub fn flush(&self) -> Result<()> {
         let seg = self.active.lock().seg.clone();
-        self.io.sync(&seg.file).map_err(|e| Error::io("syncing the active segment", e))
+        self.io
+            .sync(&seg.file)
+            .map_err(|e| Error::io("syncing the active segment", e))
     }
 
     /// Counter snapshot.
@@ -512,7 +569,10 @@ impl SegmentStore {
             second_chances: c.second_chances.get(),
             write_errors: c.write_errors.get(),
             torn_on_recovery: c.torn_on_recovery.get(),
-            live_bytes: segs.values().map(|s| s.live_bytes.load(Ordering::Relaxed)).sum(),
+            live_bytes: segs
+                .values()
+                .map(|s| s.live_bytes.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 
@@ -541,7 +601,10 @@ pub struct SegmentStats {
 
 impl std::fmt::Debug for SegmentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentStore").field("dir", &self.cfg.dir).field("objects", &self.len()).finish()
+        f.debug_struct("SegmentStore")
+            .field("dir", &self.cfg.dir)
+            .field("objects", &self.len())
+            .finish()
     }
 }
 

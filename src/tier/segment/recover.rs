@@ -25,6 +25,9 @@ pub(super) struct Rec {
 /// Segments found, by id, with their records in file order.
 pub(super) type Found = BTreeMap<u64, (Arc<Segment>, Vec<Rec>)>;
 
+/// What a scan found: segments and records, the report, and discarded records by reason.
+pub(super) type Scan = (Found, RecoveryReport, Vec<(VerifyError, u64)>);
+
 /// Window read at once while scanning an unsealed segment.
 const SCAN_WINDOW: usize = 8 << 20;
 
@@ -35,7 +38,8 @@ pub(super) fn check_dir(cfg: &SegmentStoreConfig) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(Error::invalid("segment store path is not a directory").with_context("dir", dir.display()));
+            return Err(Error::invalid("segment store path is not a directory")
+                .with_context("dir", dir.display()));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !cfg.create_dir {
@@ -45,15 +49,23 @@ pub(super) fn check_dir(cfg: &SegmentStoreConfig) -> Result<()> {
                 )
                 .with_context("dir", dir.display()));
             }
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io("creating the segment store directory", e).with_context("dir", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io("creating the segment store directory", e)
+                    .with_context("dir", dir.display())
+            })?;
         }
-        Err(e) => return Err(Error::io("inspecting the segment store directory", e).with_context("dir", dir.display())),
+        Err(e) => {
+            return Err(Error::io("inspecting the segment store directory", e)
+                .with_context("dir", dir.display()))
+        }
     }
     let probe = dir.join(".kvtier-write-probe");
     std::fs::write(&probe, b"probe").map_err(|e| {
-        Error::io("segment store directory is not writable (read-only file system or permissions)", e)
-            .with_context("dir", dir.display())
+        Error::io(
+            "segment store directory is not writable (read-only file system or permissions)",
+            e,
+        )
+        .with_context("dir", dir.display())
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -63,12 +75,13 @@ pub(super) fn check_dir(cfg: &SegmentStoreConfig) -> Result<()> {
 pub(super) fn scan(
     cfg: &SegmentStoreConfig,
     io: &dyn IoEngine,
-) -> Result<(Found, RecoveryReport, Vec<(VerifyError, u64)>)> {
+) -> Result<Scan> {
     let mut report = RecoveryReport::default();
     let mut corrupt: BTreeMap<VerifyError, u64> = BTreeMap::new();
     let mut found = Found::new();
-    let entries = std::fs::read_dir(&cfg.dir)
-        .map_err(|e| Error::io("listing the segment store directory", e).with_context("dir", cfg.dir.display()))?;
+    let entries = std::fs::read_dir(&cfg.dir).map_err(|e| {
+        Error::io("listing the segment store directory", e).with_context("dir", cfg.dir.display())
+    })?;
     let mut ids: Vec<u64> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(parse_segment_name))
@@ -76,11 +89,19 @@ pub(super) fn scan(
     ids.sort_unstable();
     for id in ids {
         let path = super::file::segment_path(&cfg.dir, id);
-        let ctx = |e: std::io::Error| Error::io("recovering a segment", e).with_context("path", path.display());
+        let ctx = |e: std::io::Error| {
+            Error::io("recovering a segment", e).with_context("path", path.display())
+        };
         let (file, _) = open_file(&path, false, true, cfg.direct_io).map_err(ctx)?;
         let size = file.metadata().map_err(ctx)?.len();
         let mut page = AlignedBuf::zeroed(ALIGN);
-        let header = if size >= ALIGN as u64 { io.read_at(&file, &mut page, 0).ok().and_then(|_| SegmentHeader::decode(&page)) } else { None };
+        let header = if size >= ALIGN as u64 {
+            io.read_at(&file, &mut page, 0)
+                .ok()
+                .and_then(|_| SegmentHeader::decode(&page))
+        } else {
+            None
+        };
         let Some(header) = header.filter(|h| h.id == id) else {
             tracing::warn!(path = %path.display(), "removing a segment file without a valid header");
             std::fs::remove_file(&path).map_err(ctx)?;
@@ -90,7 +111,10 @@ pub(super) fn scan(
         report.segments += 1;
         let limit = size - size % ALIGN as u64;
         let (records, end) = if header.sealed() {
-            (walk_sealed(io, &file, header.end.min(limit)), header.end.min(limit))
+            (
+                walk_sealed(io, &file, header.end.min(limit)),
+                header.end.min(limit),
+            )
         } else {
             report.unsealed += 1;
             let (records, end, bad) = scan_unsealed(io, &file, limit);
@@ -99,7 +123,8 @@ pub(super) fn scan(
                 *corrupt.entry(reason).or_default() += 1;
                 tracing::warn!(path = %path.display(), offset = off, reason = reason.as_str(), "discarding a torn record");
                 // Zero its header page so no later scan can take it for a record.
-                io.write_at(&file, &AlignedBuf::zeroed(ALIGN), off).map_err(ctx)?;
+                io.write_at(&file, &AlignedBuf::zeroed(ALIGN), off)
+                    .map_err(ctx)?;
             }
             (records, end)
         };
@@ -126,7 +151,11 @@ fn walk_sealed(io: &dyn IoEngine, file: &std::fs::File, end: u64) -> Vec<Rec> {
         }
         match BlockHeader::decode(&page) {
             Ok(h) if off + h.record_len() as u64 <= end => {
-                out.push(Rec { key: h.key(), off, len: h.record_len() as u32 });
+                out.push(Rec {
+                    key: h.key(),
+                    off,
+                    len: h.record_len() as u32,
+                });
                 off += h.record_len() as u64;
             }
             _ => off += ALIGN as u64,
@@ -137,7 +166,11 @@ fn walk_sealed(io: &dyn IoEngine, file: &std::fs::File, end: u64) -> Vec<Rec> {
 
 /// Full scan of an unsealed segment: returns good records, the end of the last good record,
 /// and the offsets of torn or corrupt ones with the reason.
-fn scan_unsealed(io: &dyn IoEngine, file: &std::fs::File, limit: u64) -> (Vec<Rec>, u64, Vec<(u64, VerifyError)>) {
+fn scan_unsealed(
+    io: &dyn IoEngine,
+    file: &std::fs::File,
+    limit: u64,
+) -> (Vec<Rec>, u64, Vec<(u64, VerifyError)>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut end = ALIGN as u64;
@@ -185,9 +218,14 @@ fn scan_unsealed(io: &dyn IoEngine, file: &std::fs::File, limit: u64) -> (Vec<Re
             }
             &record[..len]
         };
-        match header.verify_payload(&bytes[HEADER_LEN..HEADER_LEN + header.payload_len() as usize]) {
+        match header.verify_payload(&bytes[HEADER_LEN..HEADER_LEN + header.payload_len() as usize])
+        {
             Ok(()) => {
-                good.push(Rec { key: header.key(), off, len: len as u32 });
+                good.push(Rec {
+                    key: header.key(),
+                    off,
+                    len: len as u32,
+                });
                 end = off + len as u64;
             }
             Err(reason) => bad.push((off, reason)),

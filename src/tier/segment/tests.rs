@@ -33,13 +33,20 @@ fn key(i: u64) -> BlockKey {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
 fn check(store: &SegmentStore, i: u64) -> bool {
     match store.get(key(i)).unwrap() {
         Some(o) => {
-            assert_eq!(o.payload(), obj(i).payload(), "object {i} came back different");
+            assert_eq!(
+                o.payload(),
+                obj(i).payload(),
+                "object {i} came back different"
+            );
             true
         }
         None => false,
@@ -78,7 +85,10 @@ fn writing_three_times_capacity_stays_within_capacity_plus_one_segment() {
     let n = 3 * c.capacity_bytes / record;
     for i in 0..n {
         store.put(&obj(i)).unwrap();
-        assert!(dir_bytes(d.path()) <= bound, "directory grew past capacity + one segment after {i} puts");
+        assert!(
+            dir_bytes(d.path()) <= bound,
+            "directory grew past capacity + one segment after {i} puts"
+        );
     }
     assert!(store.detail().segments_evicted > 0);
     assert!(store.stats().evictions > 0);
@@ -97,7 +107,11 @@ fn flipped_bytes_are_a_counted_miss() {
         store.put(&obj(i)).unwrap();
     }
     // Flip a byte inside the payload of the third record of the first segment.
-    let seg = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let seg = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
     let f = File::options().read(true).write(true).open(&seg).unwrap();
     let rec = obj(0).record().len() as u64;
     let at = ALIGN as u64 + 2 * rec + HEADER_LEN as u64 + 1234;
@@ -105,9 +119,15 @@ fn flipped_bytes_are_a_counted_miss() {
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     drop(f);
-    assert!(store.get(key(2)).unwrap().is_none(), "a corrupt record must be a miss");
+    assert!(
+        store.get(key(2)).unwrap().is_none(),
+        "a corrupt record must be a miss"
+    );
     assert_eq!(store.corrupt_count(VerifyError::PayloadChecksum), 1);
-    assert!(!store.contains(key(2)), "a corrupt record is dropped from the index");
+    assert!(
+        !store.contains(key(2)),
+        "a corrupt record is dropped from the index"
+    );
     assert!(check(&store, 1) && check(&store, 3));
     // A flipped header byte is caught too.
     let f = File::options().read(true).write(true).open(&seg).unwrap();
@@ -126,12 +146,17 @@ fn torn_tail_record_is_gone_after_reopen() {
         store.put(&obj(i)).unwrap();
     }
     drop(store); // like a crash: the active segment is left unsealed
-    let seg = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let seg = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
     // Append a torn record: the header and the first half of the payload only.
     let torn = obj(100);
     let rec = torn.record().len() as u64;
     let f = File::options().write(true).open(&seg).unwrap();
-    f.write_all_at(&torn.record()[..PAYLOAD / 2], ALIGN as u64 + 4 * rec).unwrap();
+    f.write_all_at(&torn.record()[..PAYLOAD / 2], ALIGN as u64 + 4 * rec)
+        .unwrap();
     drop(f);
     let (store, report) = SegmentStore::open_with_io(cfg(d.path(), 8), Arc::new(Psync)).unwrap();
     assert_eq!(report.discarded, 1, "{report:?}");
@@ -142,7 +167,11 @@ fn torn_tail_record_is_gone_after_reopen() {
     drop(store);
     // Gone for good: the next open finds nothing to discard.
     let (_, report) = SegmentStore::open_with_io(cfg(d.path(), 8), Arc::new(Psync)).unwrap();
-    assert_eq!((report.records, report.discarded, report.unsealed), (4, 0, 1), "{report:?}");
+    assert_eq!(
+        (report.records, report.discarded, report.unsealed),
+        (4, 0, 1),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -159,7 +188,10 @@ fn second_chance_keeps_objects_that_are_read() {
         }
     }
     assert!(store.detail().second_chances > 0);
-    assert!(!check(&store, 1) && !check(&store, 50), "cold objects are evicted");
+    assert!(
+        !check(&store, 1) && !check(&store, 50),
+        "cold objects are evicted"
+    );
     let mut c = cfg(d.path(), 4);
     c.second_chance = false;
     let d2 = tempfile::tempdir().unwrap();
@@ -170,7 +202,10 @@ fn second_chance_keeps_objects_that_are_read() {
     for i in 1..200 {
         plain.put(&obj(i)).unwrap();
     }
-    assert!(!check(&plain, 0), "without second chance a read object is evicted all the same");
+    assert!(
+        !check(&plain, 0),
+        "without second chance a read object is evicted all the same"
+    );
 }
 
 #[test]
@@ -215,7 +250,10 @@ fn bad_directories_get_clear_errors() {
     let missing = d.path().join("not-there");
     let e = SegmentStore::open(cfg(&missing, 4)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    assert!(e.to_string().contains("does not exist") && e.to_string().contains("not-there"), "{e}");
+    assert!(
+        e.to_string().contains("does not exist") && e.to_string().contains("not-there"),
+        "{e}"
+    );
     let mut c = cfg(&missing, 4);
     c.create_dir = true;
     SegmentStore::open(c).unwrap();
@@ -240,10 +278,16 @@ fn bad_directories_get_clear_errors() {
 
     let mut c = cfg(d.path(), 4);
     c.capacity_bytes = c.segment_bytes;
-    assert!(SegmentStore::open(c).unwrap_err().to_string().contains("capacity_bytes"));
+    assert!(SegmentStore::open(c)
+        .unwrap_err()
+        .to_string()
+        .contains("capacity_bytes"));
     let mut c = cfg(d.path(), 4);
     c.segment_bytes = 5000;
-    assert!(SegmentStore::open(c).unwrap_err().to_string().contains("segment_bytes"));
+    assert!(SegmentStore::open(c)
+        .unwrap_err()
+        .to_string()
+        .contains("segment_bytes"));
 }
 
 /// A disk that fills up after `budget` bytes of allocation: ENOSPC, as a real full disk.
@@ -275,7 +319,9 @@ impl IoEngine for FullDisk {
 fn a_full_disk_fails_puts_clearly_and_keeps_serving_reads() {
     let d = tempfile::tempdir().unwrap();
     let c = cfg(d.path(), 8);
-    let disk = Arc::new(FullDisk { budget: AtomicU64::new(2 * c.segment_bytes) });
+    let disk = Arc::new(FullDisk {
+        budget: AtomicU64::new(2 * c.segment_bytes),
+    });
     let (store, _) = SegmentStore::open_with_io(c, disk.clone()).unwrap();
     let mut stored = 0;
     let err = loop {
@@ -288,7 +334,10 @@ fn a_full_disk_fails_puts_clearly_and_keeps_serving_reads() {
     assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
     assert!(err.to_string().contains("segment"), "{err}");
     assert!(stored >= 10);
-    assert!((0..stored).all(|i| check(&store, i)), "reads keep working on a full disk");
+    assert!(
+        (0..stored).all(|i| check(&store, i)),
+        "reads keep working on a full disk"
+    );
     // Space comes back: puts work again.
     disk.budget.store(1 << 30, Ordering::Relaxed);
     store.put(&obj(1000)).unwrap();
