@@ -148,7 +148,8 @@ pub fn disk(opts: &DiskBenchOptions, mut progress: impl FnMut(&str)) -> Result<D
     let (io_name, store_direct) = store.io_mode();
 
     let mut rounds: [Vec<f64>; 4] = Default::default();
-    let key = |round: usize, i: usize| BlockKey::from_u128(((round as u128) << 64) | (i as u128 + 1));
+    let key =
+        |round: usize, i: usize| BlockKey::from_u128(((round as u128) << 64) | (i as u128 + 1));
     let pools_cell: Vec<parking_lot::Mutex<Vec<BlockObject>>> =
         pools.drain(..).map(parking_lot::Mutex::new).collect();
     for round in 0..opts.rounds.max(1) {

@@ -234,6 +234,22 @@ pub const fn record_len(payload_len: usize) -> usize {
 
 /// One block object in a page-aligned buffer laid out as a record, ready for O_DIRECT I/O:
 /// `[header][payload][zero padding]`.
+///
+/// ```
+/// use kvtier::block::{BlockObject, VerifyError};
+/// use kvtier::buf::AlignedBuf;
+/// use kvtier::BlockKey;
+///
+/// let key = BlockKey::from_u128(7);
+/// let obj = BlockObject::from_payload(key, 0xfeed, &[1u8; 1000]).unwrap();
+/// assert_eq!(obj.record().len(), 4096);
+///
+/// // Bytes coming back from disk or the network are verified; one flipped bit is refused.
+/// let mut rec = AlignedBuf::zeroed(obj.record().len());
+/// rec.copy_from_slice(obj.record());
+/// rec[500] ^= 1;
+/// assert_eq!(BlockObject::from_record(rec, Some(key), None).unwrap_err(), VerifyError::PayloadChecksum);
+/// ```
 #[derive(Debug)]
 pub struct BlockObject {
     buf: AlignedBuf,

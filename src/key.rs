@@ -168,6 +168,27 @@ impl NamespaceParams {
 }
 
 /// A validated namespace: the root of every key chain, and the block size the chain uses.
+///
+/// ```
+/// use kvtier::{KvDtype, Namespace, NamespaceParams};
+///
+/// let params = NamespaceParams {
+///     model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+///     revision: "main".into(),
+///     kv_dtype: KvDtype::Bf16,
+///     layout_id: "vllm-flash".into(),
+///     tokens_per_block: 4,
+///     tp_size: 1, tp_rank: 0, pp_size: 1, pp_rank: 0,
+///     salt: b"tenant-a".to_vec(),
+/// };
+/// let ns = Namespace::new(&params).unwrap();
+/// let keys = ns.block_keys(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+/// assert_eq!(keys.len(), 2); // the partial third block gets no key
+///
+/// // Another tenant never shares a key with this one.
+/// let other = Namespace::new(&NamespaceParams { salt: b"tenant-b".to_vec(), ..params }).unwrap();
+/// assert_ne!(other.block_keys(&[1, 2, 3, 4])[0], keys[0]);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Namespace {
     digest: BlockKey,

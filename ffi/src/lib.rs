@@ -17,3 +17,14 @@ pub extern "C" fn kvt_abi_version() -> u32 {
 pub fn core_spec_version() -> u32 {
     kvtier_core::key::KEY_SPEC_VERSION
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_version_is_exported_and_current() {
+        assert_eq!(kvt_abi_version(), KVT_ABI_VERSION);
+        assert_eq!(core_spec_version(), 1);
+    }
+}

@@ -72,10 +72,7 @@ pub(super) fn check_dir(cfg: &SegmentStoreConfig) -> Result<()> {
 }
 
 /// Rebuilds the segment list and records from the directory.
-pub(super) fn scan(
-    cfg: &SegmentStoreConfig,
-    io: &dyn IoEngine,
-) -> Result<Scan> {
+pub(super) fn scan(cfg: &SegmentStoreConfig, io: &dyn IoEngine) -> Result<Scan> {
     let mut report = RecoveryReport::default();
     let mut corrupt: BTreeMap<VerifyError, u64> = BTreeMap::new();
     let mut found = Found::new();
