@@ -68,7 +68,7 @@ fn arena(c: &mut Criterion) {
     let a = HostArena::new(&HostArenaConfig {
         capacity_bytes: 64 * (payload as u64 + 4096),
         payload_len: payload,
-        name: "bench".into(),
+        ..Default::default()
     })
     .unwrap();
     let data = vec![3u8; payload];

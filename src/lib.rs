@@ -8,8 +8,11 @@
 //! - [`buf`]: page-aligned buffers for O_DIRECT I/O.
 //! - [`block`]: block objects: the 64-byte header, checksums, records.
 //! - [`metrics`]: counters and metric names.
+//! - [`policy`]: eviction policies (LRU, and kvtier's prefix-aware hit density), pure code
+//!   shared by the tiers and the simulator.
 //! - [`tier`]: the storage engines: the host-memory arena ([`tier::host`]) and the NVMe
 //!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].
+//! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
 //! - [`bench`]: the measurement programs behind `kvtier bench ...`.
 
 #![warn(missing_docs)]
@@ -21,6 +24,8 @@ pub mod error;
 pub mod key;
 pub mod layout;
 pub mod metrics;
+pub mod policy;
+pub mod sim;
 pub mod tier;
 
 pub use error::{Error, ErrorKind, Result};

@@ -9,13 +9,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use dashmap::DashMap;
-use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::block::{record_len, BlockHeader, HEADER_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{Counter, StoreStats};
+use crate::policy::{EvictionPolicy, InsertInfo, PolicyKind};
 
 /// Configuration of a [`HostArena`].
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct HostArenaConfig {
     pub payload_len: usize,
     /// Name of the memfd (visible in `/proc/PID/fd`). Default: `kvtier-arena`.
     pub name: String,
+    /// Eviction policy. Default: `Lru`.
+    pub policy: PolicyKind,
 }
 
 impl Default for HostArenaConfig {
@@ -35,6 +37,18 @@ impl Default for HostArenaConfig {
             capacity_bytes: 1 << 30,
             payload_len: 2 << 20,
             name: "kvtier-arena".into(),
+            policy: PolicyKind::Lru,
+        }
+    }
+}
+
+impl HostArenaConfig {
+    /// A config whose slots hold objects of `layout` (payload = the layout's object size).
+    pub fn for_layout(layout: &crate::layout::KvLayout, capacity_bytes: u64) -> Self {
+        HostArenaConfig {
+            capacity_bytes,
+            payload_len: layout.object_len() as usize,
+            ..Default::default()
         }
     }
 }
@@ -61,7 +75,8 @@ pub struct HostArena {
     payload_len: usize,
     pins: Box<[AtomicU32]>,
     index: DashMap<BlockKey, SlotId>,
-    lru: Mutex<LruCache<BlockKey, SlotId>>,
+    /// Eviction order; the index is the truth, the policy only ranks keys.
+    policy: Mutex<Box<dyn EvictionPolicy<BlockKey>>>,
     free: Mutex<Vec<SlotId>>,
     hits: Counter,
     misses: Counter,
@@ -144,7 +159,7 @@ impl HostArena {
             payload_len: cfg.payload_len,
             pins: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
             index: DashMap::new(),
-            lru: Mutex::new(LruCache::unbounded()),
+            policy: Mutex::new(cfg.policy.build(nslots as usize)),
             free: Mutex::new((0..nslots).rev().map(SlotId).collect()),
             hits: Counter::default(),
             misses: Counter::default(),
@@ -216,34 +231,33 @@ impl HostArena {
     }
 
     fn evict_one(&self) -> Result<SlotId> {
-        let mut lru = self.lru.lock();
-        let mut victim = None;
-        for (key, slot) in lru.iter().rev() {
-            // Remove only if still unpinned, atomically with respect to readers, which pin
-            // while holding the index shard's read lock.
-            if self.pins[slot.0 as usize].load(Ordering::Acquire) == 0
-                && self
-                    .index
-                    .remove_if(key, |_, s| {
-                        self.pins[s.0 as usize].load(Ordering::Acquire) == 0
-                    })
-                    .is_some()
-            {
-                victim = Some((*key, *slot));
+        let mut policy = self.policy.lock();
+        let unpinned = |k: &BlockKey| {
+            self.index
+                .get(k)
+                .is_some_and(|s| self.pins[s.0 as usize].load(Ordering::Acquire) == 0)
+        };
+        // The policy picks among unpinned keys; a reader may pin the victim between the pick and
+        // the removal (readers pin under the index shard lock), so retry a few times.
+        for _ in 0..8 {
+            let Some(key) = policy.evict(&mut |k| unpinned(k)) else {
                 break;
+            };
+            match self.index.remove_if(&key, |_, s| {
+                self.pins[s.0 as usize].load(Ordering::Acquire) == 0
+            }) {
+                Some((_, slot)) => {
+                    self.evictions.inc();
+                    return Ok(slot);
+                }
+                None if self.index.contains_key(&key) => policy.insert(key, InsertInfo::default()),
+                None => {}
             }
         }
-        match victim {
-            Some((key, slot)) => {
-                lru.pop(&key);
-                self.evictions.inc();
-                Ok(slot)
-            }
-            None => Err(Error::no_space(
-                "host arena is full and every slot is pinned by a reader or writer; retry, or raise `capacity_bytes`",
-            )
-            .with_context("slots", self.slots())),
-        }
+        Err(Error::no_space(
+            "host arena is full and every slot is pinned by a reader or writer; retry, or raise `capacity_bytes`",
+        )
+        .with_context("slots", self.slots()))
     }
 
     /// Pins and returns the object stored under `key`, marking it recently used.
@@ -254,7 +268,7 @@ impl HostArena {
             self.pins[slot.0 as usize].fetch_add(1, Ordering::AcqRel);
             slot
         };
-        self.lru.lock().promote(&key);
+        self.policy.lock().access(key);
         self.hits.inc();
         self.bytes_out.add(self.payload_len as u64);
         Some(ReadSlot { arena: self, slot })
@@ -271,12 +285,12 @@ impl HostArena {
 
     /// Removes `key` unless a reader has it pinned. Returns whether it was removed.
     pub fn remove(&self, key: BlockKey) -> bool {
-        let mut lru = self.lru.lock();
+        let mut policy = self.policy.lock();
         match self.index.remove_if(&key, |_, s| {
             self.pins[s.0 as usize].load(Ordering::Acquire) == 0
         }) {
             Some((_, slot)) => {
-                lru.pop(&key);
+                policy.remove(key);
                 self.free.lock().push(slot);
                 true
             }
@@ -338,7 +352,18 @@ impl WriteSlot<'_> {
 
     /// Seals the header (checksumming the payload) and indexes the object under `key`. If
     /// `key` is already present the slot is released and `AlreadyPresent` returned.
-    pub fn commit(mut self, key: BlockKey, layout_digest: u64) -> Commit {
+    pub fn commit(self, key: BlockKey, layout_digest: u64) -> Commit {
+        self.commit_with(key, layout_digest, InsertInfo::default())
+    }
+
+    /// Like [`commit`](Self::commit), telling the eviction policy the block's parent in its
+    /// prefix chain.
+    pub fn commit_with(
+        mut self,
+        key: BlockKey,
+        layout_digest: u64,
+        info: InsertInfo<BlockKey>,
+    ) -> Commit {
         let slot = self.slot.take().expect("slot present until commit");
         let arena = self.arena;
         let p = arena.slot_ptr(slot);
@@ -347,17 +372,17 @@ impl WriteSlot<'_> {
         let h = BlockHeader::new(key, layout_digest, payload, 0);
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(h.as_bytes().as_ptr(), p, HEADER_LEN) };
-        let mut lru = arena.lru.lock();
+        let mut policy = arena.policy.lock();
         match arena.index.entry(key) {
             dashmap::Entry::Occupied(entry) => {
                 drop(entry);
-                drop(lru);
+                drop(policy);
                 arena.free.lock().push(slot);
                 Commit::AlreadyPresent
             }
             dashmap::Entry::Vacant(v) => {
                 v.insert(slot);
-                lru.put(key, slot);
+                policy.insert(key, info);
                 arena.puts.inc();
                 arena.bytes_in.add(arena.payload_len as u64);
                 Commit::Stored(slot)
@@ -445,6 +470,7 @@ mod tests {
             capacity_bytes: slots * record_len(payload) as u64,
             payload_len: payload,
             name: "test".into(),
+            policy: PolicyKind::Lru,
         })
         .unwrap()
     }
