@@ -11,18 +11,12 @@ use kvtier::tier::segment::{SegmentStore, SegmentStoreConfig};
 use kvtier::{BlockKey, KvDtype, Namespace, NamespaceParams};
 
 fn namespace(b: u32) -> Namespace {
-    Namespace::new(&NamespaceParams {
-        model: "bench/model".into(),
-        revision: String::new(),
-        kv_dtype: KvDtype::Bf16,
-        layout_id: "vllm-flash".into(),
-        tokens_per_block: b,
-        tp_size: 1,
-        tp_rank: 0,
-        pp_size: 1,
-        pp_rank: 0,
-        salt: Vec::new(),
-    })
+    Namespace::new(&NamespaceParams::new(
+        "bench/model",
+        KvDtype::Bf16,
+        "vllm-flash",
+        b,
+    ))
     .unwrap()
 }
 

@@ -266,18 +266,12 @@ pub fn keys(prompt_tokens: usize, seconds_per_size: f64) -> Result<Vec<KeyBenchR
         .collect();
     let mut rows = Vec::new();
     for b in [16u32, 32, 128, 256, 512] {
-        let ns = Namespace::new(&NamespaceParams {
-            model: "bench/model".into(),
-            revision: String::new(),
-            kv_dtype: KvDtype::Bf16,
-            layout_id: "vllm-cpu".into(),
-            tokens_per_block: b,
-            tp_size: 1,
-            tp_rank: 0,
-            pp_size: 1,
-            pp_rank: 0,
-            salt: Vec::new(),
-        })?;
+        let ns = Namespace::new(&NamespaceParams::new(
+            "bench/model",
+            KvDtype::Bf16,
+            "vllm-cpu",
+            b,
+        ))?;
         let blocks = prompt_tokens / b as usize;
         let mut samples = Vec::new();
         let deadline = Instant::now() + Duration::from_secs_f64(seconds_per_size);

@@ -95,6 +95,28 @@ pub struct NamespaceParams {
 }
 
 impl NamespaceParams {
+    /// Parameters for a single-rank engine (TP = PP = 1) with no tenant salt; set the other
+    /// fields directly where they differ.
+    pub fn new(
+        model: impl Into<String>,
+        kv_dtype: KvDtype,
+        layout_id: impl Into<String>,
+        tokens_per_block: u32,
+    ) -> Self {
+        NamespaceParams {
+            model: model.into(),
+            revision: String::new(),
+            kv_dtype,
+            layout_id: layout_id.into(),
+            tokens_per_block,
+            tp_size: 1,
+            tp_rank: 0,
+            pp_size: 1,
+            pp_rank: 0,
+            salt: Vec::new(),
+        }
+    }
+
     /// Checks every field and names the first bad one.
     pub fn validate(&self) -> Result<()> {
         if self.model.is_empty() {

@@ -73,6 +73,13 @@ fn put_get_miss_and_reopen() {
     for i in 0..30 {
         assert!(check(&store, i), "object {i} lost across reopen");
     }
+    store.flush().unwrap();
+    drop(store);
+    let mut synced = cfg(d.path(), 8);
+    synced.durability = Durability::Synced;
+    let store = SegmentStore::open(synced).unwrap();
+    store.put(&obj(31)).unwrap();
+    assert!(check(&store, 31) && check(&store, 0));
 }
 
 #[test]
