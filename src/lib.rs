@@ -8,7 +8,7 @@
 //! - [`buf`]: page-aligned buffers for O_DIRECT I/O.
 //! - [`block`]: block objects: the 64-byte header, checksums, records.
 //! - [`metrics`]: counters and metric names.
-//! - [`policy`]: eviction policies (LRU, and kvtier's prefix-aware hit density), pure code
+//! - [`policy`]: eviction and admission policies (LRU, and the prefix-aware candidate), pure code
 //!   shared by the tiers and the simulator.
 //! - [`tier`]: the storage engines: the host-memory arena ([`tier::host`]) and the NVMe
 //!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].

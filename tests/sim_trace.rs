@@ -49,6 +49,34 @@ fn lru_and_optimum_match_the_published_figures() {
 }
 
 #[test]
+fn the_prefix_aware_candidate_wins_where_lru_thrashes() {
+    let t = trace();
+    let at = |cap, policy| {
+        let c = SimConfig {
+            pool: Capacity::Blocks(cap),
+            policy,
+            ..Default::default()
+        };
+        sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
+    };
+    for cap in [1000, 2000, 5000] {
+        let (lru, pa) = (at(cap, PolicyKind::Lru), at(cap, PolicyKind::PrefixAware));
+        assert!(
+            pa > 1.1 * lru,
+            "at {cap} blocks: prefix-aware {pa:.4}, LRU {lru:.4}"
+        );
+    }
+    let (lru, pa) = (
+        at(100_000, PolicyKind::Lru),
+        at(100_000, PolicyKind::PrefixAware),
+    );
+    assert!(
+        pa >= lru - 0.001,
+        "with room it stays LRU-like: {pa:.4} vs {lru:.4}"
+    );
+}
+
+#[test]
 fn tiers_add_up_and_routing_matters() {
     let t = trace();
     let cfg = SimConfig {

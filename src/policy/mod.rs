@@ -2,14 +2,14 @@
 //! tier, the segment store and `kvtier sim`, so the simulator replays the real thing.
 //!
 //! - [`Lru`]: least recently used.
-//! - [`HitDensity`]: a prefix-aware least-hit-density policy, the candidate to replace LRU
-//!   (see its docs for where it stands).
+//! - [`PrefixAware`]: prefix-aware GreedyDual with tuned chain-sampled admission, the
+//!   candidate to replace LRU (see its docs for where it stands).
 
-mod density;
 mod lru;
+mod prefix;
 
-pub use density::HitDensity;
 pub use lru::Lru;
+pub use prefix::PrefixAware;
 
 use std::hash::Hash;
 
@@ -26,6 +26,12 @@ pub struct InsertInfo<K> {
 pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     /// A new object was stored.
     fn insert(&mut self, key: K, info: InsertInfo<K>);
+    /// Whether to store `key`, which a request wants and the tier does not hold. A policy may
+    /// refuse objects unlikely to be used again before they would be evicted. The owner calls
+    /// [`insert`](Self::insert) next if this returns true. Default: always.
+    fn admit(&mut self, _key: K, _info: InsertInfo<K>) -> bool {
+        true
+    }
     /// A stored object was used.
     fn access(&mut self, key: K);
     /// The owner removed an object (not an eviction).
@@ -39,7 +45,7 @@ pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// A short name (`lru`, `hit-density`).
+    /// A short name (`lru`, `prefix-aware`).
     fn name(&self) -> &'static str;
 }
 
@@ -50,30 +56,30 @@ pub enum PolicyKind {
     /// Least recently used (the default).
     #[default]
     Lru,
-    /// Prefix-aware least hit density (candidate).
-    HitDensity,
+    /// Prefix-aware GreedyDual with tuned chain-sampled admission (candidate).
+    PrefixAware,
 }
 
 impl PolicyKind {
-    /// Parses `lru` or `hit-density`.
+    /// Parses `lru` or `prefix-aware`.
     pub fn parse(s: &str) -> crate::Result<Self> {
         match s {
             "lru" => Ok(PolicyKind::Lru),
-            "hit-density" => Ok(PolicyKind::HitDensity),
+            "prefix-aware" => Ok(PolicyKind::PrefixAware),
             _ => Err(crate::Error::invalid(format!(
-                "unknown eviction policy `{s}`; expected lru or hit-density"
+                "unknown eviction policy `{s}`; expected lru or prefix-aware"
             ))),
         }
     }
 
     /// Builds the policy for a tier that holds about `capacity` objects.
-    pub fn build<K: Copy + Eq + Hash + Send + 'static>(
+    pub fn build<K: Copy + Eq + Hash + Ord + Send + 'static>(
         self,
         capacity: usize,
     ) -> Box<dyn EvictionPolicy<K>> {
         match self {
             PolicyKind::Lru => Box::new(Lru::new()),
-            PolicyKind::HitDensity => Box::new(HitDensity::new(capacity)),
+            PolicyKind::PrefixAware => Box::new(PrefixAware::new(capacity)),
         }
     }
 }

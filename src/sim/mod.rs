@@ -192,17 +192,18 @@ impl Tier {
         }
         let mut new = 0;
         for (j, &id) in ids.iter().enumerate() {
-            match self.blocks.insert(id, request) {
-                Some(_) => self.policy.access(id),
-                None => {
-                    self.policy.insert(
-                        id,
-                        InsertInfo {
-                            parent: j.checked_sub(1).map(|p| ids[p]),
-                        },
-                    );
-                    new += 1;
-                }
+            if let Some(at) = self.blocks.get_mut(&id) {
+                *at = request;
+                self.policy.access(id);
+                continue;
+            }
+            let info = InsertInfo {
+                parent: j.checked_sub(1).map(|p| ids[p]),
+            };
+            if self.policy.admit(id, info) {
+                self.blocks.insert(id, request);
+                self.policy.insert(id, info);
+                new += 1;
             }
         }
         if let Capacity::Blocks(cap) = self.capacity {
@@ -490,13 +491,13 @@ pub struct SweepRow {
     pub capacity_bytes: u64,
     /// Least recently used.
     pub lru: f64,
-    /// The prefix-aware hit-density candidate.
-    pub hit_density: f64,
+    /// The prefix-aware candidate.
+    pub prefix_aware: f64,
     /// The offline optimum.
     pub belady: f64,
 }
 
-/// Replays one shared tier at each capacity under LRU, the hit-density candidate and Belady.
+/// Replays one shared tier at each capacity under LRU, the prefix-aware candidate and Belady.
 pub fn sweep(
     trace: &[Request],
     capacities: &[usize],
@@ -521,7 +522,7 @@ pub fn sweep(
             capacity_blocks: cap,
             capacity_bytes: cap as u64 * cfg.block_tokens * cfg.kv_bytes_per_token,
             lru: one(PolicyKind::Lru)?,
-            hit_density: one(PolicyKind::HitDensity)?,
+            prefix_aware: one(PolicyKind::PrefixAware)?,
             belady: belady(trace, cap, cfg.block_tokens),
         };
         progress(&row);
@@ -616,7 +617,7 @@ mod tests {
                 ..inf.clone()
             };
             let opt = belady(&trace, cap, 4);
-            for p in [PolicyKind::Lru, PolicyKind::HitDensity] {
+            for p in [PolicyKind::Lru, PolicyKind::PrefixAware] {
                 let got = simulate(
                     &trace,
                     &SimConfig {

@@ -53,7 +53,7 @@ struct SimArgs {
     /// Routing: round-robin or prefix-aware.
     #[arg(long, default_value = "round-robin")]
     routing: String,
-    /// Eviction policy of every tier: lru (the tiers' default) or hit-density (candidate).
+    /// Eviction policy of every tier: lru (the tiers' default) or prefix-aware (candidate).
     #[arg(long, default_value = "lru")]
     policy: String,
     /// Tokens per trace block.
@@ -267,7 +267,7 @@ fn sim(a: SimArgs) -> Result<()> {
         }
         println!(
             "{:>12} {:>10} {:>9} {:>12} {:>9} {:>10}",
-            "blocks", "GiB", "LRU", "hit-density", "Belady", "HD/LRU"
+            "blocks", "GiB", "LRU", "prefix-aware", "Belady", "PA/LRU"
         );
         for r in &rows {
             println!(
@@ -275,9 +275,9 @@ fn sim(a: SimArgs) -> Result<()> {
                 r.capacity_blocks,
                 r.capacity_bytes as f64 / (1u64 << 30) as f64,
                 r.lru * 100.0,
-                r.hit_density * 100.0,
+                r.prefix_aware * 100.0,
                 r.belady * 100.0,
-                r.hit_density / r.lru
+                r.prefix_aware / r.lru
             );
         }
         println!("plot: {}", a.plot.display());
