@@ -1,0 +1,214 @@
+"""kvtier's Python binding: ctypes over libkvtier (no compiled extension).
+
+The library is found at $KVTIER_LIB, else as `libkvtier.so` next to this package, else on the
+system's library path. Everything here calls the C ABI (`ffi/include/kvtier.h`), so the key spec
+is implemented once, in Rust.
+
+    from kvtier import Namespace, Layout
+    ns = Namespace("meta-llama/Llama-3.1-8B-Instruct", kv_dtype="bfloat16",
+                   layout_id="vllm-cpu", tokens_per_block=128)
+    keys = ns.block_keys(token_ids)            # list of 128-bit ints, one per full block
+"""
+import ctypes
+import ctypes.util
+import os
+from typing import List, Optional, Sequence
+
+ABI_VERSION = 1
+
+KVT_OK = 0
+_STATUS_NAMES = {
+    0: "KVT_OK", 1: "KVT_ERR_NULL", 2: "KVT_ERR_INVALID", 3: "KVT_ERR_NOT_FOUND",
+    4: "KVT_ERR_NO_SPACE", 5: "KVT_ERR_CORRUPT", 6: "KVT_ERR_UNAVAILABLE", 7: "KVT_ERR_TIMEOUT",
+    8: "KVT_ERR_IO", 9: "KVT_ERR_PERMISSION", 10: "KVT_ERR_CLOSED", 11: "KVT_ERR_INTERNAL",
+}
+
+
+class KvtierError(Exception):
+    """A libkvtier call failed: `status` is the KVT_ERR_* code, the message says what is wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{_STATUS_NAMES.get(status, status)}: {message}")
+        self.status = status
+        self.message = message
+
+
+class _Key(ctypes.Structure):
+    _fields_ = [("lo", ctypes.c_uint64), ("hi", ctypes.c_uint64)]
+
+
+class _NamespaceParams(ctypes.Structure):
+    _fields_ = [
+        ("model", ctypes.c_char_p), ("revision", ctypes.c_char_p), ("kv_dtype", ctypes.c_char_p),
+        ("layout_id", ctypes.c_char_p), ("tokens_per_block", ctypes.c_uint32),
+        ("tp_size", ctypes.c_uint32), ("tp_rank", ctypes.c_uint32),
+        ("pp_size", ctypes.c_uint32), ("pp_rank", ctypes.c_uint32),
+        ("salt", ctypes.POINTER(ctypes.c_uint8)), ("salt_len", ctypes.c_size_t),
+    ]
+
+
+class _Extra(ctypes.Structure):
+    _fields_ = [
+        ("items", ctypes.POINTER(ctypes.POINTER(ctypes.c_uint8))),
+        ("lens", ctypes.POINTER(ctypes.c_size_t)),
+        ("n_items", ctypes.c_size_t),
+    ]
+
+
+class _LayoutParams(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_char_p), ("num_layers", ctypes.c_uint32), ("num_blocks", ctypes.c_uint32),
+        ("block_size", ctypes.c_uint32), ("num_kv_heads", ctypes.c_uint32),
+        ("head_size", ctypes.c_uint32), ("dtype", ctypes.c_char_p),
+    ]
+
+
+def _find_library() -> str:
+    env = os.environ.get("KVTIER_LIB")
+    if env:
+        return env
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libkvtier.so")
+    if os.path.exists(here):
+        return here
+    found = ctypes.util.find_library("kvtier")
+    if found:
+        return found
+    raise OSError("libkvtier not found: set KVTIER_LIB to the path of libkvtier.so "
+                  "(cargo build --release -p kvtier-ffi puts it in target/release/)")
+
+
+def _load():
+    lib = ctypes.CDLL(_find_library())
+    st = ctypes.c_int
+    sigs = {
+        "kvt_abi_version": ([], ctypes.c_uint32),
+        "kvt_last_error": ([], ctypes.c_char_p),
+        "kvt_namespace_new": ([ctypes.POINTER(_NamespaceParams), ctypes.POINTER(ctypes.c_void_p)], st),
+        "kvt_namespace_free": ([ctypes.c_void_p], None),
+        "kvt_namespace_digest": ([ctypes.c_void_p, ctypes.POINTER(_Key)], st),
+        "kvt_block_count": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_size_t),
+        "kvt_block_keys": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t,
+                            ctypes.POINTER(_Extra), ctypes.c_size_t, ctypes.POINTER(_Key),
+                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], st),
+        "kvt_layout_new": ([ctypes.POINTER(_LayoutParams), ctypes.POINTER(ctypes.c_void_p)], st),
+        "kvt_layout_free": ([ctypes.c_void_p], None),
+        "kvt_layout_object_len": ([ctypes.c_void_p], ctypes.c_uint64),
+        "kvt_layout_layer_bytes": ([ctypes.c_void_p], ctypes.c_uint64),
+        "kvt_gather": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                        ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
+        "kvt_scatter": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                         ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = res
+    version = lib.kvt_abi_version()
+    if version != ABI_VERSION:
+        raise OSError(f"libkvtier ABI version {version}, this binding expects {ABI_VERSION}")
+    return lib
+
+
+_lib = None
+
+
+def lib():
+    """The loaded libkvtier (loaded on first use)."""
+    global _lib
+    if _lib is None:
+        _lib = _load()
+    return _lib
+
+
+def _check(status: int) -> None:
+    if status != KVT_OK:
+        raise KvtierError(status, (lib().kvt_last_error() or b"").decode("utf-8", "replace"))
+
+
+def _key_int(k: _Key) -> int:
+    return (k.hi << 64) | k.lo
+
+
+class Namespace:
+    """A validated key namespace (see docs/key-spec.md)."""
+
+    def __init__(self, model: str, *, kv_dtype: str, layout_id: str, tokens_per_block: int,
+                 revision: str = "", tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1,
+                 pp_rank: int = 0, salt: bytes = b""):
+        self.tokens_per_block = tokens_per_block
+        salt_buf = (ctypes.c_uint8 * max(len(salt), 1)).from_buffer_copy(salt or b"\0")
+        p = _NamespaceParams(model.encode(), revision.encode(), kv_dtype.encode(), layout_id.encode(),
+                             tokens_per_block, tp_size, tp_rank, pp_size, pp_rank,
+                             ctypes.cast(salt_buf, ctypes.POINTER(ctypes.c_uint8)), len(salt))
+        handle = ctypes.c_void_p()
+        _check(lib().kvt_namespace_new(ctypes.byref(p), ctypes.byref(handle)))
+        self._h = handle
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h and _lib is not None:
+            _lib.kvt_namespace_free(h)
+            self._h = None
+
+    @property
+    def digest(self) -> int:
+        k = _Key()
+        _check(lib().kvt_namespace_digest(self._h, ctypes.byref(k)))
+        return _key_int(k)
+
+    def block_keys(self, tokens: Sequence[int], extras: Optional[Sequence[Sequence[bytes]]] = None) -> List[int]:
+        """Keys of every full block of `tokens`; `extras[i]` are block i's extra key items."""
+        n = len(tokens)
+        arr = (ctypes.c_uint32 * max(n, 1))(*tokens)
+        cap = lib().kvt_block_count(self._h, n)
+        out = (_Key * max(cap, 1))()
+        got = ctypes.c_size_t()
+        keep = []
+        ex = None
+        n_ex = 0
+        if extras:
+            n_ex = len(extras)
+            ex = (_Extra * n_ex)()
+            for i, items in enumerate(extras):
+                bufs = [(ctypes.c_uint8 * max(len(b), 1)).from_buffer_copy(b or b"\0") for b in items]
+                ptrs = (ctypes.POINTER(ctypes.c_uint8) * max(len(items), 1))(
+                    *[ctypes.cast(b, ctypes.POINTER(ctypes.c_uint8)) for b in bufs])
+                lens = (ctypes.c_size_t * max(len(items), 1))(*[len(b) for b in items])
+                keep.extend([bufs, ptrs, lens])
+                ex[i] = _Extra(ptrs, lens, len(items))
+        _check(lib().kvt_block_keys(self._h, arr, n, ex, n_ex, out, cap, ctypes.byref(got)))
+        return [_key_int(out[i]) for i in range(got.value)]
+
+
+class Layout:
+    """An engine's KV layout: gather an engine block into a block object and scatter it back."""
+
+    def __init__(self, kind: str, *, num_layers: int, num_blocks: int, block_size: int,
+                 num_kv_heads: int, head_size: int, dtype: str):
+        p = _LayoutParams(kind.encode(), num_layers, num_blocks, block_size, num_kv_heads, head_size,
+                          dtype.encode())
+        handle = ctypes.c_void_p()
+        _check(lib().kvt_layout_new(ctypes.byref(p), ctypes.byref(handle)))
+        self._h = handle
+        self.num_layers = num_layers
+        self.object_len = lib().kvt_layout_object_len(handle)
+        self.layer_bytes = lib().kvt_layout_layer_bytes(handle)
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h and _lib is not None:
+            _lib.kvt_layout_free(h)
+            self._h = None
+
+    def _layers(self, layer_ptrs: Sequence[int]):
+        return (ctypes.c_void_p * max(len(layer_ptrs), 1))(*layer_ptrs)
+
+    def gather(self, layer_ptrs: Sequence[int], block: int, dst_ptr: int) -> None:
+        """Copies engine block `block` (layer tensors at `layer_ptrs`) into the object at `dst_ptr`."""
+        _check(lib().kvt_gather(self._h, self._layers(layer_ptrs), len(layer_ptrs), block, dst_ptr,
+                                self.object_len))
+
+    def scatter(self, layer_ptrs: Sequence[int], block: int, src_ptr: int) -> None:
+        """Copies the object at `src_ptr` into engine block `block`."""
+        _check(lib().kvt_scatter(self._h, self._layers(layer_ptrs), len(layer_ptrs), block, src_ptr,
+                                 self.object_len))
