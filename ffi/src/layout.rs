@@ -119,7 +119,7 @@ unsafe fn layers_arg<'a>(
         )));
     }
     // SAFETY: per the contract.
-    let ptrs = unsafe { slice_arg(layers as *const *mut u8, n_layers, "layers") }?;
+    let ptrs = unsafe { slice_arg(layers, n_layers, "layers") }?;
     if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
         return Err(FfiError::null(&format!("layers[{i}]")));
     }
