@@ -12,11 +12,14 @@
 //!   shared by the tiers and the simulator.
 //! - [`tier`]: the storage engines: the host-memory arena ([`tier::host`]) and the NVMe
 //!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].
+//! - [`agent`]: the node agent (arena shared with engines, leases, write-behind, gRPC over a
+//!   Unix socket) and the engine-side client.
 //! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
 //! - [`bench`]: the measurement programs behind `kvtier bench ...`.
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bench;
 pub mod block;
 pub mod buf;

@@ -131,8 +131,9 @@ fn crash_kill_reopen_verify() {
         let mut this_round = 0;
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("acked ") {
-                acked.push(n.parse().unwrap());
+            // libtest may print "test crash_writer_child ... " before the first line.
+            if let Some(n) = line.split("acked ").nth(1) {
+                acked.push(n.trim().parse().unwrap());
                 this_round += 1;
                 if this_round == 150 + 40 * round {
                     // SIGKILL while both threads are still writing.
@@ -143,8 +144,8 @@ fn crash_kill_reopen_verify() {
         }
         // Acks already in the pipe when the kill landed count too.
         for line in lines.map_while(Result::ok) {
-            if let Some(n) = line.strip_prefix("acked ") {
-                acked.push(n.parse().unwrap());
+            if let Some(n) = line.split("acked ").nth(1) {
+                acked.push(n.trim().parse().unwrap());
             }
         }
         let status = child.wait().unwrap();

@@ -219,14 +219,9 @@ impl HostArena {
     /// Takes a free slot for writing, evicting the least recently used unpinned object if none
     /// is free. Fails with `NoSpace` only when every slot is pinned or being written.
     pub fn reserve(&self) -> Result<WriteSlot<'_>> {
-        let free = self.free.lock().pop();
-        let slot = match free {
-            Some(s) => s,
-            None => self.evict_one()?,
-        };
         Ok(WriteSlot {
             arena: self,
-            slot: Some(slot),
+            slot: Some(self.reserve_slot()?),
         })
     }
 
@@ -258,6 +253,90 @@ impl HostArena {
             "host arena is full and every slot is pinned by a reader or writer; retry, or raise `capacity_bytes`",
         )
         .with_context("slots", self.slots()))
+    }
+
+    /// Takes a free slot for a writer outside this process (the agent leases it to an engine),
+    /// evicting if needed. The caller owns it until [`commit_slot`](Self::commit_slot) or
+    /// [`abandon_slot`](Self::abandon_slot).
+    pub fn reserve_slot(&self) -> Result<SlotId> {
+        let free = self.free.lock().pop();
+        match free {
+            Some(s) => Ok(s),
+            None => self.evict_one(),
+        }
+    }
+
+    /// Returns a reserved, uncommitted slot to the free list.
+    pub fn abandon_slot(&self, slot: SlotId) {
+        self.free.lock().push(slot);
+    }
+
+    /// The bytes of a slot (a whole record: header, payload, padding).
+    ///
+    /// # Safety
+    /// The caller must own the slot's reservation (from [`reserve_slot`](Self::reserve_slot),
+    /// not yet committed or abandoned) and must not hold another reference to its bytes.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slot_bytes_mut(&self, slot: SlotId) -> &mut [u8] {
+        // SAFETY: in bounds; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(slot), self.slot_len) }
+    }
+
+    /// Seals a reserved slot's header over its payload and indexes it under `key`; the slot
+    /// is released instead when `key` is already present.
+    pub fn commit_slot(
+        &self,
+        slot: SlotId,
+        key: BlockKey,
+        layout_digest: u64,
+        info: InsertInfo<BlockKey>,
+    ) -> Commit {
+        let p = self.slot_ptr(slot);
+        // SAFETY: the caller owns the reservation; header and payload are disjoint parts of it.
+        let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER_LEN), self.payload_len) };
+        let h = BlockHeader::new(key, layout_digest, payload, 0);
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(h.as_bytes().as_ptr(), p, HEADER_LEN) };
+        self.index_slot(slot, key, info)
+    }
+
+    /// Indexes a reserved slot whose record (header included) is already complete and verified,
+    /// e.g. read through from disk.
+    pub fn commit_record(&self, slot: SlotId, key: BlockKey, info: InsertInfo<BlockKey>) -> Commit {
+        self.index_slot(slot, key, info)
+    }
+
+    fn index_slot(&self, slot: SlotId, key: BlockKey, info: InsertInfo<BlockKey>) -> Commit {
+        let mut policy = self.policy.lock();
+        match self.index.entry(key) {
+            dashmap::Entry::Occupied(entry) => {
+                drop(entry);
+                drop(policy);
+                self.free.lock().push(slot);
+                Commit::AlreadyPresent
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(slot);
+                policy.insert(key, info);
+                self.puts.inc();
+                self.bytes_in.add(self.payload_len as u64);
+                Commit::Stored(slot)
+            }
+        }
+    }
+
+    /// Pins the slot of `key` (no eviction until [`unpin`](Self::unpin)) and marks it used.
+    pub fn pin(&self, key: BlockKey) -> Option<SlotId> {
+        self.get(key).map(|r| {
+            let slot = r.slot;
+            std::mem::forget(r);
+            slot
+        })
+    }
+
+    /// Releases one pin of a slot.
+    pub fn unpin(&self, slot: SlotId) {
+        self.pins[slot.0 as usize].fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Pins and returns the object stored under `key`, marking it recently used.
@@ -365,36 +444,14 @@ impl WriteSlot<'_> {
         info: InsertInfo<BlockKey>,
     ) -> Commit {
         let slot = self.slot.take().expect("slot present until commit");
-        let arena = self.arena;
-        let p = arena.slot_ptr(slot);
-        // SAFETY: exclusive slot; header and payload are disjoint parts of it.
-        let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER_LEN), arena.payload_len) };
-        let h = BlockHeader::new(key, layout_digest, payload, 0);
-        // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping(h.as_bytes().as_ptr(), p, HEADER_LEN) };
-        let mut policy = arena.policy.lock();
-        match arena.index.entry(key) {
-            dashmap::Entry::Occupied(entry) => {
-                drop(entry);
-                drop(policy);
-                arena.free.lock().push(slot);
-                Commit::AlreadyPresent
-            }
-            dashmap::Entry::Vacant(v) => {
-                v.insert(slot);
-                policy.insert(key, info);
-                arena.puts.inc();
-                arena.bytes_in.add(arena.payload_len as u64);
-                Commit::Stored(slot)
-            }
-        }
+        self.arena.commit_slot(slot, key, layout_digest, info)
     }
 }
 
 impl Drop for WriteSlot<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.arena.free.lock().push(slot);
+            self.arena.abandon_slot(slot);
         }
     }
 }
@@ -430,7 +487,7 @@ impl ReadSlot<'_> {
 
 impl Drop for ReadSlot<'_> {
     fn drop(&mut self) {
-        self.arena.pins[self.slot.0 as usize].fetch_sub(1, Ordering::AcqRel);
+        self.arena.unpin(self.slot);
     }
 }
 

@@ -28,6 +28,34 @@ enum Cmd {
     Keys(KeysArgs),
     /// Replay a request trace through kvtier's tiers and eviction policy (capacity planning).
     Sim(SimArgs),
+    /// Run the node agent with an embedded pool on a local data directory.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// gRPC socket engines connect to (the descriptor socket is this path + ".fd").
+    /// Default: $XDG_RUNTIME_DIR/kvtier/agent.sock, else /tmp/kvtier-$UID/agent.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Directory of the embedded pool's segment files (created if missing).
+    #[arg(long, default_value = "kvtier-data")]
+    data: PathBuf,
+    /// Host memory shared with engines.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    arena_bytes: u64,
+    /// Payload bytes of one block object (the engine layout's object size).
+    #[arg(long, default_value = "2MiB", value_parser = parse_size)]
+    object_bytes: u64,
+    /// Capacity of the embedded pool on disk.
+    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
+    pool_bytes: u64,
+    /// Segment file size of the embedded pool.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    segment_bytes: u64,
+    /// Memory only: no embedded pool.
+    #[arg(long)]
+    no_pool: bool,
 }
 
 #[derive(Args)]
@@ -205,7 +233,72 @@ fn main() -> Result<()> {
         Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
+        Cmd::Up(a) => up(a),
     }
+}
+
+fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kvtier/agent.sock"),
+        None => PathBuf::from(format!("/tmp/kvtier-{}/agent.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    use kvtier::agent::{self, AgentConfig};
+    use kvtier::tier::host::HostArenaConfig;
+    use kvtier::tier::segment::SegmentStoreConfig;
+    let socket = a.socket.unwrap_or_else(default_socket);
+    let store = (!a.no_pool).then(|| {
+        let mut c = SegmentStoreConfig::new(&a.data);
+        c.capacity_bytes = a.pool_bytes;
+        c.segment_bytes = a.segment_bytes;
+        c.create_dir = true;
+        c
+    });
+    let cfg = AgentConfig {
+        socket: socket.clone(),
+        arena: HostArenaConfig {
+            capacity_bytes: a.arena_bytes,
+            payload_len: a.object_bytes as usize,
+            ..Default::default()
+        },
+        store,
+        write_queue: 4096,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!("kvtier up: shutting down");
+        };
+        println!("kvtier agent: socket {}", socket.display());
+        println!(
+            "kvtier agent: arena {} MiB of {} KiB objects; pool {}",
+            a.arena_bytes >> 20,
+            a.object_bytes >> 10,
+            if a.no_pool {
+                "none".to_string()
+            } else {
+                format!("{} ({} GiB)", a.data.display(), a.pool_bytes >> 30)
+            }
+        );
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        agent::run(cfg, shutdown).await?;
+        Ok(())
+    })
 }
 
 fn sim(a: SimArgs) -> Result<()> {

@@ -269,10 +269,23 @@ impl SegmentStore {
     /// Stores a sealed object. Returns when the write has completed per `durability`.
     /// An existing object of the same key is replaced (the old record becomes dead space).
     pub fn put(&self, obj: &BlockObject) -> Result<()> {
-        self.put_record(obj.record(), obj.header().key(), true)
+        self.append(obj.record(), obj.header().key(), true)
     }
 
-    fn put_record(&self, record: &[u8], key: BlockKey, allow_second_chance: bool) -> Result<()> {
+    /// Stores a complete record (header, payload, padding) from a page-aligned buffer, such as
+    /// a host-arena slot, without copying it. The header is checked (not the payload: whoever
+    /// sealed it computed the checksum, and every read verifies it).
+    pub fn put_record(&self, record: &[u8]) -> Result<()> {
+        let h = BlockHeader::decode(record).map_err(Error::from)?;
+        if record.len() < h.record_len() || record.as_ptr() as usize % ALIGN != 0 {
+            return Err(Error::invalid(
+                "a record must be page-aligned and hold its whole payload",
+            ));
+        }
+        self.append(&record[..h.record_len()], h.key(), true)
+    }
+
+    fn append(&self, record: &[u8], key: BlockKey, allow_second_chance: bool) -> Result<()> {
         let len = record.len() as u64;
         if len > self.cfg.segment_bytes - ALIGN as u64 || len % ALIGN as u64 != 0 {
             return Err(Error::invalid(format!(
@@ -441,7 +454,7 @@ impl SegmentStore {
                 }
                 let kept = self.io.read_at(&victim.file, &mut buf[..len], off).is_ok()
                     && self.verify(&buf[..len], key).is_ok()
-                    && self.put_record(&buf[..len], key, false).is_ok();
+                    && self.append(&buf[..len], key, false).is_ok();
                 if kept {
                     self.counters.second_chances.inc();
                     continue;
@@ -472,6 +485,22 @@ impl SegmentStore {
     /// header, or `None` on a miss, including a record that failed verification (counted by
     /// reason and dropped from the index). The payload is `buf[HEADER_LEN..][..payload_len]`.
     pub fn get_into(&self, key: BlockKey, buf: &mut AlignedBuf) -> Result<Option<BlockHeader>> {
+        if let Some(len) = self.record_len(key) {
+            if buf.len() < len {
+                *buf = AlignedBuf::zeroed(len);
+            }
+        }
+        self.get_into_slice(key, buf)
+    }
+
+    /// The record length of `key` if indexed.
+    pub fn record_len(&self, key: BlockKey) -> Option<usize> {
+        self.index.get(&key).map(|l| l.len as usize)
+    }
+
+    /// Like [`get_into`](Self::get_into) into a caller's page-aligned buffer (a host-arena
+    /// slot, say). A buffer too small for the record is a miss.
+    pub fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
         let Some((seg_id, off, len)) = self.index.get(&key).map(|l| {
             l.hot.store(true, Ordering::Relaxed);
             (l.seg, l.off, l.len as usize)
@@ -484,8 +513,13 @@ impl SegmentStore {
             self.counters.misses.inc();
             return Ok(None);
         };
-        if buf.len() < len {
-            *buf = AlignedBuf::zeroed(len);
+        if buf.len() < len || buf.as_ptr() as usize % ALIGN != 0 {
+            self.counters.misses.inc();
+            return Err(Error::invalid(format!(
+                "read buffer of {} bytes (page-aligned: {}) for a {len}-byte record",
+                buf.len(),
+                buf.as_ptr() as usize % ALIGN == 0
+            )));
         }
         if let Err(e) = self.io.read_at(&seg.file, &mut buf[..len], off) {
             self.counters.misses.inc();

@@ -1,0 +1,399 @@
+//! The engine side of the agent: a blocking client (it runs its own small tokio runtime) that
+//! maps the agent's arena, leases slots over gRPC, and copies blocks in and out of the shared
+//! memory. Any transport failure drops the connection; the next call reconnects, so an agent
+//! restart costs the engine a few misses, never an error it must handle specially.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status};
+
+use super::proto::{self, agent_client};
+use super::state::Granted;
+use super::{fd_socket_path, fdpass};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+
+/// How to reach the agent, and what this engine stores.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The agent's gRPC socket.
+    pub socket: PathBuf,
+    /// Digest of this engine's KV layout ([`crate::layout::KvLayout::digest`]).
+    pub layout_digest: u64,
+    /// Payload bytes of one block object ([`crate::layout::KvLayout::object_len`]).
+    pub object_len: u64,
+    /// Free text naming the engine in the agent's logs.
+    pub engine: String,
+    /// Deadline of every call, connecting included. Default: `2 s`.
+    pub timeout: Duration,
+    /// Time the agent may spend reading through from the pool in one load. Default: `1 s`.
+    pub load_budget: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for a socket and a layout.
+    pub fn new(socket: impl Into<PathBuf>, layout_digest: u64, object_len: u64) -> Self {
+        ClientConfig {
+            socket: socket.into(),
+            layout_digest,
+            object_len,
+            engine: format!("pid {}", std::process::id()),
+            timeout: Duration::from_secs(2),
+            load_budget: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this struct.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+struct Conn {
+    grpc: agent_client::AgentClient<Channel>,
+    /// Held open for as long as the session lives: its closing tells the agent we are gone.
+    _fd_sock: UnixStream,
+    map: Mapping,
+    session: u64,
+    slot_len: usize,
+    payload_offset: usize,
+    slots: u32,
+}
+
+/// A connection to the node agent. Not thread-safe: one per engine worker thread.
+pub struct AgentClient {
+    cfg: ClientConfig,
+    rt: tokio::runtime::Runtime,
+    conn: Option<Conn>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("{what}: {e} (is the kvtier agent running?)"),
+    )
+}
+
+fn from_status(s: Status) -> Error {
+    let kind = match s.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            ErrorKind::InvalidArgument
+        }
+        Code::NotFound => ErrorKind::NotFound,
+        Code::ResourceExhausted => ErrorKind::NoSpace,
+        Code::DataLoss => ErrorKind::Corrupt,
+        Code::DeadlineExceeded => ErrorKind::Timeout,
+        Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("agent: {}", s.message()))
+}
+
+impl AgentClient {
+    /// Connects (descriptor socket, arena mapping, gRPC channel, session).
+    pub fn connect(cfg: ClientConfig) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the client runtime", e))?;
+        let mut c = AgentClient {
+            cfg,
+            rt,
+            conn: None,
+        };
+        c.ensure()?;
+        Ok(c)
+    }
+
+    fn open(&self) -> Result<Conn> {
+        let cfg = &self.cfg;
+        let fd_path = fd_socket_path(&cfg.socket);
+        let fd_sock = UnixStream::connect(&fd_path)
+            .map_err(|e| unavailable(&format!("connecting to {}", fd_path.display()), e))?;
+        fd_sock
+            .set_read_timeout(Some(cfg.timeout))
+            .map_err(|e| Error::io("socket timeout", e))?;
+        let (fd, token, len) =
+            fdpass::recv_fd(&fd_sock).map_err(|e| unavailable("receiving the arena", e))?;
+        // SAFETY: mapping a shared memfd of `len` bytes that the agent sized.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::io(
+                "mapping the agent's arena",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let map = Mapping {
+            ptr: ptr.cast(),
+            len: len as usize,
+        };
+        let path = cfg.socket.clone();
+        let timeout = cfg.timeout;
+        let grpc = self.rt.block_on(async move {
+            let channel = Endpoint::from_static("http://kvtier-agent")
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+                .map_err(|e| unavailable("connecting to the agent socket", e))?;
+            Ok::<_, Error>(agent_client::AgentClient::new(channel))
+        })?;
+        let mut conn = Conn {
+            grpc,
+            _fd_sock: fd_sock,
+            map,
+            session: 0,
+            slot_len: 0,
+            payload_offset: 0,
+            slots: 0,
+        };
+        let hello = proto::HelloRequest {
+            abi_version: 1,
+            layout_digest: cfg.layout_digest,
+            object_len: cfg.object_len,
+            engine: cfg.engine.clone(),
+            fd_token: token,
+        };
+        let r = self
+            .rt
+            .block_on(conn.grpc.hello(hello))
+            .map_err(from_status)?
+            .into_inner();
+        if (r.slot_len as usize) * (r.slots as usize) > conn.map.len
+            || r.payload_offset as u64 + cfg.object_len > r.slot_len
+        {
+            return Err(Error::corrupt(
+                "the agent's arena geometry does not fit its mapping",
+            ));
+        }
+        conn.session = r.session;
+        conn.slot_len = r.slot_len as usize;
+        conn.payload_offset = r.payload_offset as usize;
+        conn.slots = r.slots;
+        Ok(conn)
+    }
+
+    fn ensure(&mut self) -> Result<&mut Conn> {
+        if self.conn.is_none() {
+            self.conn = Some(self.open()?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    /// True while a session is open (false after a failure, until the next call reconnects).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Runs one RPC with the deadline; a transport failure or an unknown session (the agent
+    /// restarted) drops the connection so the next call reconnects.
+    fn call<T, F, Fut>(&mut self, f: F) -> Result<T>
+    where
+        F: FnOnce(agent_client::AgentClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let timeout = self.cfg.timeout;
+        let conn = self.ensure()?;
+        let fut = f(conn.grpc.clone(), conn.session);
+        let out = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, fut).await });
+        match out {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => {
+                if matches!(
+                    s.code(),
+                    Code::Unavailable
+                        | Code::Unknown
+                        | Code::Cancelled
+                        | Code::NotFound
+                        | Code::Internal
+                ) {
+                    self.conn = None;
+                }
+                Err(from_status(s))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("the agent did not answer within {timeout:?}"),
+                ))
+            }
+        }
+    }
+
+    /// How many leading `keys` the agent or its pool hold, and how many of those are in memory.
+    /// With `prefetch`, the agent starts reading pool-resident ones into memory.
+    pub fn lookup(&mut self, keys: &[BlockKey], prefetch: bool) -> Result<(u32, u32)> {
+        let keys = to_proto(keys);
+        let r = self.call(|mut g, session| async move {
+            g.lookup(proto::LookupRequest {
+                session,
+                keys,
+                prefetch,
+            })
+            .await
+        })?;
+        Ok((r.prefix_blocks, r.in_memory))
+    }
+
+    /// Leases slots for the keys the agent lacks (see [`State::begin_save`](super::State::begin_save)).
+    pub fn begin_save(&mut self, keys: &[BlockKey]) -> Result<Vec<Granted>> {
+        let keys = to_proto(keys);
+        let r = self.call(|mut g, session| async move {
+            g.begin_save(proto::BeginSaveRequest { session, keys })
+                .await
+        })?;
+        Ok(r.leases
+            .into_iter()
+            .map(|l| Granted {
+                index: l.index,
+                slot: l.slot,
+                lease: l.lease,
+            })
+            .collect())
+    }
+
+    /// The payload bytes of a leased slot in the shared arena.
+    pub fn payload_mut(&mut self, slot: u32) -> Result<&mut [u8]> {
+        let len = self.cfg.object_len as usize;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "not connected to the agent"))?;
+        if slot >= conn.slots {
+            return Err(Error::corrupt(format!(
+                "the agent leased slot {slot} of {}",
+                conn.slots
+            )));
+        }
+        let off = slot as usize * conn.slot_len + conn.payload_offset;
+        // SAFETY: in bounds of the mapping (checked at hello); the lease makes the slot ours.
+        Ok(unsafe { std::slice::from_raw_parts_mut(conn.map.ptr.add(off), len) })
+    }
+
+    /// Seals the filled leased slots. Returns (stored, deduplicated).
+    pub fn commit_save(&mut self, leases: &[u64]) -> Result<(u32, u32)> {
+        let leases = leases.to_vec();
+        let r = self.call(|mut g, session| async move {
+            g.commit_save(proto::CommitSaveRequest { session, leases })
+                .await
+        })?;
+        Ok((r.stored, r.deduplicated))
+    }
+
+    /// Saves blocks: `fill(i, payload)` writes block `keys[i]` straight into the shared arena,
+    /// for the keys the agent lacks. Returns how many were stored.
+    pub fn save(
+        &mut self,
+        keys: &[BlockKey],
+        mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<u32> {
+        let granted = self.begin_save(keys)?;
+        let mut ok = Vec::with_capacity(granted.len());
+        for g in &granted {
+            fill(g.index as usize, self.payload_mut(g.slot)?)?;
+            ok.push(g.lease);
+        }
+        Ok(self.commit_save(&ok)?.0)
+    }
+
+    /// Loads blocks: `sink(i, payload)` copies block `keys[i]` out of the shared arena. Returns
+    /// per key whether it was delivered; the others must be recomputed.
+    pub fn load(
+        &mut self,
+        keys: &[BlockKey],
+        mut sink: impl FnMut(usize, &[u8]),
+    ) -> Result<Vec<bool>> {
+        let ks = to_proto(keys);
+        let budget_ms = self.cfg.load_budget.as_millis().min(u32::MAX as u128) as u32;
+        let r = self.call(|mut g, session| async move {
+            g.begin_load(proto::BeginLoadRequest {
+                session,
+                keys: ks,
+                budget_ms,
+            })
+            .await
+        })?;
+        let mut delivered = vec![false; keys.len()];
+        let mut leases = Vec::with_capacity(r.leases.len());
+        for l in r.leases {
+            let i = l.index as usize;
+            if i >= keys.len() {
+                continue;
+            }
+            sink(i, self.payload_mut(l.slot)?);
+            delivered[i] = true;
+            leases.push(l.lease);
+        }
+        // Releasing pins can fail if the agent went away meanwhile; the copies are complete.
+        let _ = self.call(|mut g, session| async move {
+            g.end_load(proto::EndLoadRequest { session, leases }).await
+        });
+        Ok(delivered)
+    }
+
+    /// The agent's counters.
+    pub fn stats(&mut self) -> Result<proto::StatsResponse> {
+        self.call(|mut g, _| async move { g.stats(proto::StatsRequest {}).await })
+    }
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let session = c.session;
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_millis(200),
+                    c.grpc.goodbye(proto::GoodbyeRequest { session }),
+                )
+                .await
+            });
+        }
+    }
+}
+
+fn to_proto(keys: &[BlockKey]) -> Vec<proto::Key> {
+    keys.iter()
+        .map(|k| {
+            let v = k.as_u128();
+            proto::Key {
+                lo: v as u64,
+                hi: (v >> 64) as u64,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,117 @@
+//! Passing the arena's file descriptor to engine processes over a Unix socket (`SCM_RIGHTS`).
+//!
+//! The agent sends one message per connection: 16 bytes (a session token, and the arena size)
+//! with the memfd attached. The engine keeps the connection open for as long as it lives; when
+//! it closes (the engine exited or died), the agent reclaims everything the token's sessions
+//! held.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+/// Sends `token` and `len` with `fd` attached.
+pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, token: u64, len: u64) -> io::Result<()> {
+    let mut data = [0u8; 16];
+    data[..8].copy_from_slice(&token.to_le_bytes());
+    data[8..].copy_from_slice(&len.to_le_bytes());
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zeroed is a valid initial state.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points to `space` bytes, enough for one cmsg with one fd.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
+    }
+    // SAFETY: a valid socket and message.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
+    }
+    Ok(())
+}
+
+/// Receives what [`send_fd`] sent: `(fd, token, len)`.
+pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
+    let mut data = [0u8; 16];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: a valid socket and buffers.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the descriptor socket",
+        ));
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR handles an empty control buffer.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no descriptor in the agent's message",
+            ));
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd)
+    };
+    // SAFETY: the kernel installed a new descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let token = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(data[8..].try_into().expect("8 bytes"));
+    Ok((fd, token, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_descriptor_crosses_a_socket_pair() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &file, b"shared bytes").unwrap();
+        send_fd(&a, file.as_fd(), 42, 12).unwrap();
+        let (fd, token, len) = recv_fd(&b).unwrap();
+        assert_eq!((token, len), (42, 12));
+        let mut buf = [0u8; 12];
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 12, 0) };
+        assert_eq!(n, 12);
+        assert_eq!(&buf, b"shared bytes");
+        drop(a);
+        assert!(recv_fd(&b).is_err(), "EOF after the agent closes");
+    }
+}

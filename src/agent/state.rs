@@ -1,0 +1,583 @@
+//! The agent's state and operations, independent of the transport (the gRPC service calls
+//! these; tests can too).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::metrics::Counter;
+use crate::policy::InsertInfo;
+use crate::tier::host::{Commit, HostArena, SlotId};
+use crate::tier::segment::SegmentStore;
+
+use super::fdpass;
+use super::AgentConfig;
+
+enum LeaseKind {
+    /// An arena slot the engine is filling for `key`.
+    Write {
+        slot: SlotId,
+        key: BlockKey,
+        parent: Option<BlockKey>,
+    },
+    /// A pinned slot the engine is copying out.
+    Read { slot: SlotId },
+}
+
+struct Lease {
+    session: u64,
+    kind: LeaseKind,
+}
+
+struct Session {
+    token: u64,
+    layout_digest: u64,
+    engine: String,
+    leases: HashSet<u64>,
+}
+
+/// A granted lease: index of the key in the request, the slot, the lease id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// Index of the key in the request.
+    pub index: u32,
+    /// Arena slot.
+    pub slot: u32,
+    /// Lease id.
+    pub lease: u64,
+}
+
+/// Counters of an agent.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Open sessions.
+    pub sessions: u64,
+    /// Arena slots.
+    pub arena_slots: u64,
+    /// Arena slots holding objects.
+    pub arena_used: u64,
+    /// Leases outstanding.
+    pub leases: u64,
+    /// Blocks loaded from memory.
+    pub hits_memory: u64,
+    /// Blocks loaded by reading through from the pool.
+    pub hits_pool: u64,
+    /// Blocks asked for and not delivered.
+    pub misses: u64,
+    /// Blocks saved.
+    pub saves: u64,
+    /// Saves skipped because the key was stored or in flight.
+    pub deduplicated: u64,
+    /// Blocks written to the pool.
+    pub pool_writes: u64,
+    /// Pool writes dropped from a full queue.
+    pub dropped_writes: u64,
+    /// Objects that failed their checksum on the way back from the pool.
+    pub corrupt: u64,
+    /// Leases released because their engine's connection closed.
+    pub reclaimed_leases: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits_memory: Counter,
+    hits_pool: Counter,
+    misses: Counter,
+    saves: Counter,
+    deduplicated: Counter,
+    pool_writes: Counter,
+    dropped_writes: Counter,
+    reclaimed_leases: Counter,
+}
+
+/// The agent's shared state.
+pub struct State {
+    arena: HostArena,
+    store: Option<SegmentStore>,
+    sessions: Mutex<HashMap<u64, Session>>,
+    leases: Mutex<HashMap<u64, Lease>>,
+    /// Keys with a write lease outstanding (dedup of concurrent saves).
+    saving: Mutex<HashMap<BlockKey, u64>>,
+    /// Descriptor connections alive, by token.
+    tokens: Mutex<HashSet<u64>>,
+    next_id: AtomicU64,
+    queue: Mutex<VecDeque<BlockKey>>,
+    queue_cv: Condvar,
+    queue_cap: usize,
+    stopping: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Counters,
+}
+
+impl State {
+    /// Creates the arena and opens the store, and starts the write-behind worker.
+    pub fn new(cfg: &AgentConfig) -> Result<Arc<Self>> {
+        let arena = HostArena::new(&cfg.arena)?;
+        let store = cfg.store.clone().map(SegmentStore::open).transpose()?;
+        let state = Arc::new(State {
+            arena,
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            saving: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashSet::new()),
+            next_id: AtomicU64::new(1),
+            queue: Mutex::new(VecDeque::new()),
+            queue_cv: Condvar::new(),
+            queue_cap: cfg.write_queue.max(1),
+            stopping: AtomicBool::new(false),
+            writer: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        if state.store.is_some() {
+            let s = state.clone();
+            let handle = std::thread::Builder::new()
+                .name("kvtier-write-behind".into())
+                .spawn(move || s.write_behind())
+                .map_err(|e| Error::io("starting the write-behind thread", e))?;
+            *state.writer.lock() = Some(handle);
+        }
+        Ok(state)
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The arena (for tests and the stats view).
+    pub fn arena(&self) -> &HostArena {
+        &self.arena
+    }
+
+    /// Serves the descriptor socket on a thread: each connection gets a token and the arena's
+    /// descriptor, and its closing reclaims the token's sessions.
+    pub fn serve_descriptors(self: Arc<Self>, listener: UnixListener) {
+        let spawn = std::thread::Builder::new()
+            .name("kvtier-fd-accept".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if self.stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let token = self.id();
+                    self.tokens.lock().insert(token);
+                    let len = self.arena.slot_len() as u64 * self.arena.slots() as u64;
+                    if let Err(e) = fdpass::send_fd(&conn, self.arena.fd(), token, len) {
+                        tracing::warn!(error = %e, "could not pass the arena descriptor");
+                        self.tokens.lock().remove(&token);
+                        continue;
+                    }
+                    let state = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("kvtier-fd-conn".into())
+                        .spawn(move || {
+                            // Engines never write here: any return means the engine is gone.
+                            let mut buf = [0u8; 64];
+                            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                            state.reclaim(token);
+                        });
+                }
+            });
+        if let Err(e) = spawn {
+            tracing::error!(error = %e, "could not start the descriptor socket thread");
+        }
+    }
+
+    /// Opens a session for an engine whose descriptor connection holds `token`.
+    pub fn hello(
+        &self,
+        token: u64,
+        layout_digest: u64,
+        object_len: u64,
+        engine: &str,
+    ) -> Result<u64> {
+        if object_len != self.arena.payload_len() as u64 {
+            return Err(Error::invalid(format!(
+                "the engine's block objects are {object_len} bytes but the agent's arena holds {}-byte objects; \
+                 start the agent with --object-bytes {object_len}",
+                self.arena.payload_len()
+            )));
+        }
+        if !self.tokens.lock().contains(&token) {
+            return Err(Error::invalid(
+                "unknown descriptor token: connect to the descriptor socket first",
+            ));
+        }
+        let session = self.id();
+        self.sessions.lock().insert(
+            session,
+            Session {
+                token,
+                layout_digest,
+                engine: engine.to_string(),
+                leases: HashSet::new(),
+            },
+        );
+        tracing::info!(session, engine, "engine session opened");
+        Ok(session)
+    }
+
+    fn session_digest(&self, session: u64) -> Result<u64> {
+        self.sessions
+            .lock()
+            .get(&session)
+            .map(|s| s.layout_digest)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    "unknown session: call Hello again (the agent may have restarted)",
+                )
+            })
+    }
+
+    fn grant(&self, session: u64, kind: LeaseKind) -> Result<u64> {
+        let id = self.id();
+        let mut sessions = self.sessions.lock();
+        let s = sessions
+            .get_mut(&session)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "unknown session"))?;
+        s.leases.insert(id);
+        self.leases.lock().insert(id, Lease { session, kind });
+        Ok(id)
+    }
+
+    fn take_lease(&self, session: u64, lease: u64) -> Option<LeaseKind> {
+        let mut leases = self.leases.lock();
+        match leases.get(&lease) {
+            Some(l) if l.session == session => {}
+            _ => return None,
+        }
+        let l = leases.remove(&lease)?;
+        drop(leases);
+        if let Some(s) = self.sessions.lock().get_mut(&session) {
+            s.leases.remove(&lease);
+        }
+        Some(l.kind)
+    }
+
+    fn release(&self, kind: LeaseKind) {
+        match kind {
+            LeaseKind::Write { slot, key, .. } => {
+                self.saving.lock().remove(&key);
+                self.arena.abandon_slot(slot);
+            }
+            LeaseKind::Read { slot } => self.arena.unpin(slot),
+        }
+    }
+
+    /// How many leading `keys` are stored (memory, then pool), and how many of those are in
+    /// memory. With `prefetch`, pool-resident ones are read into memory in the background.
+    pub fn lookup(
+        self: &Arc<Self>,
+        session: u64,
+        keys: &[BlockKey],
+        prefetch: bool,
+    ) -> Result<(u32, u32)> {
+        self.session_digest(session)?;
+        let (mut prefix, mut in_memory) = (0u32, 0u32);
+        let mut from_pool = Vec::new();
+        for &k in keys {
+            if self.arena.contains(k) {
+                in_memory += 1;
+            } else if self.store.as_ref().is_some_and(|s| s.contains(k)) {
+                from_pool.push(k);
+            } else {
+                break;
+            }
+            prefix += 1;
+        }
+        if prefetch && !from_pool.is_empty() {
+            let state = self.clone();
+            std::thread::spawn(move || {
+                for k in from_pool {
+                    if state.read_through(k).is_none() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok((prefix, in_memory))
+    }
+
+    /// Reads `key` from the pool into a new arena slot; `Some` when it is now in memory.
+    fn read_through(&self, key: BlockKey) -> Option<()> {
+        if self.arena.contains(key) {
+            return Some(());
+        }
+        let store = self.store.as_ref()?;
+        let slot = self.arena.reserve_slot().ok()?;
+        // SAFETY: the slot was just reserved by us and nobody else references it.
+        let buf = unsafe { self.arena.slot_bytes_mut(slot) };
+        match store.get_into_slice(key, buf) {
+            Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
+                self.arena.commit_record(slot, key, InsertInfo::default());
+                Some(())
+            }
+            _ => {
+                self.arena.abandon_slot(slot);
+                None
+            }
+        }
+    }
+
+    /// Leases slots for the keys not stored or in flight. A full arena (every slot pinned)
+    /// ends the list early: the engine just skips saving the rest.
+    pub fn begin_save(&self, session: u64, keys: &[BlockKey]) -> Result<Vec<Granted>> {
+        self.session_digest(session)?;
+        let mut out = Vec::new();
+        for (i, &key) in keys.iter().enumerate() {
+            if self.arena.contains(key) || self.saving.lock().contains_key(&key) {
+                self.counters.deduplicated.inc();
+                continue;
+            }
+            let slot = match self.arena.reserve_slot() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::NoSpace => break,
+                Err(e) => return Err(e),
+            };
+            let parent = i.checked_sub(1).map(|p| keys[p]);
+            let lease = match self.grant(session, LeaseKind::Write { slot, key, parent }) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.arena.abandon_slot(slot);
+                    return Err(e);
+                }
+            };
+            {
+                let mut saving = self.saving.lock();
+                if saving.contains_key(&key) {
+                    // Another engine got there between our check and now.
+                    drop(saving);
+                    if let Some(kind) = self.take_lease(session, lease) {
+                        self.release(kind);
+                    }
+                    self.counters.deduplicated.inc();
+                    continue;
+                }
+                saving.insert(key, lease);
+            }
+            out.push(Granted {
+                index: i as u32,
+                slot: slot.0,
+                lease,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Seals and indexes filled slots, and queues them for the pool. Returns (stored, dedup).
+    pub fn commit_save(&self, session: u64, leases: &[u64]) -> Result<(u32, u32)> {
+        let digest = self.session_digest(session)?;
+        let (mut stored, mut dedup) = (0, 0);
+        for &lease in leases {
+            let Some(kind) = self.take_lease(session, lease) else {
+                return Err(Error::invalid(format!(
+                    "lease {lease} is not an open lease of this session"
+                )));
+            };
+            let LeaseKind::Write { slot, key, parent } = kind else {
+                self.release(kind);
+                return Err(Error::invalid(format!(
+                    "lease {lease} is a load lease, not a save lease"
+                )));
+            };
+            self.saving.lock().remove(&key);
+            match self
+                .arena
+                .commit_slot(slot, key, digest, InsertInfo { parent })
+            {
+                Commit::Stored(_) => {
+                    stored += 1;
+                    self.counters.saves.inc();
+                    self.enqueue(key);
+                }
+                Commit::AlreadyPresent => dedup += 1,
+            }
+        }
+        Ok((stored, dedup))
+    }
+
+    fn enqueue(&self, key: BlockKey) {
+        if self.store.is_none() {
+            return;
+        }
+        let mut q = self.queue.lock();
+        if q.len() >= self.queue_cap {
+            q.pop_front();
+            self.counters.dropped_writes.inc();
+        }
+        q.push_back(key);
+        self.queue_cv.notify_one();
+    }
+
+    fn write_behind(&self) {
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        loop {
+            let key = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(k) = q.pop_front() {
+                        break k;
+                    }
+                    if self.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    self.queue_cv.wait_for(&mut q, Duration::from_millis(200));
+                }
+            };
+            if store.contains(key) {
+                continue;
+            }
+            // Straight from the shared arena slot to disk (the slot is a page-aligned record).
+            if let Some(slot) = self.arena.get(key) {
+                match store.put_record(slot.record()) {
+                    Ok(()) => self.counters.pool_writes.inc(),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "write-behind to the pool failed (a future miss)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pins the slots of stored keys, reading through from the pool within `budget`. Keys not
+    /// granted are misses.
+    pub fn begin_load(
+        &self,
+        session: u64,
+        keys: &[BlockKey],
+        budget: Duration,
+    ) -> Result<Vec<Granted>> {
+        let digest = self.session_digest(session)?;
+        let deadline = Instant::now() + budget;
+        let mut out = Vec::new();
+        for (i, &key) in keys.iter().enumerate() {
+            let mut from_pool = false;
+            if !self.arena.contains(key) && Instant::now() < deadline {
+                from_pool = self.read_through(key).is_some();
+            }
+            let granted = self.arena.get(key).and_then(|r| {
+                if r.header().layout_digest() != digest {
+                    return None; // another layout's object: never hand it to this engine
+                }
+                let slot = r.id();
+                std::mem::forget(r); // the pin now belongs to the lease
+                Some(slot)
+            });
+            match granted {
+                Some(slot) => match self.grant(session, LeaseKind::Read { slot }) {
+                    Ok(lease) => {
+                        if from_pool {
+                            &self.counters.hits_pool
+                        } else {
+                            &self.counters.hits_memory
+                        }
+                        .inc();
+                        out.push(Granted {
+                            index: i as u32,
+                            slot: slot.0,
+                            lease,
+                        });
+                    }
+                    Err(e) => {
+                        self.arena.unpin(slot);
+                        return Err(e);
+                    }
+                },
+                None => self.counters.misses.inc(),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Releases load leases.
+    pub fn end_load(&self, session: u64, leases: &[u64]) -> Result<()> {
+        for &lease in leases {
+            if let Some(kind) = self.take_lease(session, lease) {
+                self.release(kind);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a session, releasing its leases.
+    pub fn goodbye(&self, session: u64) {
+        let Some(s) = self.sessions.lock().remove(&session) else {
+            return;
+        };
+        for lease in s.leases {
+            if let Some(l) = self.leases.lock().remove(&lease) {
+                self.release(l.kind);
+            }
+        }
+    }
+
+    /// Releases everything held by the sessions of a descriptor connection that closed.
+    pub fn reclaim(&self, token: u64) {
+        self.tokens.lock().remove(&token);
+        let gone: Vec<(u64, Session)> = {
+            let mut sessions = self.sessions.lock();
+            let ids: Vec<u64> = sessions
+                .iter()
+                .filter(|(_, s)| s.token == token)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| sessions.remove(&id).map(|s| (id, s)))
+                .collect()
+        };
+        for (id, s) in gone {
+            let n = s.leases.len();
+            for lease in s.leases {
+                if let Some(l) = self.leases.lock().remove(&lease) {
+                    self.release(l.kind);
+                    self.counters.reclaimed_leases.inc();
+                }
+            }
+            tracing::info!(session = id, engine = %s.engine, leases = n, "engine gone; leases reclaimed");
+        }
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> AgentStats {
+        let c = &self.counters;
+        AgentStats {
+            sessions: self.sessions.lock().len() as u64,
+            arena_slots: self.arena.slots() as u64,
+            arena_used: self.arena.len() as u64,
+            leases: self.leases.lock().len() as u64,
+            hits_memory: c.hits_memory.get(),
+            hits_pool: c.hits_pool.get(),
+            misses: c.misses.get(),
+            saves: c.saves.get(),
+            deduplicated: c.deduplicated.get(),
+            pool_writes: c.pool_writes.get(),
+            dropped_writes: c.dropped_writes.get(),
+            corrupt: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.stats().corrupt.iter().map(|(_, n)| n).sum()),
+            reclaimed_leases: c.reclaimed_leases.get(),
+        }
+    }
+
+    /// Stops the write-behind worker after it drains the queue.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.queue_cv.notify_all();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The agent as engines meet it: real `kvtier up` processes on Unix sockets in a temporary
+//! directory, engines in separate processes (this test binary re-executed in a role).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvtier::agent::client::{AgentClient, ClientConfig};
+use kvtier::BlockKey;
+
+const OBJECT: usize = 64 << 10;
+const DIGEST: u64 = 0x1a2b_3c4d;
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_kvtier"))
+            .args([
+                "up",
+                "--arena-bytes",
+                "48MiB",
+                "--object-bytes",
+                "64KiB",
+                "--pool-bytes",
+                "64MiB",
+                "--segment-bytes",
+                "4MiB",
+            ])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, socket };
+        // Ready when a client can open a session (bounded wait: no fixed sleep).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if AgentClient::connect(agent.config()).is_ok() {
+                return agent;
+            }
+            assert!(Instant::now() < deadline, "the agent did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        config(&self.socket)
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(socket: &Path) -> ClientConfig {
+    let mut c = ClientConfig::new(socket, DIGEST, OBJECT as u64);
+    c.timeout = Duration::from_secs(2);
+    c
+}
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::from_u128(0xB10C_0000_0000_0000_0000_0000_0000_0000 | i as u128)
+}
+
+fn block(i: u64) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..OBJECT)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs this test binary as another engine process in `role`.
+fn engine(role: &str, socket: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "engine_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KVTIER_ROLE", role)
+        .env("KVTIER_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "a child process of the agent tests"]
+fn engine_child() {
+    let socket = PathBuf::from(std::env::var("KVTIER_SOCKET").unwrap());
+    let mut c = AgentClient::connect(config(&socket)).unwrap();
+    let keys: Vec<BlockKey> = (0..256).map(key).collect();
+    match std::env::var("KVTIER_ROLE").unwrap().as_str() {
+        // Another replica: finds the prefix, loads it into its own memory, checks the bytes.
+        "reader" => {
+            let (prefix, _) = c.lookup(&keys, true).unwrap();
+            assert_eq!(prefix, 256);
+            let mut mine = vec![vec![0u8; OBJECT]; 256];
+            let got = c
+                .load(&keys, |i, payload| mine[i].copy_from_slice(payload))
+                .unwrap();
+            assert!(got.iter().all(|&d| d), "every block delivered");
+            for (i, m) in mine.iter().enumerate() {
+                assert!(*m == block(i as u64), "block {i} differs");
+            }
+            println!("reader ok");
+        }
+        // Leases slots, says how many, then waits to be killed.
+        "holder" => {
+            let more: Vec<BlockKey> = (1000..1100).map(key).collect();
+            let g = c.begin_save(&more).unwrap();
+            println!("leased {}", g.len());
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        r => panic!("unknown role {r}"),
+    }
+}
+
+fn save_all(c: &mut AgentClient) -> u32 {
+    let keys: Vec<BlockKey> = (0..256).map(key).collect();
+    c.save(&keys, |i, payload| {
+        payload.copy_from_slice(&block(i as u64));
+        Ok(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn another_process_loads_what_one_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    assert_eq!(save_all(&mut c), 256);
+    // Saving again stores nothing: every key is present.
+    assert_eq!(save_all(&mut c), 0);
+    let out = engine("reader", &agent.socket).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = c.stats().unwrap();
+    assert_eq!(s.saves, 256);
+    assert!(s.deduplicated >= 256);
+    assert!(s.hits_memory >= 256, "{s:?}");
+    assert_eq!(s.leases, 0);
+}
+
+#[test]
+fn a_dead_engines_leases_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    let before = c.stats().unwrap();
+    let mut holder = engine("holder", &agent.socket);
+    // libtest may print "test engine_child ... " on the same line before the child's output.
+    let line = BufReader::new(holder.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("leased "))
+        .expect("the holder exited without leasing");
+    let leased: u64 = line
+        .split("leased ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(leased, 100);
+    assert_eq!(c.stats().unwrap().leases, before.leases + 100);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The agent notices the closed descriptor connection; wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stats().unwrap();
+        if s.leases == before.leases && s.reclaimed_leases == 100 {
+            assert_eq!(
+                s.arena_used, before.arena_used,
+                "arena usage back where it was"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "leases not reclaimed: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The slots are free again: a full save fits.
+    assert_eq!(save_all(&mut c), 256);
+}
+
+#[test]
+fn a_killed_agent_is_an_error_within_the_deadline_then_the_client_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    assert_eq!(save_all(&mut c), 256);
+    // Let write-behind reach the embedded pool (bounded wait on its counter).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.stats().unwrap().pool_writes < 256 {
+        assert!(Instant::now() < deadline, "write-behind did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let keys: Vec<BlockKey> = (0..256).map(key).collect();
+    // Kill the agent while a load is running in this thread.
+    let pid = agent.child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(5));
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let t0 = Instant::now();
+    let r = c.load(&keys, |_, _| {});
+    let took = t0.elapsed();
+    killer.join().unwrap();
+    agent.kill();
+    assert!(
+        took < Duration::from_secs(3),
+        "the load returned after {took:?}: past its deadline"
+    );
+    if let Ok(d) = &r {
+        assert_eq!(d.len(), 256); // finished before the kill: a complete answer
+    }
+    // Dead agent: an error, fast.
+    let t0 = Instant::now();
+    assert!(c.lookup(&keys, false).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // A new agent on the same socket and data: the client reconnects by itself, and the blocks
+    // come back from the recovered pool, byte for byte.
+    let agent = Agent::start(dir.path());
+    let (prefix, in_memory) = c.lookup(&keys, false).unwrap();
+    assert_eq!((prefix, in_memory), (256, 0));
+    let mut ok = 0;
+    let d = c
+        .load(&keys, |i, p| {
+            assert!(
+                p == block(i as u64).as_slice(),
+                "block {i} differs after recovery"
+            );
+            ok += 1;
+        })
+        .unwrap();
+    assert!(d.iter().all(|&x| x));
+    assert_eq!(ok, 256);
+    assert_eq!(c.stats().unwrap().hits_pool, 256);
+    drop(agent);
+}
