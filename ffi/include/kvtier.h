@@ -10,15 +10,43 @@
 // The ABI version. Bumped on every incompatible change to `ffi/include/kvtier.h`.
 #define KVT_ABI_VERSION 1
 
+// An opaque connection to the agent.
+typedef struct kvt_client kvt_client;
+
 // An opaque, validated layout.
 typedef struct kvt_layout kvt_layout;
 
 // An opaque, validated namespace.
 typedef struct kvt_namespace kvt_namespace;
 
+// An asynchronous load in flight.
+typedef struct kvt_ticket kvt_ticket;
+
 // A status code: `KVT_OK` (0) or one of the `KVT_ERR_*` codes. Codes are never renumbered or
 // reused.
 typedef int kvt_status;
+
+// How to reach the agent.
+typedef struct {
+  // The agent's socket path (what `kvtier up` prints).
+  const char *socket;
+  // The engine's KV layout (the agent checks its object size; loads check its digest).
+  const kvt_layout *layout;
+  // A name for the agent's logs, or NULL.
+  const char *engine;
+  // Deadline of every call in milliseconds; 0 for the default (2000).
+  uint32_t timeout_ms;
+  // Time the agent may spend reading through from the pool per load, in ms; 0 for 1000.
+  uint32_t load_budget_ms;
+} kvt_client_params;
+
+// A 128-bit block key as two little-endian halves: `key = hi << 64 | lo`.
+typedef struct {
+  // Low 64 bits.
+  uint64_t lo;
+  // High 64 bits.
+  uint64_t hi;
+} kvt_key;
 
 // Everything that goes into a namespace (see the key spec). Strings are NUL-terminated UTF-8;
 // `revision` may be NULL (empty); `salt` may be NULL when `salt_len` is 0.
@@ -46,14 +74,6 @@ typedef struct {
   // Length of `salt`.
   size_t salt_len;
 } kvt_namespace_params;
-
-// A 128-bit block key as two little-endian halves: `key = hi << 64 | lo`.
-typedef struct {
-  // Low 64 bits.
-  uint64_t lo;
-  // High 64 bits.
-  uint64_t hi;
-} kvt_key;
 
 // The extra key items of one block (LoRA name, multimodal hashes): `n_items` byte strings.
 typedef struct {
@@ -128,6 +148,86 @@ extern "C" {
 // Returns the ABI version of this library ([`KVT_ABI_VERSION`]); check it against the header
 // you compiled with.
 uint32_t kvt_abi_version(void);
+
+// Connects to the agent and opens a session in `*out`.
+//
+// If SIGPIPE is at its default disposition (terminate), this sets it to ignored, as gRPC does:
+// otherwise an agent that dies mid-call would kill the engine.
+//
+// # Safety
+// `params` and its strings and layout must be valid; `out` writable.
+kvt_status kvt_client_connect(const kvt_client_params *params, kvt_client **out);
+
+// Closes the connection (its leases are released by the agent). The handle stays valid, and
+// every call on it returns `KVT_ERR_CLOSED`, until [`kvt_client_free`]. NULL is a no-op.
+//
+// # Safety
+// `client` must be NULL or a live handle.
+void kvt_client_close(kvt_client *client);
+
+// Closes and frees a client. NULL is a no-op. Loads still in flight finish on their own.
+//
+// # Safety
+// `client` must be NULL or a handle from [`kvt_client_connect`] not freed before.
+void kvt_client_free(kvt_client *client);
+
+// Registers the engine's KV memory: `n_layers` host pointers to the layer tensors of
+// `layout` (which must describe the same objects as the connection's layout). Saves and loads
+// copy between these tensors and the agent's arena.
+//
+// # Safety
+// The layer pointers must stay valid, each for the layout's layer bytes, until the client is
+// freed or memory is registered again.
+kvt_status kvt_register_kv(kvt_client *client,
+                           const kvt_layout *layout,
+                           uint8_t *const *layers,
+                           size_t n_layers);
+
+// Writes into `*prefix` how many leading `keys` the agent (or its pool) holds, and starts
+// prefetching pool-resident ones into memory.
+//
+// # Safety
+// `keys` must hold `n` keys; `prefix` writable.
+kvt_status kvt_lookup(kvt_client *client, const kvt_key *keys, size_t n, uint32_t *prefix);
+
+// Saves engine blocks `block_ids[i]` under `keys[i]` (`n` of each): keys the agent already
+// holds are skipped; the others are gathered straight into the agent's arena. Writes the
+// number stored into `*stored` (may be NULL). The engine may reuse its blocks on return.
+//
+// # Safety
+// `keys` and `block_ids` must hold `n` entries; registered memory must be valid.
+kvt_status kvt_save(kvt_client *client,
+                    const kvt_key *keys,
+                    const uint32_t *block_ids,
+                    size_t n,
+                    size_t *stored);
+
+// Starts loading `keys[i]` into engine blocks `block_ids[i]` (`n` of each) on a background
+// thread; wait on the ticket in `*out`. The engine must not touch those blocks until the
+// ticket completes.
+//
+// # Safety
+// As for [`kvt_save`]; registered memory must stay valid until the ticket completes.
+kvt_status kvt_load_start(kvt_client *client,
+                          const kvt_key *keys,
+                          const uint32_t *block_ids,
+                          size_t n,
+                          kvt_ticket **out);
+
+// Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
+// given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
+// be recomputed. `KVT_ERR_TIMEOUT` if still running; the load's own failure otherwise (every
+// block must then be recomputed).
+//
+// # Safety
+// `ticket` must be live; `loaded` must have room for `n` bytes.
+kvt_status kvt_ticket_wait(kvt_ticket *ticket, uint32_t timeout_ms, uint8_t *loaded, size_t n);
+
+// Frees a ticket (the load, if still running, finishes on its own). NULL is a no-op.
+//
+// # Safety
+// `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.
+void kvt_ticket_free(kvt_ticket *ticket);
 
 // Validates `params` and creates a namespace in `*out`. Free it with [`kvt_namespace_free`].
 //

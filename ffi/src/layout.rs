@@ -31,7 +31,7 @@ pub struct kvt_layout_params {
 
 /// An opaque, validated layout.
 pub struct kvt_layout {
-    layout: KvLayout,
+    pub(crate) layout: KvLayout,
 }
 
 /// Validates `params` and creates a layout in `*out`. Free it with [`kvt_layout_free`].

@@ -10,10 +10,12 @@
 //!
 //! Module map: [`status`] (codes, last error, the guard), [`keys`] (namespaces and block keys,
 //! so no engine or binding reimplements the key spec), [`layout`] (KV layouts and the host copy
-//! engine).
+//! engine), [`client`] (the connection to the node agent: register KV memory, lookup, save,
+//! asynchronous load with a ticket).
 
 #![allow(non_camel_case_types)]
 
+pub mod client;
 pub mod keys;
 pub mod layout;
 pub mod status;

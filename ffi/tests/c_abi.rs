@@ -123,3 +123,136 @@ fn c_gets_status_codes_and_messages_for_bad_input() {
 fn c_gathers_and_scatters_blocks() {
     assert_eq!(run(&["copy".into()]).trim(), "copy ok");
 }
+
+/// A `kvtier up` agent for the C engine tests (32 KiB objects: the C test's layout).
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start_in(dir: tempfile::TempDir) -> Agent {
+        let target = lib_dir().parent().unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "kvtier", "--bin", "kvtier", "--target-dir"])
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(built.success(), "building kvtier failed");
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(lib_dir().join("kvtier"))
+            .args([
+                "up",
+                "--arena-bytes",
+                "24MiB",
+                "--object-bytes",
+                "32KiB",
+                "--pool-bytes",
+                "64MiB",
+                "--segment-bytes",
+                "4MiB",
+            ])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Ready when both sockets accept (bounded wait).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let fd = PathBuf::from(format!("{}.fd", socket.display()));
+        while std::os::unix::net::UnixStream::connect(&socket).is_err()
+            || std::os::unix::net::UnixStream::connect(&fd).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Agent {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        dir
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn c_engine_saves_and_another_c_process_loads() {
+    let agent = Agent::start_in(tempfile::tempdir().unwrap());
+    let sock = agent.socket.display().to_string();
+    assert_eq!(run(&["save".into(), sock.clone()]).trim(), "saved 256");
+    assert_eq!(run(&["load".into(), sock]).trim(), "load ok");
+}
+
+#[test]
+fn c_client_misuse_gets_status_codes() {
+    let agent = Agent::start_in(tempfile::tempdir().unwrap());
+    assert_eq!(
+        run(&["client-errors".into(), agent.socket.display().to_string()]).trim(),
+        "client errors ok"
+    );
+}
+
+#[test]
+fn c_engine_survives_an_agent_kill_and_reconnects() {
+    use std::io::{BufRead, BufReader, Write};
+    let agent = Agent::start_in(tempfile::tempdir().unwrap());
+    let socket = agent.socket.clone();
+    let mut engine = Command::new(program())
+        .args(["loop".into(), socket.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = engine.stdin.take().unwrap();
+    let mut lines = BufReader::new(engine.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("the engine exited").unwrap();
+    let first = next();
+    assert!(first.starts_with("ok 16 "), "{first}");
+    // Kill the agent; the engine's next round fails within its deadline (1 s calls) instead of
+    // hanging, and the engine process lives on.
+    let dir = agent.kill();
+    writeln!(stdin).unwrap();
+    let failed = next();
+    let parts: Vec<&str> = failed.split(' ').collect();
+    assert_eq!(parts[0], "err", "{failed}");
+    assert!(
+        parts[1] == "KVT_ERR_UNAVAILABLE" || parts[1] == "KVT_ERR_TIMEOUT",
+        "{failed}"
+    );
+    let ms: f64 = parts[2].parse().unwrap();
+    assert!(ms < 3000.0, "the failed round took {ms} ms");
+    // A new agent on the same socket: the engine reconnects by itself.
+    let _agent = Agent::start_in(dir);
+    let mut rounds = 0;
+    loop {
+        writeln!(stdin).unwrap();
+        let l = next();
+        if l.starts_with("ok 16 ") {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "the engine never reconnected: {l}");
+    }
+    drop(stdin);
+    assert!(engine.wait().unwrap().success());
+}

@@ -1,0 +1,461 @@
+//! The engine's connection to the node agent through the ABI: connect, register KV memory,
+//! look up, save, and load asynchronously with a ticket.
+//!
+//! A client is safe to call from several threads (calls are serialised). After
+//! [`kvt_client_close`] every call returns `KVT_ERR_CLOSED` until [`kvt_client_free`].
+
+use std::ffi::c_char;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use kvtier_core::agent::client::{AgentClient, ClientConfig};
+use kvtier_core::key::BlockKey;
+use kvtier_core::layout::KvLayout;
+use kvtier_core::Error;
+
+use crate::keys::kvt_key;
+use crate::layout::kvt_layout;
+use crate::status::{
+    arg, guard, kvt_status, slice_arg, str_arg, FfiError, KVT_ERR_CLOSED, KVT_ERR_TIMEOUT,
+};
+
+/// How to reach the agent.
+#[repr(C)]
+pub struct kvt_client_params {
+    /// The agent's socket path (what `kvtier up` prints).
+    pub socket: *const c_char,
+    /// The engine's KV layout (the agent checks its object size; loads check its digest).
+    pub layout: *const kvt_layout,
+    /// A name for the agent's logs, or NULL.
+    pub engine: *const c_char,
+    /// Deadline of every call in milliseconds; 0 for the default (2000).
+    pub timeout_ms: u32,
+    /// Time the agent may spend reading through from the pool per load, in ms; 0 for 1000.
+    pub load_budget_ms: u32,
+}
+
+/// Registered KV memory: the layer tensors of one engine (host pointers).
+struct Registered {
+    layout: KvLayout,
+    layers: Vec<usize>,
+}
+
+struct Inner {
+    client: Option<AgentClient>,
+    layout: KvLayout,
+    kv: Option<Registered>,
+}
+
+/// An opaque connection to the agent.
+pub struct kvt_client {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// An asynchronous load in flight.
+pub struct kvt_ticket {
+    state: Arc<(Mutex<Option<Result<Vec<bool>, FfiError>>>, Condvar)>,
+    n: usize,
+}
+
+fn closed() -> FfiError {
+    FfiError {
+        status: KVT_ERR_CLOSED,
+        message: "the client was closed".into(),
+    }
+}
+
+fn keys_of(keys: &[kvt_key]) -> Vec<BlockKey> {
+    keys.iter().map(|&k| k.into()).collect()
+}
+
+/// A write to a socket whose peer vanished raises SIGPIPE, whose default action kills the
+/// process: an agent restart must never take the engine down. When SIGPIPE is at its default,
+/// ignore it (as gRPC's C core does); writes then fail with EPIPE, which we handle.
+fn ignore_sigpipe() {
+    // SAFETY: querying and setting a signal disposition with valid sigaction structs.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL {
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Connects to the agent and opens a session in `*out`.
+///
+/// If SIGPIPE is at its default disposition (terminate), this sets it to ignored, as gRPC does:
+/// otherwise an agent that dies mid-call would kill the engine.
+///
+/// # Safety
+/// `params` and its strings and layout must be valid; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_client_connect(
+    params: *const kvt_client_params,
+    out: *mut *mut kvt_client,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let p = unsafe { arg(params, "params") }?;
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        // SAFETY: per the contract.
+        let socket = unsafe { str_arg(p.socket, "params.socket") }?;
+        // SAFETY: per the contract.
+        let layout = unsafe { arg(p.layout, "params.layout") }?.layout.clone();
+        let mut cfg = ClientConfig::new(socket, layout.digest(), layout.object_len());
+        if !p.engine.is_null() {
+            // SAFETY: per the contract.
+            cfg.engine = unsafe { str_arg(p.engine, "params.engine") }?.to_string();
+        }
+        if p.timeout_ms > 0 {
+            cfg.timeout = Duration::from_millis(p.timeout_ms as u64);
+        }
+        if p.load_budget_ms > 0 {
+            cfg.load_budget = Duration::from_millis(p.load_budget_ms as u64);
+        }
+        ignore_sigpipe();
+        let client = AgentClient::connect(cfg)?;
+        let inner = Inner {
+            client: Some(client),
+            layout,
+            kv: None,
+        };
+        // SAFETY: writable per the contract.
+        unsafe {
+            *out = Box::into_raw(Box::new(kvt_client {
+                inner: Arc::new(Mutex::new(inner)),
+            }))
+        };
+        Ok(())
+    })
+}
+
+/// Closes the connection (its leases are released by the agent). The handle stays valid, and
+/// every call on it returns `KVT_ERR_CLOSED`, until [`kvt_client_free`]. NULL is a no-op.
+///
+/// # Safety
+/// `client` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_client_close(client: *mut kvt_client) {
+    // SAFETY: per the contract.
+    if let Some(c) = unsafe { client.as_ref() } {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Ok(mut g) = c.inner.lock() {
+                g.client = None;
+            }
+        }));
+    }
+}
+
+/// Closes and frees a client. NULL is a no-op. Loads still in flight finish on their own.
+///
+/// # Safety
+/// `client` must be NULL or a handle from [`kvt_client_connect`] not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_client_free(client: *mut kvt_client) {
+    if !client.is_null() {
+        // SAFETY: per the contract.
+        unsafe { kvt_client_close(client) };
+        // SAFETY: created by Box::into_raw.
+        drop(unsafe { Box::from_raw(client) });
+    }
+}
+
+fn with_client<T>(
+    client: *const kvt_client,
+    f: impl FnOnce(&mut Inner) -> Result<T, FfiError>,
+) -> Result<T, FfiError> {
+    // SAFETY: the exported functions' contract: NULL or a live handle.
+    let c = unsafe { arg(client, "client") }?;
+    let mut g = c
+        .inner
+        .lock()
+        .map_err(|_| FfiError::invalid("the client is poisoned by an earlier panic"))?;
+    if g.client.is_none() {
+        return Err(closed());
+    }
+    f(&mut g)
+}
+
+/// Registers the engine's KV memory: `n_layers` host pointers to the layer tensors of
+/// `layout` (which must describe the same objects as the connection's layout). Saves and loads
+/// copy between these tensors and the agent's arena.
+///
+/// # Safety
+/// The layer pointers must stay valid, each for the layout's layer bytes, until the client is
+/// freed or memory is registered again.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_register_kv(
+    client: *mut kvt_client,
+    layout: *const kvt_layout,
+    layers: *const *mut u8,
+    n_layers: usize,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let l = unsafe { arg(layout, "layout") }?.layout.clone();
+        // SAFETY: per the contract.
+        let ptrs = unsafe { slice_arg(layers, n_layers, "layers") }?;
+        if ptrs.len() != l.num_layers() as usize {
+            return Err(FfiError::invalid(format!(
+                "{} layer pointers given; the layout has {} layers",
+                ptrs.len(),
+                l.num_layers()
+            )));
+        }
+        if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
+            return Err(FfiError::null(&format!("layers[{i}]")));
+        }
+        with_client(client, |inner| {
+            if l.digest() != inner.layout.digest() {
+                return Err(FfiError::invalid(
+                    "the registered layout differs from the one the client connected with",
+                ));
+            }
+            inner.kv = Some(Registered {
+                layout: l,
+                layers: ptrs.iter().map(|&p| p as usize).collect(),
+            });
+            Ok(())
+        })
+    })
+}
+
+/// Writes into `*prefix` how many leading `keys` the agent (or its pool) holds, and starts
+/// prefetching pool-resident ones into memory.
+///
+/// # Safety
+/// `keys` must hold `n` keys; `prefix` writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_lookup(
+    client: *mut kvt_client,
+    keys: *const kvt_key,
+    n: usize,
+    prefix: *mut u32,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let keys = keys_of(unsafe { slice_arg(keys, n, "keys") }?);
+        if prefix.is_null() {
+            return Err(FfiError::null("prefix"));
+        }
+        let (p, _) = with_client(client, |inner| {
+            Ok(inner
+                .client
+                .as_mut()
+                .ok_or_else(closed)?
+                .lookup(&keys, true)?)
+        })?;
+        // SAFETY: writable per the contract.
+        unsafe { *prefix = p };
+        Ok(())
+    })
+}
+
+fn registered(inner: &Inner) -> Result<&Registered, FfiError> {
+    inner
+        .kv
+        .as_ref()
+        .ok_or_else(|| FfiError::invalid("no KV memory registered: call kvt_register_kv first"))
+}
+
+fn check_blocks(kv: &Registered, blocks: &[u32]) -> Result<(), FfiError> {
+    match blocks.iter().find(|&&b| b >= kv.layout.num_blocks()) {
+        Some(b) => Err(FfiError::invalid(format!(
+            "block id {b} is out of range: the layout has {} blocks",
+            kv.layout.num_blocks()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Saves engine blocks `block_ids[i]` under `keys[i]` (`n` of each): keys the agent already
+/// holds are skipped; the others are gathered straight into the agent's arena. Writes the
+/// number stored into `*stored` (may be NULL). The engine may reuse its blocks on return.
+///
+/// # Safety
+/// `keys` and `block_ids` must hold `n` entries; registered memory must be valid.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_save(
+    client: *mut kvt_client,
+    keys: *const kvt_key,
+    block_ids: *const u32,
+    n: usize,
+    stored: *mut usize,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let keys = keys_of(unsafe { slice_arg(keys, n, "keys") }?);
+        // SAFETY: per the contract.
+        let blocks = unsafe { slice_arg(block_ids, n, "block_ids") }?.to_vec();
+        let count = with_client(client, |inner| {
+            let kv = registered(inner)?;
+            check_blocks(kv, &blocks)?;
+            let layout = kv.layout.clone();
+            let len = layout.layer_bytes() as usize;
+            // SAFETY: registered pointers are valid for `len` bytes (kvt_register_kv contract).
+            let views: Vec<&[u8]> = kv
+                .layers
+                .iter()
+                .map(|&p| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+                .collect();
+            let c = inner.client.as_mut().ok_or_else(closed)?;
+            Ok(c.save(&keys, |i, payload| {
+                layout.gather(&views, blocks[i], payload)
+            })?)
+        })?;
+        if !stored.is_null() {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { *stored = count as usize };
+        }
+        Ok(())
+    })
+}
+
+/// Starts loading `keys[i]` into engine blocks `block_ids[i]` (`n` of each) on a background
+/// thread; wait on the ticket in `*out`. The engine must not touch those blocks until the
+/// ticket completes.
+///
+/// # Safety
+/// As for [`kvt_save`]; registered memory must stay valid until the ticket completes.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_load_start(
+    client: *mut kvt_client,
+    keys: *const kvt_key,
+    block_ids: *const u32,
+    n: usize,
+    out: *mut *mut kvt_ticket,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let keys = keys_of(unsafe { slice_arg(keys, n, "keys") }?);
+        // SAFETY: per the contract.
+        let blocks = unsafe { slice_arg(block_ids, n, "block_ids") }?.to_vec();
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        // SAFETY: per the contract.
+        let c = unsafe { arg(client as *const kvt_client, "client") }?;
+        let inner = c.inner.clone();
+        with_client(client, |i| check_blocks(registered(i)?, &blocks))?;
+        let state = Arc::new((Mutex::new(None), Condvar::new()));
+        let done = state.clone();
+        std::thread::Builder::new()
+            .name("kvtier-load".into())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    load(&inner, &keys, &blocks)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(FfiError {
+                        status: crate::status::KVT_ERR_INTERNAL,
+                        message: "internal error in a load".into(),
+                    })
+                });
+                let (m, cv) = &*done;
+                if let Ok(mut g) = m.lock() {
+                    *g = Some(result);
+                }
+                cv.notify_all();
+            })
+            .map_err(|e| FfiError::from(Error::io("starting a load thread", e)))?;
+        // SAFETY: writable per the contract.
+        unsafe { *out = Box::into_raw(Box::new(kvt_ticket { state, n })) };
+        Ok(())
+    })
+}
+
+fn load(inner: &Mutex<Inner>, keys: &[BlockKey], blocks: &[u32]) -> Result<Vec<bool>, FfiError> {
+    let mut g = inner
+        .lock()
+        .map_err(|_| FfiError::invalid("the client is poisoned by an earlier panic"))?;
+    let inner = &mut *g;
+    let kv = registered(inner)?;
+    let layout = kv.layout.clone();
+    let len = layout.layer_bytes() as usize;
+    // SAFETY: registered pointers are valid and not touched by the engine during the load.
+    let mut views: Vec<&mut [u8]> = kv
+        .layers
+        .iter()
+        .map(|&p| unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) })
+        .collect();
+    let c = inner.client.as_mut().ok_or_else(closed)?;
+    let mut failed = Vec::new();
+    let mut delivered = c.load(keys, |i, payload| {
+        if layout.scatter(payload, &mut views, blocks[i]).is_err() {
+            failed.push(i);
+        }
+    })?;
+    for i in failed {
+        delivered[i] = false;
+    }
+    Ok(delivered)
+}
+
+/// Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
+/// given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
+/// be recomputed. `KVT_ERR_TIMEOUT` if still running; the load's own failure otherwise (every
+/// block must then be recomputed).
+///
+/// # Safety
+/// `ticket` must be live; `loaded` must have room for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_ticket_wait(
+    ticket: *mut kvt_ticket,
+    timeout_ms: u32,
+    loaded: *mut u8,
+    n: usize,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let t = unsafe { arg(ticket as *const kvt_ticket, "ticket") }?;
+        if n != t.n {
+            return Err(FfiError::invalid(format!(
+                "`n` is {n}; the load has {} blocks",
+                t.n
+            )));
+        }
+        if loaded.is_null() && n > 0 {
+            return Err(FfiError::null("loaded"));
+        }
+        let (m, cv) = &*t.state;
+        let g = m
+            .lock()
+            .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
+        let (g, _) = cv
+            .wait_timeout_while(g, Duration::from_millis(timeout_ms as u64), |r| r.is_none())
+            .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
+        match g.as_ref() {
+            None => Err(FfiError {
+                status: KVT_ERR_TIMEOUT,
+                message: format!("the load did not finish within {timeout_ms} ms"),
+            }),
+            Some(Err(e)) => Err(FfiError {
+                status: e.status,
+                message: e.message.clone(),
+            }),
+            Some(Ok(flags)) => {
+                for (i, &f) in flags.iter().enumerate() {
+                    // SAFETY: room for n == flags.len() bytes per the contract.
+                    unsafe { *loaded.add(i) = f as u8 };
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Frees a ticket (the load, if still running, finishes on its own). NULL is a no-op.
+///
+/// # Safety
+/// `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_ticket_free(ticket: *mut kvt_ticket) {
+    if !ticket.is_null() {
+        // SAFETY: created by Box::into_raw.
+        drop(unsafe { Box::from_raw(ticket) });
+    }
+}
