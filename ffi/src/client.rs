@@ -51,9 +51,12 @@ pub struct kvt_client {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The outcome of a load (per-block delivered flags), once known, and its signal.
+type LoadOutcome = (Mutex<Option<Result<Vec<bool>, FfiError>>>, Condvar);
+
 /// An asynchronous load in flight.
 pub struct kvt_ticket {
-    state: Arc<(Mutex<Option<Result<Vec<bool>, FfiError>>>, Condvar)>,
+    state: Arc<LoadOutcome>,
     n: usize,
 }
 
@@ -75,7 +78,9 @@ fn ignore_sigpipe() {
     // SAFETY: querying and setting a signal disposition with valid sigaction structs.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL {
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_DFL
+        {
             let mut ign: libc::sigaction = std::mem::zeroed();
             ign.sa_sigaction = libc::SIG_IGN;
             libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());

@@ -183,8 +183,7 @@ impl Agent {
     fn kill(mut self) -> tempfile::TempDir {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
-        dir
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
     }
 }
 
