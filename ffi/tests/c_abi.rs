@@ -5,31 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+use common::{lib_dir, Agent};
+
 fn ffi_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// target/<profile>, where cargo put libkvtier.a (this test runs from target/<profile>/deps).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
 /// Compiles the C test program once per test process.
 fn program() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // `cargo test` builds only what tests link (no staticlib): build the library as
-        // engines get it, into the same target directory.
-        let target = lib_dir().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "kvtier-ffi", "--lib", "--target-dir"])
-            .arg(&target)
-            .current_dir(ffi_dir())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building libkvtier failed");
+        common::build_ffi();
         let lib = lib_dir().join("libkvtier.a");
         assert!(lib.exists(), "{} missing after the build", lib.display());
         let out = std::env::temp_dir().join(format!("kvtier-abi-test-{}", std::process::id()));
@@ -122,76 +109,6 @@ fn c_gets_status_codes_and_messages_for_bad_input() {
 #[test]
 fn c_gathers_and_scatters_blocks() {
     assert_eq!(run(&["copy".into()]).trim(), "copy ok");
-}
-
-/// A `kvtier up` agent for the C engine tests (32 KiB objects: the C test's layout).
-struct Agent {
-    child: std::process::Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start_in(dir: tempfile::TempDir) -> Agent {
-        let target = lib_dir().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "-p", "kvtier", "--bin", "kvtier", "--target-dir"])
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(built.success(), "building kvtier failed");
-        let socket = dir.path().join("agent.sock");
-        let child = Command::new(lib_dir().join("kvtier"))
-            .args([
-                "up",
-                "--arena-bytes",
-                "24MiB",
-                "--object-bytes",
-                "32KiB",
-                "--pool-bytes",
-                "64MiB",
-                "--segment-bytes",
-                "4MiB",
-            ])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Ready when both sockets accept (bounded wait).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let fd = PathBuf::from(format!("{}.fd", socket.display()));
-        while std::os::unix::net::UnixStream::connect(&socket).is_err()
-            || std::os::unix::net::UnixStream::connect(&fd).is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Agent {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn kill(mut self) -> tempfile::TempDir {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

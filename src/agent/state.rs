@@ -172,7 +172,7 @@ impl State {
                     self.tokens.lock().insert(token);
                     let len = self.arena.slot_len() as u64 * self.arena.slots() as u64;
                     if let Err(e) = fdpass::send_fd(&conn, self.arena.fd(), token, len) {
-                        tracing::warn!(error = %e, "could not pass the arena descriptor");
+                        tracing::debug!(error = %e, "could not pass the arena descriptor (the peer left at once)");
                         self.tokens.lock().remove(&token);
                         continue;
                     }

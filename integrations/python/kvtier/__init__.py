@@ -4,10 +4,17 @@ The library is found at $KVTIER_LIB, else as `libkvtier.so` next to this package
 system's library path. Everything here calls the C ABI (`ffi/include/kvtier.h`), so the key spec
 is implemented once, in Rust.
 
-    from kvtier import Namespace, Layout
+    from kvtier import Namespace, Layout, Client
     ns = Namespace("meta-llama/Llama-3.1-8B-Instruct", kv_dtype="bfloat16",
                    layout_id="vllm-cpu", tokens_per_block=128)
     keys = ns.block_keys(token_ids)            # list of 128-bit ints, one per full block
+    layout = Layout("vllm-cpu", num_layers=32, num_blocks=4096, block_size=128,
+                    num_kv_heads=8, head_size=128, dtype="bfloat16")
+    client = Client("/run/kvtier/agent.sock", layout)
+    client.register_kv([tensor.data_ptr() for tensor in kv_caches])
+    n = client.lookup(keys)                    # leading blocks stored
+    client.save(keys, block_ids)               # engine blocks -> agent
+    loaded = client.load(keys[:n], block_ids)  # agent -> engine blocks; False: recompute
 """
 import ctypes
 import ctypes.util
@@ -63,6 +70,13 @@ class _LayoutParams(ctypes.Structure):
     ]
 
 
+class _ClientParams(ctypes.Structure):
+    _fields_ = [
+        ("socket", ctypes.c_char_p), ("layout", ctypes.c_void_p), ("engine", ctypes.c_char_p),
+        ("timeout_ms", ctypes.c_uint32), ("load_budget_ms", ctypes.c_uint32),
+    ]
+
+
 def _find_library() -> str:
     env = os.environ.get("KVTIER_LIB")
     if env:
@@ -98,6 +112,20 @@ def _load():
                         ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
         "kvt_scatter": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
+        "kvt_client_connect": ([ctypes.POINTER(_ClientParams), ctypes.POINTER(ctypes.c_void_p)], st),
+        "kvt_client_close": ([ctypes.c_void_p], None),
+        "kvt_client_free": ([ctypes.c_void_p], None),
+        "kvt_register_kv": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                             ctypes.c_size_t], st),
+        "kvt_lookup": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t,
+                        ctypes.POINTER(ctypes.c_uint32)], st),
+        "kvt_save": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
+                      ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], st),
+        "kvt_load_start": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
+                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)], st),
+        "kvt_ticket_wait": ([ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8),
+                             ctypes.c_size_t], st),
+        "kvt_ticket_free": ([ctypes.c_void_p], None),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -212,3 +240,80 @@ class Layout:
         """Copies the object at `src_ptr` into engine block `block`."""
         _check(lib().kvt_scatter(self._h, self._layers(layer_ptrs), len(layer_ptrs), block, src_ptr,
                                  self.object_len))
+
+
+def _keys_array(keys: Sequence[int]):
+    arr = (_Key * max(len(keys), 1))()
+    for i, k in enumerate(keys):
+        arr[i] = _Key(k & 0xFFFFFFFFFFFFFFFF, k >> 64)
+    return arr
+
+
+class LoadTicket:
+    """A load in flight: `wait()` returns per-block flags (False: recompute that block)."""
+
+    def __init__(self, handle, n: int):
+        self._h = handle
+        self.n = n
+
+    def wait(self, timeout_ms: int = 10000) -> List[bool]:
+        flags = (ctypes.c_uint8 * max(self.n, 1))()
+        _check(lib().kvt_ticket_wait(self._h, timeout_ms, flags, self.n))
+        return [bool(flags[i]) for i in range(self.n)]
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h and _lib is not None:
+            _lib.kvt_ticket_free(h)
+            self._h = None
+
+
+class Client:
+    """A connection to the node agent (see `kvtier up`). A call that fails raises KvtierError;
+    treat UNAVAILABLE and TIMEOUT as misses: the client reconnects by itself."""
+
+    def __init__(self, socket: str, layout: "Layout", engine: str = "python", timeout_ms: int = 2000,
+                 load_budget_ms: int = 1000):
+        self.layout = layout
+        p = _ClientParams(socket.encode(), layout._h, engine.encode(), timeout_ms, load_budget_ms)
+        handle = ctypes.c_void_p()
+        _check(lib().kvt_client_connect(ctypes.byref(p), ctypes.byref(handle)))
+        self._h = handle
+
+    def close(self) -> None:
+        lib().kvt_client_close(self._h)
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h and _lib is not None:
+            _lib.kvt_client_free(h)
+            self._h = None
+
+    def register_kv(self, layer_ptrs: Sequence[int]) -> None:
+        """Registers the engine's layer tensors (host addresses), kept valid while registered."""
+        arr = (ctypes.c_void_p * max(len(layer_ptrs), 1))(*layer_ptrs)
+        _check(lib().kvt_register_kv(self._h, self.layout._h, arr, len(layer_ptrs)))
+
+    def lookup(self, keys: Sequence[int]) -> int:
+        prefix = ctypes.c_uint32()
+        _check(lib().kvt_lookup(self._h, _keys_array(keys), len(keys), ctypes.byref(prefix)))
+        return prefix.value
+
+    def save(self, keys: Sequence[int], block_ids: Sequence[int]) -> int:
+        if len(keys) != len(block_ids):
+            raise ValueError(f"{len(keys)} keys for {len(block_ids)} block ids")
+        ids = (ctypes.c_uint32 * max(len(block_ids), 1))(*block_ids)
+        stored = ctypes.c_size_t()
+        _check(lib().kvt_save(self._h, _keys_array(keys), ids, len(keys), ctypes.byref(stored)))
+        return stored.value
+
+    def load_start(self, keys: Sequence[int], block_ids: Sequence[int]) -> LoadTicket:
+        if len(keys) != len(block_ids):
+            raise ValueError(f"{len(keys)} keys for {len(block_ids)} block ids")
+        ids = (ctypes.c_uint32 * max(len(block_ids), 1))(*block_ids)
+        t = ctypes.c_void_p()
+        _check(lib().kvt_load_start(self._h, _keys_array(keys), ids, len(keys), ctypes.byref(t)))
+        return LoadTicket(t, len(keys))
+
+    def load(self, keys: Sequence[int], block_ids: Sequence[int], timeout_ms: int = 10000) -> List[bool]:
+        return self.load_start(keys, block_ids).wait(timeout_ms)
