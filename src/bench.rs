@@ -300,3 +300,165 @@ pub fn keys(prompt_tokens: usize, seconds_per_size: f64) -> Result<Vec<KeyBenchR
 pub fn default_bench_dir() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_path_buf())
 }
+
+/// Options of `kvtier bench abi`.
+#[derive(Debug, Clone)]
+pub struct AbiBenchOptions {
+    /// Blocks per save/load round. Default: `128`.
+    pub blocks: usize,
+    /// Rounds (medians reported). Default: `5`.
+    pub rounds: usize,
+    /// Lookups of a 128-block prefix timed for the latency percentiles. Default: `2000`.
+    pub lookups: usize,
+}
+
+/// Result of `kvtier bench abi`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbiBenchReport {
+    /// Payload bytes per block object.
+    pub object_bytes: u64,
+    /// Blocks per round.
+    pub blocks: usize,
+    /// Single-thread memcpy of the same bytes, GB/s (median).
+    pub memcpy_gbps: f64,
+    /// Save (gather from engine memory into the shared arena, seal, index), GB/s (median).
+    pub save_gbps: f64,
+    /// Load (pin, scatter from the arena into engine memory), GB/s (median).
+    pub load_gbps: f64,
+    /// save / memcpy.
+    pub save_ratio: f64,
+    /// load / memcpy.
+    pub load_ratio: f64,
+    /// Lookup of a 128-block prefix: median microseconds.
+    pub lookup_p50_us: f64,
+    /// Lookup of a 128-block prefix: 99th percentile microseconds.
+    pub lookup_p99_us: f64,
+}
+
+/// Measures the engine path through a real agent (in this process, on a Unix socket in a
+/// temporary directory, memory only) against a plain single-thread memcpy of the same bytes:
+/// save and load of 2 MiB blocks of a vLLM CPU layout, and lookup latency.
+pub fn abi(opts: &AbiBenchOptions, mut progress: impl FnMut(&str)) -> Result<AbiBenchReport> {
+    use crate::agent::client::{AgentClient, ClientConfig};
+    use crate::agent::AgentConfig;
+    use crate::layout::{KvLayout, LayoutKind};
+    use crate::tier::host::HostArenaConfig;
+
+    let n = opts.blocks.max(1);
+    // 16 layers x 64 tokens x 8 KV heads x 128 (K+V of head size 64) x bf16 = 2 MiB a block.
+    let layout = KvLayout::new(LayoutKind::VllmCpu, 16, n as u32, 64, 8, 64, KvDtype::Bf16)?;
+    let obj = layout.object_len();
+    let dir = std::env::temp_dir().join(format!("kvtier-bench-abi-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let socket = dir.join("agent.sock");
+    let cfg = AgentConfig {
+        socket: socket.clone(),
+        arena: HostArenaConfig {
+            capacity_bytes: (n as u64 + 4) * crate::block::record_len(obj as usize) as u64,
+            payload_len: obj as usize,
+            ..Default::default()
+        },
+        store: None,
+        write_queue: 16,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("agent runtime", e))?;
+        rt.block_on(crate::agent::run(cfg, async {
+            let _ = stop_rx.await;
+        }))?;
+        Ok(())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match AgentClient::connect(ClientConfig::new(&socket, layout.digest(), obj)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let layer_bytes = layout.layer_bytes() as usize;
+    let mut engine: Vec<Vec<u8>> = (0..16)
+        .map(|l| {
+            let mut v = vec![0u8; layer_bytes];
+            fill(&mut v, l as u64);
+            v
+        })
+        .collect();
+    let mut copy_dst = vec![0u8; n * obj as usize];
+    let mut rounds: [Vec<f64>; 3] = Default::default();
+    let total = (n as u64 * obj) as f64;
+    for round in 0..opts.rounds.max(1) {
+        progress(&format!("round {}/{}", round + 1, opts.rounds));
+        // Baseline: one thread copying the same bytes (each block's per-layer slices).
+        let t0 = Instant::now();
+        let seg = layer_bytes / n;
+        let mut off = 0;
+        for b in 0..n {
+            for layer in &engine {
+                copy_dst[off..off + seg].copy_from_slice(&layer[b * seg..(b + 1) * seg]);
+                off += seg;
+            }
+        }
+        std::hint::black_box(&copy_dst);
+        rounds[0].push(total / t0.elapsed().as_secs_f64() / 1e9);
+        let keys: Vec<BlockKey> = (0..n)
+            .map(|i| BlockKey::from_u128(((round as u128 + 1) << 64) | i as u128))
+            .collect();
+        let views: Vec<&[u8]> = engine.iter().map(|l| l.as_slice()).collect();
+        let t0 = Instant::now();
+        let stored = client.save(&keys, |i, payload| layout.gather(&views, i as u32, payload))?;
+        rounds[1].push(total / t0.elapsed().as_secs_f64() / 1e9);
+        if stored as usize != n {
+            return Err(Error::new(
+                crate::ErrorKind::NoSpace,
+                format!("only {stored} of {n} blocks were stored"),
+            ));
+        }
+        let mut views: Vec<&mut [u8]> = engine.iter_mut().map(|l| l.as_mut_slice()).collect();
+        let t0 = Instant::now();
+        let mut bad = 0;
+        let got = client.load(&keys, |i, payload| {
+            if layout
+                .scatter(payload, &mut views, (n - 1 - i) as u32)
+                .is_err()
+            {
+                bad += 1;
+            }
+        })?;
+        rounds[2].push(total / t0.elapsed().as_secs_f64() / 1e9);
+        if bad > 0 || got.iter().any(|d| !d) {
+            return Err(Error::corrupt("a block was not delivered during the bench"));
+        }
+    }
+    progress("lookups");
+    let keys: Vec<BlockKey> = (0..128.min(n))
+        .map(|i| BlockKey::from_u128((1u128 << 64) | i as u128))
+        .collect();
+    let mut lat = Vec::with_capacity(opts.lookups);
+    for _ in 0..opts.lookups.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(client.lookup(&keys, false)?);
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    drop(client);
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    let (m, s, l) = (median(&rounds[0]), median(&rounds[1]), median(&rounds[2]));
+    Ok(AbiBenchReport {
+        object_bytes: obj,
+        blocks: n,
+        memcpy_gbps: m,
+        save_gbps: s,
+        load_gbps: l,
+        save_ratio: s / m,
+        load_ratio: l / m,
+        lookup_p50_us: lat[lat.len() / 2],
+        lookup_p99_us: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+    })
+}

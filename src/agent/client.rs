@@ -107,7 +107,11 @@ fn from_status(s: Status) -> Error {
 impl AgentClient {
     /// Connects (descriptor socket, arena mapping, gRPC channel, session).
     pub fn connect(cfg: ClientConfig) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker thread: commits of saved blocks run on it while the engine thread copies
+        // the next blocks, so the agent seals (checksums) one batch while the next is copied.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kvtier-client")
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the client runtime", e))?;
@@ -315,19 +319,65 @@ impl AgentClient {
     }
 
     /// Saves blocks: `fill(i, payload)` writes block `keys[i]` straight into the shared arena,
-    /// for the keys the agent lacks. Returns how many were stored.
+    /// for the keys the agent lacks. Returns how many were stored. Filled blocks are committed
+    /// in batches while the next batch is being filled (the agent checksums them meanwhile).
     pub fn save(
         &mut self,
         keys: &[BlockKey],
         mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
     ) -> Result<u32> {
+        const BATCH: usize = 4;
         let granted = self.begin_save(keys)?;
-        let mut ok = Vec::with_capacity(granted.len());
-        for g in &granted {
-            fill(g.index as usize, self.payload_mut(g.slot)?)?;
-            ok.push(g.lease);
+        let timeout = self.cfg.timeout;
+        let mut pending = Vec::new();
+        let mut first_err = None;
+        for chunk in granted.chunks(BATCH) {
+            let mut leases = Vec::with_capacity(chunk.len());
+            for g in chunk {
+                match self
+                    .payload_mut(g.slot)
+                    .and_then(|p| fill(g.index as usize, p))
+                {
+                    Ok(()) => leases.push(g.lease),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            let conn = self
+                .conn
+                .as_ref()
+                .ok_or_else(|| Error::new(ErrorKind::Unavailable, "not connected to the agent"))?;
+            let (mut grpc, session) = (conn.grpc.clone(), conn.session);
+            pending.push(self.rt.spawn(async move {
+                tokio::time::timeout(
+                    timeout,
+                    grpc.commit_save(proto::CommitSaveRequest { session, leases }),
+                )
+                .await
+            }));
         }
-        Ok(self.commit_save(&ok)?.0)
+        let mut stored = 0;
+        for h in pending {
+            match self.rt.block_on(h) {
+                Ok(Ok(Ok(r))) => stored += r.into_inner().stored,
+                Ok(Ok(Err(s))) => {
+                    self.conn = None;
+                    first_err.get_or_insert(from_status(s));
+                }
+                _ => {
+                    self.conn = None;
+                    first_err.get_or_insert(Error::new(
+                        ErrorKind::Timeout,
+                        format!("the agent did not commit within {timeout:?}"),
+                    ));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(stored),
+        }
     }
 
     /// Loads blocks: `sink(i, payload)` copies block `keys[i]` out of the shared arena. Returns

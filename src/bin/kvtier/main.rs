@@ -117,6 +117,24 @@ enum BenchCmd {
     Disk(DiskArgs),
     /// Block-key hashing throughput on one core.
     Keys(KeyBenchArgs),
+    /// Save/load through the agent against single-thread memcpy; lookup latency.
+    Abi(AbiArgs),
+}
+
+#[derive(Args)]
+struct AbiArgs {
+    /// Blocks (2 MiB each) per save/load round.
+    #[arg(long, default_value_t = 128)]
+    blocks: usize,
+    /// Rounds (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Lookups of a 128-block prefix timed for the percentiles.
+    #[arg(long, default_value_t = 2000)]
+    lookups: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -231,6 +249,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench(BenchCmd::Disk(a)) => bench_disk(a),
         Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
+        Cmd::Bench(BenchCmd::Abi(a)) => bench_abi(a),
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
         Cmd::Up(a) => up(a),
@@ -457,6 +476,34 @@ fn bench_disk(a: DiskArgs) -> Result<()> {
     }
     println!("put / raw write: {:.2}", r.put_ratio);
     println!("get / raw read:  {:.2}", r.get_ratio);
+    Ok(())
+}
+
+fn bench_abi(a: AbiArgs) -> Result<()> {
+    let opts = bench::AbiBenchOptions {
+        blocks: a.blocks,
+        rounds: a.rounds,
+        lookups: a.lookups,
+    };
+    let r = bench::abi(&opts, |m| eprintln!("kvtier bench abi: {m}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("abi bench: {} blocks of {} KiB per round, agent in-process (memory only), one engine thread", r.blocks, r.object_bytes >> 10);
+    println!("memcpy (1 thread)  {:>7.2} GB/s", r.memcpy_gbps);
+    println!(
+        "save               {:>7.2} GB/s   {:.2} of memcpy",
+        r.save_gbps, r.save_ratio
+    );
+    println!(
+        "load               {:>7.2} GB/s   {:.2} of memcpy",
+        r.load_gbps, r.load_ratio
+    );
+    println!(
+        "lookup, 128 blocks p50 {:.0} us, p99 {:.0} us",
+        r.lookup_p50_us, r.lookup_p99_us
+    );
     Ok(())
 }
 
