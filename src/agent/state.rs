@@ -439,8 +439,10 @@ impl State {
             if store.contains(key) {
                 continue;
             }
-            // Straight from the shared arena slot to disk (the slot is a page-aligned record).
+            // Straight from the shared arena slot to disk (the slot is a page-aligned record),
+            // sealed first: the checksum is computed here, off the engine's save path.
             if let Some(slot) = self.arena.get(key) {
+                self.arena.seal(slot.id(), key);
                 match store.put_record(slot.record()) {
                     Ok(()) => self.counters.pool_writes.inc(),
                     Err(e) => {
@@ -468,7 +470,7 @@ impl State {
                 from_pool = self.read_through(key).is_some();
             }
             let granted = self.arena.get(key).and_then(|r| {
-                if r.header().layout_digest() != digest {
+                if self.arena.slot_digest(r.id()) != digest {
                     return None; // another layout's object: never hand it to this engine
                 }
                 let slot = r.id();

@@ -6,7 +6,7 @@
 //! readers get a pinned [`ReadSlot`]; pinned slots are never evicted or reused.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -74,6 +74,10 @@ pub struct HostArena {
     slot_len: usize,
     payload_len: usize,
     pins: Box<[AtomicU32]>,
+    /// Per slot: the layout digest of its object (readable without touching the header).
+    digests: Box<[AtomicU64]>,
+    /// Per slot: whether the header's checksum has been computed (see `commit_slot_unsealed`).
+    sealed: Box<[AtomicBool]>,
     index: DashMap<BlockKey, SlotId>,
     /// Eviction order; the index is the truth, the policy only ranks keys.
     policy: Mutex<Box<dyn EvictionPolicy<BlockKey>>>,
@@ -158,6 +162,8 @@ impl HostArena {
             slot_len,
             payload_len: cfg.payload_len,
             pins: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
+            digests: (0..nslots).map(|_| AtomicU64::new(0)).collect(),
+            sealed: (0..nslots).map(|_| AtomicBool::new(false)).collect(),
             index: DashMap::new(),
             policy: Mutex::new(cfg.policy.build(nslots as usize)),
             free: Mutex::new((0..nslots).rev().map(SlotId).collect()),
@@ -291,22 +297,83 @@ impl HostArena {
         layout_digest: u64,
         info: InsertInfo<BlockKey>,
     ) -> Commit {
+        self.write_header(slot, key, layout_digest, true);
+        self.index_slot(slot, key, layout_digest, true, info)
+    }
+
+    /// Indexes a reserved slot under `key` without computing its payload checksum yet (the
+    /// header carries key and layout, checksum 0), so a save costs the engine no hashing.
+    /// Whoever sends the record out of memory calls [`seal`](Self::seal) first; objects that
+    /// never leave memory are never hashed.
+    pub fn commit_slot_unsealed(
+        &self,
+        slot: SlotId,
+        key: BlockKey,
+        layout_digest: u64,
+        info: InsertInfo<BlockKey>,
+    ) -> Commit {
+        self.write_header(slot, key, layout_digest, false);
+        self.index_slot(slot, key, layout_digest, false, info)
+    }
+
+    fn write_header(&self, slot: SlotId, key: BlockKey, layout_digest: u64, checksum: bool) {
         let p = self.slot_ptr(slot);
-        // SAFETY: the caller owns the reservation; header and payload are disjoint parts of it.
+        // SAFETY: the caller owns the slot (reserved, or pinned by the only sealer); header and
+        // payload are disjoint parts of it.
         let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER_LEN), self.payload_len) };
-        let h = BlockHeader::new(key, layout_digest, payload, 0);
+        let h = if checksum {
+            BlockHeader::new(key, layout_digest, payload, 0)
+        } else {
+            BlockHeader::with_checksum(key, layout_digest, payload.len() as u64, 0, 0)
+        };
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(h.as_bytes().as_ptr(), p, HEADER_LEN) };
-        self.index_slot(slot, key, info)
+    }
+
+    /// Computes the payload checksum of a slot committed unsealed and writes the final header.
+    /// The slot must be pinned by the caller, and only one thread may seal (the agent's
+    /// write-behind): nothing else reads an unsealed header.
+    pub fn seal(&self, slot: SlotId, key: BlockKey) {
+        if self.sealed[slot.0 as usize].load(Ordering::Acquire) {
+            return;
+        }
+        self.write_header(slot, key, self.slot_digest(slot), true);
+        self.sealed[slot.0 as usize].store(true, Ordering::Release);
+    }
+
+    /// Whether a slot's header checksum is computed.
+    pub fn is_sealed(&self, slot: SlotId) -> bool {
+        self.sealed[slot.0 as usize].load(Ordering::Acquire)
+    }
+
+    /// The layout digest of the object in a (pinned) slot.
+    pub fn slot_digest(&self, slot: SlotId) -> u64 {
+        self.digests[slot.0 as usize].load(Ordering::Acquire)
     }
 
     /// Indexes a reserved slot whose record (header included) is already complete and verified,
     /// e.g. read through from disk.
     pub fn commit_record(&self, slot: SlotId, key: BlockKey, info: InsertInfo<BlockKey>) -> Commit {
-        self.index_slot(slot, key, info)
+        // SAFETY: the caller owns the reservation and the record is complete.
+        let digest = BlockHeader::decode(unsafe {
+            std::slice::from_raw_parts(self.slot_ptr(slot), HEADER_LEN)
+        })
+        .map(|h| h.layout_digest())
+        .unwrap_or(0);
+        self.index_slot(slot, key, digest, true, info)
     }
 
-    fn index_slot(&self, slot: SlotId, key: BlockKey, info: InsertInfo<BlockKey>) -> Commit {
+    fn index_slot(
+        &self,
+        slot: SlotId,
+        key: BlockKey,
+        digest: u64,
+        sealed: bool,
+        info: InsertInfo<BlockKey>,
+    ) -> Commit {
+        // Published before the index makes the slot visible.
+        self.digests[slot.0 as usize].store(digest, Ordering::Release);
+        self.sealed[slot.0 as usize].store(sealed, Ordering::Release);
         let mut policy = self.policy.lock();
         match self.index.entry(key) {
             dashmap::Entry::Occupied(entry) => {
@@ -640,5 +707,38 @@ mod tests {
         }
         assert_eq!(a.pinned(), 0);
         assert!(a.len() <= 16);
+    }
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn unsealed_commits_are_sealed_before_leaving_memory() {
+        let a = HostArena::new(&HostArenaConfig {
+            capacity_bytes: 4 * record_len(1000) as u64,
+            payload_len: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+        let key = BlockKey::from_u128(77);
+        let slot = a.reserve_slot().unwrap();
+        unsafe { a.slot_bytes_mut(slot)[HEADER_LEN..HEADER_LEN + 1000].fill(9) };
+        assert_eq!(
+            a.commit_slot_unsealed(slot, key, 0xD1, InsertInfo::default()),
+            Commit::Stored(slot)
+        );
+        assert_eq!(a.slot_digest(slot), 0xD1);
+        assert!(!a.is_sealed(slot));
+        let r = a.get(key).unwrap();
+        let h = BlockHeader::decode(r.record()).unwrap();
+        assert_eq!((h.key(), h.layout_digest()), (key, 0xD1));
+        assert!(h.verify_payload(r.payload()).is_err(), "no checksum yet");
+        a.seal(r.id(), key);
+        assert!(a.is_sealed(r.id()));
+        let h = BlockHeader::decode(r.record()).unwrap();
+        assert!(h.verify_payload(r.payload()).is_ok());
+        assert_eq!(h.key(), key);
     }
 }
