@@ -16,6 +16,7 @@
 //!   Unix socket) and the engine-side client.
 //! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
 //! - [`bench`]: the measurement programs behind `kvtier bench ...`.
+//! - `gpu` (feature `cuda`): the CUDA copy engine.
 
 #![warn(missing_docs)]
 
@@ -24,6 +25,8 @@ pub mod bench;
 pub mod block;
 pub mod buf;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod key;
 pub mod layout;
 pub mod metrics;

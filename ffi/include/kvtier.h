@@ -183,6 +183,20 @@ kvt_status kvt_register_kv(kvt_client *client,
                            uint8_t *const *layers,
                            size_t n_layers);
 
+// Registers KV memory on a CUDA device: `n_layers` device pointers (`CUdeviceptr`) to the
+// layer tensors of `layout` on device `device`. Saves and loads then copy through the CUDA
+// driver on a stream of their own. Returns `KVT_ERR_INVALID` when libkvtier was built without
+// the `cuda` feature, and `KVT_ERR_UNAVAILABLE` when no CUDA driver or device is present.
+//
+// # Safety
+// The device pointers must stay valid, each for the layout's layer bytes, until the client is
+// freed or memory is registered again.
+kvt_status kvt_register_kv_device(kvt_client *client,
+                                  const kvt_layout *layout,
+                                  const uint64_t *layers,
+                                  size_t n_layers,
+                                  int32_t device);
+
 // Writes into `*prefix` how many leading `keys` the agent (or its pool) holds, and starts
 // prefetching pool-resident ones into memory.
 //

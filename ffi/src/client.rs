@@ -34,10 +34,57 @@ pub struct kvt_client_params {
     pub load_budget_ms: u32,
 }
 
-/// Registered KV memory: the layer tensors of one engine (host pointers).
+/// Where the registered layer tensors live.
+enum Memory {
+    /// Host pointers: copies are memcpy.
+    Host(Vec<usize>),
+    /// Device pointers: copies go through the CUDA driver on the copier's stream.
+    #[cfg(feature = "cuda")]
+    Device {
+        ptrs: Vec<u64>,
+        copier: kvtier_core::gpu::CudaCopier,
+    },
+}
+
+/// Registered KV memory: the layer tensors of one engine.
 struct Registered {
     layout: KvLayout,
-    layers: Vec<usize>,
+    memory: Memory,
+}
+
+impl Registered {
+    fn gather(&self, block: u32, payload: &mut [u8]) -> kvtier_core::Result<()> {
+        match &self.memory {
+            Memory::Host(layers) => {
+                let len = self.layout.layer_bytes() as usize;
+                // SAFETY: registered pointers are valid for `len` bytes (kvt_register_kv contract).
+                let views: Vec<&[u8]> = layers
+                    .iter()
+                    .map(|&p| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+                    .collect();
+                self.layout.gather(&views, block, payload)
+            }
+            #[cfg(feature = "cuda")]
+            Memory::Device { ptrs, copier } => copier.gather(&self.layout, ptrs, block, payload),
+        }
+    }
+
+    fn scatter(&self, payload: &[u8], block: u32) -> kvtier_core::Result<()> {
+        match &self.memory {
+            Memory::Host(layers) => {
+                let len = self.layout.layer_bytes() as usize;
+                // SAFETY: registered pointers are valid, and the engine leaves the blocks being
+                // loaded alone until the ticket completes.
+                let mut views: Vec<&mut [u8]> = layers
+                    .iter()
+                    .map(|&p| unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) })
+                    .collect();
+                self.layout.scatter(payload, &mut views, block)
+            }
+            #[cfg(feature = "cuda")]
+            Memory::Device { ptrs, copier } => copier.scatter(&self.layout, payload, ptrs, block),
+        }
+    }
 }
 
 struct Inner {
@@ -222,10 +269,81 @@ pub unsafe extern "C" fn kvt_register_kv(
             }
             inner.kv = Some(Registered {
                 layout: l,
-                layers: ptrs.iter().map(|&p| p as usize).collect(),
+                memory: Memory::Host(ptrs.iter().map(|&p| p as usize).collect()),
             });
             Ok(())
         })
+    })
+}
+
+/// Registers KV memory on a CUDA device: `n_layers` device pointers (`CUdeviceptr`) to the
+/// layer tensors of `layout` on device `device`. Saves and loads then copy through the CUDA
+/// driver on a stream of their own. Returns `KVT_ERR_INVALID` when libkvtier was built without
+/// the `cuda` feature, and `KVT_ERR_UNAVAILABLE` when no CUDA driver or device is present.
+///
+/// # Safety
+/// The device pointers must stay valid, each for the layout's layer bytes, until the client is
+/// freed or memory is registered again.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_register_kv_device(
+    client: *mut kvt_client,
+    layout: *const kvt_layout,
+    layers: *const u64,
+    n_layers: usize,
+    device: i32,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let l = unsafe { arg(layout, "layout") }?.layout.clone();
+        // SAFETY: per the contract.
+        let ptrs = unsafe { slice_arg(layers, n_layers, "layers") }?.to_vec();
+        if ptrs.len() != l.num_layers() as usize {
+            return Err(FfiError::invalid(format!(
+                "{} layer pointers given; the layout has {} layers",
+                ptrs.len(),
+                l.num_layers()
+            )));
+        }
+        if let Some(i) = ptrs.iter().position(|&p| p == 0) {
+            return Err(FfiError::null(&format!("layers[{i}]")));
+        }
+        register_device(client, l, ptrs, device)
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn register_device(
+    client: *mut kvt_client,
+    l: KvLayout,
+    ptrs: Vec<u64>,
+    device: i32,
+) -> Result<(), FfiError> {
+    let copier = kvtier_core::gpu::CudaCopier::new(device)?;
+    with_client(client, |inner| {
+        if l.digest() != inner.layout.digest() {
+            return Err(FfiError::invalid(
+                "the registered layout differs from the one the client connected with",
+            ));
+        }
+        inner.kv = Some(Registered {
+            layout: l,
+            memory: Memory::Device { ptrs, copier },
+        });
+        Ok(())
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn register_device(
+    client: *mut kvt_client,
+    _l: KvLayout,
+    _ptrs: Vec<u64>,
+    _device: i32,
+) -> Result<(), FfiError> {
+    with_client(client, |_| {
+        Err(FfiError::invalid(
+            "libkvtier was built without CUDA support: rebuild it with `--features cuda`",
+        ))
     })
 }
 
@@ -297,20 +415,13 @@ pub unsafe extern "C" fn kvt_save(
         // SAFETY: per the contract.
         let blocks = unsafe { slice_arg(block_ids, n, "block_ids") }?.to_vec();
         let count = with_client(client, |inner| {
-            let kv = registered(inner)?;
+            let Inner { client, kv, .. } = inner;
+            let kv = kv.as_ref().ok_or_else(|| {
+                FfiError::invalid("no KV memory registered: call kvt_register_kv first")
+            })?;
             check_blocks(kv, &blocks)?;
-            let layout = kv.layout.clone();
-            let len = layout.layer_bytes() as usize;
-            // SAFETY: registered pointers are valid for `len` bytes (kvt_register_kv contract).
-            let views: Vec<&[u8]> = kv
-                .layers
-                .iter()
-                .map(|&p| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
-                .collect();
-            let c = inner.client.as_mut().ok_or_else(closed)?;
-            Ok(c.save(&keys, |i, payload| {
-                layout.gather(&views, blocks[i], payload)
-            })?)
+            let c = client.as_mut().ok_or_else(closed)?;
+            Ok(c.save(&keys, |i, payload| kv.gather(blocks[i], payload))?)
         })?;
         if !stored.is_null() {
             // SAFETY: non-NULL and writable per the contract.
@@ -377,20 +488,14 @@ fn load(inner: &Mutex<Inner>, keys: &[BlockKey], blocks: &[u32]) -> Result<Vec<b
     let mut g = inner
         .lock()
         .map_err(|_| FfiError::invalid("the client is poisoned by an earlier panic"))?;
-    let inner = &mut *g;
-    let kv = registered(inner)?;
-    let layout = kv.layout.clone();
-    let len = layout.layer_bytes() as usize;
-    // SAFETY: registered pointers are valid and not touched by the engine during the load.
-    let mut views: Vec<&mut [u8]> = kv
-        .layers
-        .iter()
-        .map(|&p| unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) })
-        .collect();
-    let c = inner.client.as_mut().ok_or_else(closed)?;
+    let Inner { client, kv, .. } = &mut *g;
+    let kv = kv
+        .as_ref()
+        .ok_or_else(|| FfiError::invalid("no KV memory registered: call kvt_register_kv first"))?;
+    let c = client.as_mut().ok_or_else(closed)?;
     let mut failed = Vec::new();
     let mut delivered = c.load(keys, |i, payload| {
-        if layout.scatter(payload, &mut views, blocks[i]).is_err() {
+        if kv.scatter(payload, blocks[i]).is_err() {
             failed.push(i);
         }
     })?;

@@ -357,6 +357,10 @@ static int mode_client_errors(const char *socket) {
   CHECK(loaded[0] == 0, "nothing was saved: a miss, not garbage");
   kvt_ticket_free(t);
   kvt_ticket_free(NULL);
+  /* The tests build libkvtier without the `cuda` feature: device memory is refused clearly. */
+  uint64_t dev[4] = {1, 2, 3, 4};
+  CHECK(kvt_register_kv_device(c, layout, dev, 4, 0) == KVT_ERR_INVALID && strstr(kvt_last_error(), "CUDA"),
+        "device memory without CUDA support: %s", kvt_last_error());
   kvt_client_close(c);
   CHECK(kvt_lookup(c, keys, 4, &prefix) == KVT_ERR_CLOSED && prefix == 9, "closed handle");
   CHECK(kvt_save(c, keys, ids, 4, &stored) == KVT_ERR_CLOSED, "closed handle");
