@@ -391,9 +391,11 @@ impl State {
                 )));
             };
             self.saving.lock().remove(&key);
+            // Unsealed: the payload checksum is computed by write-behind before the block
+            // leaves memory, off the engine's save path.
             match self
                 .arena
-                .commit_slot(slot, key, digest, InsertInfo { parent })
+                .commit_slot_unsealed(slot, key, digest, InsertInfo { parent })
             {
                 Commit::Stored(_) => {
                     stored += 1;
