@@ -10,6 +10,12 @@ use cudarc::driver::sys;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::KvLayout;
 
+#[derive(Clone, Copy)]
+enum Direction {
+    ToHost,
+    ToDevice,
+}
+
 /// A CUDA stream on one device, for block copies between device KV tensors and host memory.
 pub struct CudaCopier {
     ctx: sys::CUcontext,
@@ -75,20 +81,6 @@ impl CudaCopier {
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
-    fn check_layers(layout: &KvLayout, layers: &[u64]) -> Result<()> {
-        if layers.len() != layout.num_layers() as usize {
-            return Err(Error::invalid(format!(
-                "{} layer pointers given; the layout has {} layers",
-                layers.len(),
-                layout.num_layers()
-            )));
-        }
-        if layers.contains(&0) {
-            return Err(Error::invalid("a device layer pointer is 0"));
-        }
-        Ok(())
-    }
-
     /// Copies block `block` from the device layer tensors into `object` (host memory), then
     /// waits for the stream.
     pub fn gather(
@@ -98,30 +90,13 @@ impl CudaCopier {
         block: u32,
         object: &mut [u8],
     ) -> Result<()> {
-        Self::check_layers(layout, layers)?;
-        if object.len() as u64 != layout.object_len() {
-            return Err(Error::invalid(format!(
-                "object buffer is {} bytes; the layout's objects are {}",
-                object.len(),
-                layout.object_len()
-            )));
-        }
-        self.current()?;
-        for span in layout.copy_plan(block)? {
-            let src = layers[span.layer] + span.engine.start as u64;
-            let dst = object[span.object.clone()].as_mut_ptr();
-            // SAFETY: dst is valid for the span; src is inside the registered device tensor.
-            check(
-                unsafe {
-                    sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, span.object.len(), self.stream)
-                },
-                "cuMemcpyDtoHAsync",
-            )?;
-        }
-        // SAFETY: our stream.
-        check(
-            unsafe { sys::cuStreamSynchronize(self.stream) },
-            "cuStreamSynchronize",
+        self.copy(
+            Direction::ToHost,
+            layout,
+            layers,
+            block,
+            object.as_mut_ptr(),
+            object.len(),
         )
     }
 
@@ -134,25 +109,59 @@ impl CudaCopier {
         layers: &[u64],
         block: u32,
     ) -> Result<()> {
-        Self::check_layers(layout, layers)?;
-        if object.len() as u64 != layout.object_len() {
+        self.copy(
+            Direction::ToDevice,
+            layout,
+            layers,
+            block,
+            object.as_ptr() as *mut u8,
+            object.len(),
+        )
+    }
+
+    /// The one copy path: every span of the block's copy plan, asynchronously, then a wait.
+    fn copy(
+        &self,
+        dir: Direction,
+        layout: &KvLayout,
+        layers: &[u64],
+        block: u32,
+        host: *mut u8,
+        len: usize,
+    ) -> Result<()> {
+        if layers.len() != layout.num_layers() as usize {
             return Err(Error::invalid(format!(
-                "object buffer is {} bytes; the layout's objects are {}",
-                object.len(),
+                "{} layer pointers given; the layout has {} layers",
+                layers.len(),
+                layout.num_layers()
+            )));
+        }
+        if layers.contains(&0) {
+            return Err(Error::invalid("a device layer pointer is 0"));
+        }
+        if len as u64 != layout.object_len() {
+            return Err(Error::invalid(format!(
+                "object buffer is {len} bytes; the layout's objects are {}",
                 layout.object_len()
             )));
         }
         self.current()?;
         for span in layout.copy_plan(block)? {
-            let dst = layers[span.layer] + span.engine.start as u64;
-            let src = object[span.object.clone()].as_ptr();
-            // SAFETY: src is valid for the span; dst is inside the registered device tensor.
-            check(
-                unsafe {
-                    sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), span.object.len(), self.stream)
-                },
-                "cuMemcpyHtoDAsync",
-            )?;
+            let dev = layers[span.layer] + span.engine.start as u64;
+            // SAFETY: `host` is valid for `len` bytes and the span lies inside the object (the
+            // plan tiles it); `dev` lies inside the registered device tensor.
+            let h = unsafe { host.add(span.object.start) };
+            let n = span.object.len();
+            // SAFETY: as above; the caller keeps both buffers alive until the wait below.
+            let r = unsafe {
+                match dir {
+                    Direction::ToHost => sys::cuMemcpyDtoHAsync_v2(h.cast(), dev, n, self.stream),
+                    Direction::ToDevice => {
+                        sys::cuMemcpyHtoDAsync_v2(dev, h.cast_const().cast(), n, self.stream)
+                    }
+                }
+            };
+            check(r, "cuMemcpyAsync")?;
         }
         // SAFETY: our stream.
         check(

@@ -261,18 +261,24 @@ pub unsafe extern "C" fn kvt_register_kv(
         if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
             return Err(FfiError::null(&format!("layers[{i}]")));
         }
-        with_client(client, |inner| {
-            if l.digest() != inner.layout.digest() {
-                return Err(FfiError::invalid(
-                    "the registered layout differs from the one the client connected with",
-                ));
-            }
-            inner.kv = Some(Registered {
-                layout: l,
-                memory: Memory::Host(ptrs.iter().map(|&p| p as usize).collect()),
-            });
-            Ok(())
-        })
+        register(
+            client,
+            l,
+            Memory::Host(ptrs.iter().map(|&p| p as usize).collect()),
+        )
+    })
+}
+
+/// Installs registered memory after checking it matches the connection's layout.
+fn register(client: *mut kvt_client, l: KvLayout, memory: Memory) -> Result<(), FfiError> {
+    with_client(client, |inner| {
+        if l.digest() != inner.layout.digest() {
+            return Err(FfiError::invalid(
+                "the registered layout differs from the one the client connected with",
+            ));
+        }
+        inner.kv = Some(Registered { layout: l, memory });
+        Ok(())
     })
 }
 
