@@ -26,14 +26,15 @@
 //!    4) with the same fraction of the capacity, run fixed configurations (`p` in {1, 0.6, 0.35,
 //!    0.2, 0.1} with learnt values, and `p = 1` with equal values, i.e. LRU); every `capacity`
 //!    uses the live cache adopts the configuration whose miniature hit most (decayed), if it
-//!    beats the current one by 5% (after Waldspurger et al., "Cache Modeling and Optimization
+//!    beats the current one by 30% (after Waldspurger et al., "Cache Modeling and Optimization
 //!    using Miniature Simulations", USENIX ATC 2017). It starts as LRU.
 //!
 //! Where it stands (`kvtier sim --sweep default` on the conversation trace, every block of the
-//! trace offered to every policy): 1.29x LRU's token hit ratio at 1,000 blocks, 1.40x at 2,000,
-//! 1.17x at 5,000, 0.98x at 10,000, equal from 20,000 up. The best fixed configuration at
-//! 5,000 blocks reaches 1.20x (p = 0.6), so the tuning is not what limits it there; the offline
-//! optimum is 3x. Not yet the default: it loses 2% at 10,000 blocks.
+//! trace offered to every policy): 1.27x LRU's token hit ratio at 1,000 blocks, 1.36x at 2,000,
+//! 1.17x at 5,000, and equal from 10,000 up (where the miniatures keep it in LRU mode: a
+//! configuration must beat the live one by 30% in its miniature to be adopted). The best fixed
+//! configuration at 5,000 blocks reaches 1.20x (p = 0.6), so admission sampling alone cannot
+//! reach the 1.25x the capacity-planning issue asks for there; the offline optimum is 3x.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -58,7 +59,7 @@ const BRANCHY: u32 = 2;
 /// Decay of learnt class values and miniature hit counts at each re-evaluation.
 const DECAY: f64 = 0.9;
 /// A miniature must beat the live configuration's by this factor to be adopted.
-const SWITCH_MARGIN: f64 = 1.05;
+const SWITCH_MARGIN: f64 = 1.3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Class {
