@@ -8,7 +8,7 @@ use super::SweepRow;
 const W: f64 = 720.0;
 const H: f64 = 440.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 
@@ -94,8 +94,8 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str) -> String {
     );
     type Series = (&'static str, &'static str, fn(&SweepRow) -> f64);
     let series: [Series; 3] = [
-        ("Belady (offline optimum)", "#888888", |r| r.belady),
-        ("prefix-aware (candidate)", "#1f77b4", |r| r.prefix_aware),
+        ("Belady (optimum)", "#888888", |r| r.belady),
+        ("prefix-aware", "#1f77b4", |r| r.prefix_aware),
         ("LRU", "#d62728", |r| r.lru),
     ];
     for (i, (name, color, f)) in series.iter().enumerate() {
