@@ -266,3 +266,36 @@ fn a_killed_agent_is_an_error_within_the_deadline_then_the_client_reconnects() {
     assert_eq!(c.stats().unwrap().hits_pool, 256);
     drop(agent);
 }
+
+#[test]
+fn lookup_prefetches_pool_blocks_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    assert_eq!(save_all(&mut c), 256);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.stats().unwrap().pool_writes < 256 {
+        assert!(Instant::now() < deadline, "write-behind did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill();
+    let _agent = Agent::start(dir.path());
+    let keys: Vec<BlockKey> = (0..256).map(key).collect();
+    // The restarted agent has everything on disk and nothing in memory; a lookup with prefetch
+    // brings the prefix into memory in the background.
+    assert_eq!(c.lookup(&keys, true).unwrap(), (256, 0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.lookup(&keys, false).unwrap().1 < 256 {
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not bring the blocks into memory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = c
+        .load(&keys, |i, p| assert!(p == block(i as u64).as_slice()))
+        .unwrap();
+    assert!(d.iter().all(|&x| x));
+    let s = c.stats().unwrap();
+    assert_eq!((s.hits_memory, s.hits_pool), (256, 0), "{s:?}");
+}

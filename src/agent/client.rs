@@ -258,17 +258,39 @@ impl AgentClient {
         }
     }
 
+    /// Like [`call`](Self::call) for calls that are safe to repeat on a new session (they hold
+    /// no lease of the old one): when the connection was lost or the session is unknown (the
+    /// agent restarted since), reconnect and try once more.
+    fn call_again<T, F, Fut>(&mut self, f: F) -> Result<T>
+    where
+        F: Fn(agent_client::AgentClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        match self.call(&f) {
+            Err(e)
+                if self.conn.is_none()
+                    && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) =>
+            {
+                self.call(&f)
+            }
+            r => r,
+        }
+    }
+
     /// How many leading `keys` the agent or its pool hold, and how many of those are in memory.
     /// With `prefetch`, the agent starts reading pool-resident ones into memory.
     pub fn lookup(&mut self, keys: &[BlockKey], prefetch: bool) -> Result<(u32, u32)> {
         let keys = to_proto(keys);
-        let r = self.call(|mut g, session| async move {
-            g.lookup(proto::LookupRequest {
-                session,
-                keys,
-                prefetch,
-            })
-            .await
+        let r = self.call_again(|mut g, session| {
+            let keys = keys.clone();
+            async move {
+                g.lookup(proto::LookupRequest {
+                    session,
+                    keys,
+                    prefetch,
+                })
+                .await
+            }
         })?;
         Ok((r.prefix_blocks, r.in_memory))
     }
@@ -276,9 +298,12 @@ impl AgentClient {
     /// Leases slots for the keys the agent lacks (see [`State::begin_save`](super::State::begin_save)).
     pub fn begin_save(&mut self, keys: &[BlockKey]) -> Result<Vec<Granted>> {
         let keys = to_proto(keys);
-        let r = self.call(|mut g, session| async move {
-            g.begin_save(proto::BeginSaveRequest { session, keys })
-                .await
+        let r = self.call_again(|mut g, session| {
+            let keys = keys.clone();
+            async move {
+                g.begin_save(proto::BeginSaveRequest { session, keys })
+                    .await
+            }
         })?;
         Ok(r.leases
             .into_iter()
@@ -389,13 +414,16 @@ impl AgentClient {
     ) -> Result<Vec<bool>> {
         let ks = to_proto(keys);
         let budget_ms = self.cfg.load_budget.as_millis().min(u32::MAX as u128) as u32;
-        let r = self.call(|mut g, session| async move {
-            g.begin_load(proto::BeginLoadRequest {
-                session,
-                keys: ks,
-                budget_ms,
-            })
-            .await
+        let r = self.call_again(|mut g, session| {
+            let keys = ks.clone();
+            async move {
+                g.begin_load(proto::BeginLoadRequest {
+                    session,
+                    keys,
+                    budget_ms,
+                })
+                .await
+            }
         })?;
         let mut delivered = vec![false; keys.len()];
         let mut leases = Vec::with_capacity(r.leases.len());
@@ -417,7 +445,7 @@ impl AgentClient {
 
     /// The agent's counters.
     pub fn stats(&mut self) -> Result<proto::StatsResponse> {
-        self.call(|mut g, _| async move { g.stats(proto::StatsRequest {}).await })
+        self.call_again(|mut g, _| async move { g.stats(proto::StatsRequest {}).await })
     }
 }
 

@@ -21,6 +21,9 @@ use crate::tier::segment::SegmentStore;
 use super::fdpass;
 use super::AgentConfig;
 
+/// Lookups whose pool-resident blocks wait to be prefetched, at most.
+const PREFETCH_QUEUE: usize = 64;
+
 enum LeaseKind {
     /// An arena slot the engine is filling for `key`.
     Write {
@@ -114,6 +117,10 @@ pub struct State {
     queue_cap: usize,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Chains to read from the pool into memory (bounded: the oldest is dropped when full).
+    prefetch: Mutex<VecDeque<Vec<BlockKey>>>,
+    prefetch_cv: Condvar,
+    prefetcher: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Counters,
 }
 
@@ -132,6 +139,9 @@ impl State {
             next_id: AtomicU64::new(1),
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
+            prefetch: Mutex::new(VecDeque::new()),
+            prefetch_cv: Condvar::new(),
+            prefetcher: Mutex::new(None),
             queue_cap: cfg.write_queue.max(1),
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -144,6 +154,12 @@ impl State {
                 .spawn(move || s.write_behind())
                 .map_err(|e| Error::io("starting the write-behind thread", e))?;
             *state.writer.lock() = Some(handle);
+            let s = state.clone();
+            let handle = std::thread::Builder::new()
+                .name("kvtier-prefetch".into())
+                .spawn(move || s.prefetch_worker())
+                .map_err(|e| Error::io("starting the prefetch thread", e))?;
+            *state.prefetcher.lock() = Some(handle);
         }
         Ok(state)
     }
@@ -296,16 +312,37 @@ impl State {
             prefix += 1;
         }
         if prefetch && !from_pool.is_empty() {
-            let state = self.clone();
-            std::thread::spawn(move || {
-                for k in from_pool {
-                    if state.read_through(k).is_none() {
-                        break;
-                    }
-                }
-            });
+            let mut q = self.prefetch.lock();
+            if q.len() >= PREFETCH_QUEUE {
+                q.pop_front();
+            }
+            q.push_back(from_pool);
+            self.prefetch_cv.notify_one();
         }
         Ok((prefix, in_memory))
+    }
+
+    fn prefetch_worker(&self) {
+        loop {
+            let chain = {
+                let mut q = self.prefetch.lock();
+                loop {
+                    if self.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(c) = q.pop_front() {
+                        break c;
+                    }
+                    self.prefetch_cv
+                        .wait_for(&mut q, Duration::from_millis(200));
+                }
+            };
+            for k in chain {
+                if self.read_through(k).is_none() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Reads `key` from the pool into a new arena slot; `Some` when it is now in memory.
@@ -580,8 +617,11 @@ impl State {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.queue_cv.notify_all();
-        if let Some(h) = self.writer.lock().take() {
-            let _ = h.join();
+        self.prefetch_cv.notify_all();
+        for worker in [&self.writer, &self.prefetcher] {
+            if let Some(h) = worker.lock().take() {
+                let _ = h.join();
+            }
         }
     }
 }
