@@ -246,8 +246,17 @@ impl KvLayout {
                 self.layer_bytes
             )));
         }
-        if usize::try_from(self.layer_bytes).is_err() {
-            return Err(overflow());
+        // The object (every layer's slice of a block) must be addressable too.
+        let object = mul(mul(seg, self.kind.segments())?, self.num_layers as u64)?;
+        if usize::try_from(self.layer_bytes).is_err()
+            || usize::try_from(object).is_err()
+            || object > crate::block::MAX_PAYLOAD_LEN
+        {
+            return Err(Error::invalid(format!(
+                "layout is too large: {object} bytes per block object (at most {} allowed) or {} bytes per layer",
+                crate::block::MAX_PAYLOAD_LEN,
+                self.layer_bytes
+            )));
         }
         Ok(())
     }
@@ -535,6 +544,21 @@ mod tests {
         let e = l.gather(&[], 0, &mut obj[1..]).unwrap_err();
         assert!(e.to_string().contains("layer tensors"), "{e}");
         assert!(KvDtype::parse("torch.bfloat16").unwrap() == KvDtype::Bf16);
+        // Dimensions whose block object would overflow are refused, not wrapped.
+        let e = KvLayout::new(
+            LayoutKind::VllmCpu,
+            u32::MAX,
+            1,
+            u32::MAX,
+            1,
+            1,
+            KvDtype::F32,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("too large") || e.to_string().contains("overflow"),
+            "{e}"
+        );
         assert!(KvDtype::parse("int3").is_err());
     }
 

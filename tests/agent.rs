@@ -299,3 +299,33 @@ fn lookup_prefetches_pool_blocks_into_memory() {
     let s = c.stats().unwrap();
     assert_eq!((s.hits_memory, s.hits_pool), (256, 0), "{s:?}");
 }
+
+#[test]
+fn a_failed_copy_gives_its_slots_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    let keys: Vec<BlockKey> = (0..16).map(key).collect();
+    // The engine fails to produce every other block (a copy error): the call reports it, and
+    // those slots and keys are released at once, not held until the engine exits.
+    let r = c.save(&keys, |i, payload| {
+        if i % 2 == 1 {
+            return Err(kvtier::Error::new(kvtier::ErrorKind::Io, "copy failed"));
+        }
+        payload.copy_from_slice(&block(i as u64));
+        Ok(())
+    });
+    assert!(r.is_err());
+    let s = c.stats().unwrap();
+    assert_eq!((s.leases, s.saves), (0, 8), "{s:?}");
+    // The failed keys are not stuck "in flight": saving them again stores exactly those.
+    assert_eq!(save_all_of(&mut c, &keys), 8);
+}
+
+fn save_all_of(c: &mut AgentClient, keys: &[BlockKey]) -> u32 {
+    c.save(keys, |i, payload| {
+        payload.copy_from_slice(&block(i as u64));
+        Ok(())
+    })
+    .unwrap()
+}

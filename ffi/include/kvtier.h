@@ -230,14 +230,17 @@ kvt_status kvt_load_start(kvt_client *client,
 
 // Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
 // given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
-// be recomputed. `KVT_ERR_TIMEOUT` if still running; the load's own failure otherwise (every
-// block must then be recomputed).
+// be recomputed. `KVT_ERR_TIMEOUT` if still running: the load goes on, so wait again, or free
+// the ticket (which cancels it) before reusing or recomputing those blocks. Otherwise the
+// load's own failure (every block must then be recomputed).
 //
 // # Safety
 // `ticket` must be live; `loaded` must have room for `n` bytes.
 kvt_status kvt_ticket_wait(kvt_ticket *ticket, uint32_t timeout_ms, uint8_t *loaded, size_t n);
 
-// Frees a ticket (the load, if still running, finishes on its own). NULL is a no-op.
+// Frees a ticket. If the load is still running it is cancelled: no further block is copied
+// into the engine's memory, and this call returns only once no copy is in progress (at most
+// the client's call deadline), so the engine may reuse the blocks right after. NULL is a no-op.
 //
 // # Safety
 // `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.

@@ -105,6 +105,8 @@ type LoadOutcome = (Mutex<Option<Result<Vec<bool>, FfiError>>>, Condvar);
 pub struct kvt_ticket {
     state: Arc<LoadOutcome>,
     n: usize,
+    /// Set by `kvt_ticket_free`: copy no further block into the engine's memory.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn closed() -> FfiError {
@@ -465,11 +467,13 @@ pub unsafe extern "C" fn kvt_load_start(
         with_client(client, |i| check_blocks(registered(i)?, &blocks))?;
         let state = Arc::new((Mutex::new(None), Condvar::new()));
         let done = state.clone();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
         std::thread::Builder::new()
             .name("kvtier-load".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    load(&inner, &keys, &blocks)
+                    load(&inner, &keys, &blocks, &stop)
                 }))
                 .unwrap_or_else(|_| {
                     Err(FfiError {
@@ -485,12 +489,17 @@ pub unsafe extern "C" fn kvt_load_start(
             })
             .map_err(|e| FfiError::from(Error::io("starting a load thread", e)))?;
         // SAFETY: writable per the contract.
-        unsafe { *out = Box::into_raw(Box::new(kvt_ticket { state, n })) };
+        unsafe { *out = Box::into_raw(Box::new(kvt_ticket { state, n, cancel })) };
         Ok(())
     })
 }
 
-fn load(inner: &Mutex<Inner>, keys: &[BlockKey], blocks: &[u32]) -> Result<Vec<bool>, FfiError> {
+fn load(
+    inner: &Mutex<Inner>,
+    keys: &[BlockKey],
+    blocks: &[u32],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<bool>, FfiError> {
     let mut g = inner
         .lock()
         .map_err(|_| FfiError::invalid("the client is poisoned by an earlier panic"))?;
@@ -501,7 +510,10 @@ fn load(inner: &Mutex<Inner>, keys: &[BlockKey], blocks: &[u32]) -> Result<Vec<b
     let c = client.as_mut().ok_or_else(closed)?;
     let mut failed = Vec::new();
     let mut delivered = c.load(keys, |i, payload| {
-        if kv.scatter(payload, blocks[i]).is_err() {
+        // After a cancel the engine may already be reusing these blocks: never touch them.
+        if cancel.load(std::sync::atomic::Ordering::Acquire)
+            || kv.scatter(payload, blocks[i]).is_err()
+        {
             failed.push(i);
         }
     })?;
@@ -513,8 +525,9 @@ fn load(inner: &Mutex<Inner>, keys: &[BlockKey], blocks: &[u32]) -> Result<Vec<b
 
 /// Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
 /// given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
-/// be recomputed. `KVT_ERR_TIMEOUT` if still running; the load's own failure otherwise (every
-/// block must then be recomputed).
+/// be recomputed. `KVT_ERR_TIMEOUT` if still running: the load goes on, so wait again, or free
+/// the ticket (which cancels it) before reusing or recomputing those blocks. Otherwise the
+/// load's own failure (every block must then be recomputed).
 ///
 /// # Safety
 /// `ticket` must be live; `loaded` must have room for `n` bytes.
@@ -564,14 +577,24 @@ pub unsafe extern "C" fn kvt_ticket_wait(
     })
 }
 
-/// Frees a ticket (the load, if still running, finishes on its own). NULL is a no-op.
+/// Frees a ticket. If the load is still running it is cancelled: no further block is copied
+/// into the engine's memory, and this call returns only once no copy is in progress (at most
+/// the client's call deadline), so the engine may reuse the blocks right after. NULL is a no-op.
 ///
 /// # Safety
 /// `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kvt_ticket_free(ticket: *mut kvt_ticket) {
-    if !ticket.is_null() {
-        // SAFETY: created by Box::into_raw.
-        drop(unsafe { Box::from_raw(ticket) });
+    if ticket.is_null() {
+        return;
     }
+    // SAFETY: created by Box::into_raw.
+    let t = unsafe { Box::from_raw(ticket) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.cancel.store(true, std::sync::atomic::Ordering::Release);
+        let (m, cv) = &*t.state;
+        if let Ok(g) = m.lock() {
+            drop(cv.wait_while(g, |r| r.is_none()));
+        }
+    }));
 }

@@ -194,9 +194,13 @@ impl AgentClient {
             .block_on(conn.grpc.hello(hello))
             .map_err(from_status)?
             .into_inner();
-        if (r.slot_len as usize) * (r.slots as usize) > conn.map.len
-            || r.payload_offset as u64 + cfg.object_len > r.slot_len
-        {
+        let fits = (r.slot_len as usize)
+            .checked_mul(r.slots as usize)
+            .is_some_and(|total| total <= conn.map.len)
+            && r.payload_offset
+                .checked_add(cfg.object_len)
+                .is_some_and(|end| end <= r.slot_len);
+        if !fits {
             return Err(Error::corrupt(
                 "the agent's arena geometry does not fit its mapping",
             ));
@@ -356,15 +360,23 @@ impl AgentClient {
         let timeout = self.cfg.timeout;
         let mut pending = Vec::new();
         let mut first_err = None;
+        let mut failed = Vec::new();
         for chunk in granted.chunks(BATCH) {
             let mut leases = Vec::with_capacity(chunk.len());
             for g in chunk {
-                match self
-                    .payload_mut(g.slot)
-                    .and_then(|p| fill(g.index as usize, p))
-                {
+                let i = g.index as usize;
+                let filled = if i < keys.len() {
+                    self.payload_mut(g.slot).and_then(|p| fill(i, p))
+                } else {
+                    Err(Error::corrupt(format!(
+                        "the agent leased key index {i} of {}",
+                        keys.len()
+                    )))
+                };
+                match filled {
                     Ok(()) => leases.push(g.lease),
                     Err(e) => {
+                        failed.push(g.lease);
                         first_err.get_or_insert(e);
                     }
                 }
@@ -399,9 +411,25 @@ impl AgentClient {
                 }
             }
         }
+        if !failed.is_empty() {
+            // Give back the slots of blocks that could not be filled (the agent releases any
+            // lease kind here), or they would stay leased and their keys "in flight".
+            self.release_leases(failed);
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(stored),
+        }
+    }
+
+    /// Releases leases; if that fails, drops the connection, which makes the agent release
+    /// every lease of this session.
+    fn release_leases(&mut self, leases: Vec<u64>) {
+        let r = self.call(|mut g, session| async move {
+            g.end_load(proto::EndLoadRequest { session, leases }).await
+        });
+        if r.is_err() {
+            self.conn = None;
         }
     }
 
@@ -427,20 +455,29 @@ impl AgentClient {
         })?;
         let mut delivered = vec![false; keys.len()];
         let mut leases = Vec::with_capacity(r.leases.len());
+        let mut first_err = None;
         for l in r.leases {
+            // Every granted lease is released below, whatever happens to its block.
+            leases.push(l.lease);
             let i = l.index as usize;
             if i >= keys.len() {
                 continue;
             }
-            sink(i, self.payload_mut(l.slot)?);
-            delivered[i] = true;
-            leases.push(l.lease);
+            match self.payload_mut(l.slot) {
+                Ok(p) => {
+                    sink(i, p);
+                    delivered[i] = true;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        // Releasing pins can fail if the agent went away meanwhile; the copies are complete.
-        let _ = self.call(|mut g, session| async move {
-            g.end_load(proto::EndLoadRequest { session, leases }).await
-        });
-        Ok(delivered)
+        self.release_leases(leases);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(delivered),
+        }
     }
 
     /// The agent's counters.

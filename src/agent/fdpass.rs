@@ -67,28 +67,34 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    if n as usize != data.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the agent closed the descriptor socket",
-        ));
-    }
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR handles an empty control buffer.
+    // Take ownership of any descriptor first, so that a short message does not leak it.
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR handles an empty control buffer, and a
+    // descriptor passed with SCM_RIGHTS is a new one that we now own.
     let fd = unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if cmsg.is_null()
             || (*cmsg).cmsg_level != libc::SOL_SOCKET
             || (*cmsg).cmsg_type != libc::SCM_RIGHTS
         {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no descriptor in the agent's message",
-            ));
+            None
+        } else {
+            Some(OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                libc::CMSG_DATA(cmsg) as *const RawFd,
+            )))
         }
-        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd)
     };
-    // SAFETY: the kernel installed a new descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if n as usize != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the descriptor socket",
+        ));
+    }
+    let fd = fd.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no descriptor in the agent's message",
+        )
+    })?;
     let token = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(data[8..].try_into().expect("8 bytes"));
     Ok((fd, token, len))

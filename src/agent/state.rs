@@ -193,14 +193,24 @@ impl State {
                         continue;
                     }
                     let state = self.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("kvtier-fd-conn".into())
-                        .spawn(move || {
-                            // Engines never write here: any return means the engine is gone.
-                            let mut buf = [0u8; 64];
-                            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                            state.reclaim(token);
-                        });
+                    let watcher = std::thread::Builder::new().name("kvtier-fd-conn".into()).spawn(move || {
+                        // Engines never write here: EOF (or a fatal error) means the engine is gone.
+                        let mut buf = [0u8; 64];
+                        loop {
+                            match conn.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(_) => continue,
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                                Err(_) => break,
+                            }
+                        }
+                        state.reclaim(token);
+                    });
+                    if let Err(e) = watcher {
+                        // Without a watcher an engine's death would go unnoticed: refuse it now.
+                        tracing::warn!(error = %e, "could not watch an engine connection; closing it");
+                        self.reclaim(token);
+                    }
                 }
             });
         if let Err(e) = spawn {
@@ -257,13 +267,26 @@ impl State {
 
     fn grant(&self, session: u64, kind: LeaseKind) -> Result<u64> {
         let id = self.id();
+        self.grant_as(id, session, kind)?;
+        Ok(id)
+    }
+
+    fn grant_as(&self, id: u64, session: u64, kind: LeaseKind) -> Result<()> {
         let mut sessions = self.sessions.lock();
         let s = sessions
             .get_mut(&session)
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "unknown session"))?;
         s.leases.insert(id);
         self.leases.lock().insert(id, Lease { session, kind });
-        Ok(id)
+        Ok(())
+    }
+
+    /// Forgets `key`'s in-flight save if `lease` is the one that owns it.
+    fn unmark_saving(&self, key: BlockKey, lease: u64) {
+        let mut saving = self.saving.lock();
+        if saving.get(&key) == Some(&lease) {
+            saving.remove(&key);
+        }
     }
 
     fn take_lease(&self, session: u64, lease: u64) -> Option<LeaseKind> {
@@ -280,10 +303,10 @@ impl State {
         Some(l.kind)
     }
 
-    fn release(&self, kind: LeaseKind) {
+    fn release(&self, lease: u64, kind: LeaseKind) {
         match kind {
             LeaseKind::Write { slot, key, .. } => {
-                self.saving.lock().remove(&key);
+                self.unmark_saving(key, lease);
                 self.arena.abandon_slot(slot);
             }
             LeaseKind::Read { slot } => self.arena.unpin(slot),
@@ -302,7 +325,8 @@ impl State {
         let (mut prefix, mut in_memory) = (0u32, 0u32);
         let mut from_pool = Vec::new();
         for &k in keys {
-            if self.arena.contains(k) {
+            // Touch what is in memory: prefetching the rest must not evict this prefix's head.
+            if self.arena.touch(k) {
                 in_memory += 1;
             } else if self.store.as_ref().is_some_and(|s| s.contains(k)) {
                 from_pool.push(k);
@@ -372,35 +396,36 @@ impl State {
         self.session_digest(session)?;
         let mut out = Vec::new();
         for (i, &key) in keys.iter().enumerate() {
-            if self.arena.contains(key) || self.saving.lock().contains_key(&key) {
+            if self.arena.contains(key) {
                 self.counters.deduplicated.inc();
                 continue;
             }
-            let slot = match self.arena.reserve_slot() {
-                Ok(s) => s,
-                Err(e) if e.kind() == ErrorKind::NoSpace => break,
-                Err(e) => return Err(e),
-            };
-            let parent = i.checked_sub(1).map(|p| keys[p]);
-            let lease = match self.grant(session, LeaseKind::Write { slot, key, parent }) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.arena.abandon_slot(slot);
-                    return Err(e);
-                }
-            };
+            // Mark the key in flight under its lease id first, so that a concurrent save of the
+            // same key, or a reclaim racing with this call, never leaves a stale mark behind.
+            let lease = self.id();
             {
                 let mut saving = self.saving.lock();
                 if saving.contains_key(&key) {
-                    // Another engine got there between our check and now.
-                    drop(saving);
-                    if let Some(kind) = self.take_lease(session, lease) {
-                        self.release(kind);
-                    }
                     self.counters.deduplicated.inc();
                     continue;
                 }
                 saving.insert(key, lease);
+            }
+            let slot = match self.arena.reserve_slot() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unmark_saving(key, lease);
+                    if e.kind() == ErrorKind::NoSpace {
+                        break;
+                    }
+                    return Err(e);
+                }
+            };
+            let parent = i.checked_sub(1).map(|p| keys[p]);
+            if let Err(e) = self.grant_as(lease, session, LeaseKind::Write { slot, key, parent }) {
+                self.unmark_saving(key, lease);
+                self.arena.abandon_slot(slot);
+                return Err(e);
             }
             out.push(Granted {
                 index: i as u32,
@@ -422,12 +447,11 @@ impl State {
                 )));
             };
             let LeaseKind::Write { slot, key, parent } = kind else {
-                self.release(kind);
+                self.release(lease, kind);
                 return Err(Error::invalid(format!(
                     "lease {lease} is a load lease, not a save lease"
                 )));
             };
-            self.saving.lock().remove(&key);
             // Unsealed: the payload checksum is computed by write-behind before the block
             // leaves memory, off the engine's save path.
             match self
@@ -441,6 +465,8 @@ impl State {
                 }
                 Commit::AlreadyPresent => dedup += 1,
             }
+            // Only now, with the key indexed, stop marking it in flight.
+            self.unmark_saving(key, lease);
         }
         Ok((stored, dedup))
     }
@@ -546,7 +572,7 @@ impl State {
     pub fn end_load(&self, session: u64, leases: &[u64]) -> Result<()> {
         for &lease in leases {
             if let Some(kind) = self.take_lease(session, lease) {
-                self.release(kind);
+                self.release(lease, kind);
             }
         }
         Ok(())
@@ -558,8 +584,9 @@ impl State {
             return;
         };
         for lease in s.leases {
-            if let Some(l) = self.leases.lock().remove(&lease) {
-                self.release(l.kind);
+            let taken = self.leases.lock().remove(&lease);
+            if let Some(l) = taken {
+                self.release(lease, l.kind);
             }
         }
     }
@@ -581,8 +608,9 @@ impl State {
         for (id, s) in gone {
             let n = s.leases.len();
             for lease in s.leases {
-                if let Some(l) = self.leases.lock().remove(&lease) {
-                    self.release(l.kind);
+                let taken = self.leases.lock().remove(&lease);
+                if let Some(l) = taken {
+                    self.release(lease, l.kind);
                     self.counters.reclaimed_leases.inc();
                 }
             }

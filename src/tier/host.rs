@@ -211,6 +211,15 @@ impl HostArena {
         self.index.is_empty()
     }
 
+    /// Marks `key` as used for eviction (no pin, no counters); false when absent.
+    pub fn touch(&self, key: BlockKey) -> bool {
+        if !self.index.contains_key(&key) {
+            return false;
+        }
+        self.policy.lock().access(key);
+        true
+    }
+
     /// True when `key` is indexed (no pin, no LRU update, no hit/miss counted).
     pub fn contains(&self, key: BlockKey) -> bool {
         self.index.contains_key(&key)
