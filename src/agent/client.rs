@@ -115,22 +115,35 @@ impl AgentClient {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the client runtime", e))?;
+        let deadline = std::time::Instant::now() + cfg.timeout;
         let mut c = AgentClient {
             cfg,
             rt,
             conn: None,
         };
-        c.ensure()?;
+        c.ensure(deadline)?;
         Ok(c)
     }
 
-    fn open(&self) -> Result<Conn> {
+    /// Connects within `deadline` (every step gets only the time left).
+    fn open(&self, deadline: std::time::Instant) -> Result<Conn> {
         let cfg = &self.cfg;
+        let left = || {
+            deadline
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!("connecting to the agent took longer than {:?}", cfg.timeout),
+                    )
+                })
+        };
         let fd_path = fd_socket_path(&cfg.socket);
         let fd_sock = UnixStream::connect(&fd_path)
             .map_err(|e| unavailable(&format!("connecting to {}", fd_path.display()), e))?;
         fd_sock
-            .set_read_timeout(Some(cfg.timeout))
+            .set_read_timeout(Some(left()?))
             .map_err(|e| Error::io("socket timeout", e))?;
         let (fd, token, len) =
             fdpass::recv_fd(&fd_sock).map_err(|e| unavailable("receiving the arena", e))?;
@@ -156,7 +169,7 @@ impl AgentClient {
             len: len as usize,
         };
         let path = cfg.socket.clone();
-        let timeout = cfg.timeout;
+        let timeout = left()?;
         let grpc = self.rt.block_on(async move {
             let channel = Endpoint::from_static("http://kvtier-agent")
                 .connect_timeout(timeout)
@@ -189,9 +202,11 @@ impl AgentClient {
             engine: cfg.engine.clone(),
             fd_token: token,
         };
+        let hello_time = left()?;
         let r = self
             .rt
-            .block_on(conn.grpc.hello(hello))
+            .block_on(async { tokio::time::timeout(hello_time, conn.grpc.hello(hello)).await })
+            .map_err(|_| Error::new(ErrorKind::Timeout, "the agent did not answer hello in time"))?
             .map_err(from_status)?
             .into_inner();
         let fits = (r.slot_len as usize)
@@ -212,9 +227,9 @@ impl AgentClient {
         Ok(conn)
     }
 
-    fn ensure(&mut self) -> Result<&mut Conn> {
+    fn ensure(&mut self, deadline: std::time::Instant) -> Result<&mut Conn> {
         if self.conn.is_none() {
-            self.conn = Some(self.open()?);
+            self.conn = Some(self.open(deadline)?);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -231,12 +246,23 @@ impl AgentClient {
         F: FnOnce(agent_client::AgentClient<Channel>, u64) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
+        let deadline = std::time::Instant::now() + self.cfg.timeout;
+        self.call_by(f, deadline)
+    }
+
+    /// One RPC, reconnecting first if needed, all within `deadline`.
+    fn call_by<T, F, Fut>(&mut self, f: F, deadline: std::time::Instant) -> Result<T>
+    where
+        F: FnOnce(agent_client::AgentClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
         let timeout = self.cfg.timeout;
-        let conn = self.ensure()?;
+        let conn = self.ensure(deadline)?;
         let fut = f(conn.grpc.clone(), conn.session);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
         let out = self
             .rt
-            .block_on(async { tokio::time::timeout(timeout, fut).await });
+            .block_on(async { tokio::time::timeout(left, fut).await });
         match out {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => {
@@ -270,12 +296,14 @@ impl AgentClient {
         F: Fn(agent_client::AgentClient<Channel>, u64) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        match self.call(&f) {
+        // Both attempts share one deadline.
+        let deadline = std::time::Instant::now() + self.cfg.timeout;
+        match self.call_by(&f, deadline) {
             Err(e)
                 if self.conn.is_none()
                     && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) =>
             {
-                self.call(&f)
+                self.call_by(&f, deadline)
             }
             r => r,
         }
