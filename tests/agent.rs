@@ -141,11 +141,16 @@ fn engine_child() {
 
 fn save_all(c: &mut AgentClient) -> u32 {
     let keys: Vec<BlockKey> = (0..256).map(key).collect();
-    c.save(&keys, |i, payload| {
-        payload.copy_from_slice(&block(i as u64));
-        Ok(())
-    })
-    .unwrap()
+    save_all_of(c, &keys)
+}
+
+/// Waits (bounded) until write-behind has put `n` blocks into the embedded pool.
+fn wait_for_pool_writes(c: &mut AgentClient, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.stats().unwrap().pool_writes < n {
+        assert!(Instant::now() < deadline, "write-behind did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -217,12 +222,7 @@ fn a_killed_agent_is_an_error_within_the_deadline_then_the_client_reconnects() {
     let mut agent = Agent::start(dir.path());
     let mut c = AgentClient::connect(agent.config()).unwrap();
     assert_eq!(save_all(&mut c), 256);
-    // Let write-behind reach the embedded pool (bounded wait on its counter).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.stats().unwrap().pool_writes < 256 {
-        assert!(Instant::now() < deadline, "write-behind did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_pool_writes(&mut c, 256);
     let keys: Vec<BlockKey> = (0..256).map(key).collect();
     // Kill the agent while a load is running in this thread.
     let pid = agent.child.id();
@@ -273,11 +273,7 @@ fn lookup_prefetches_pool_blocks_into_memory() {
     let mut agent = Agent::start(dir.path());
     let mut c = AgentClient::connect(agent.config()).unwrap();
     assert_eq!(save_all(&mut c), 256);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.stats().unwrap().pool_writes < 256 {
-        assert!(Instant::now() < deadline, "write-behind did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_pool_writes(&mut c, 256);
     agent.kill();
     let _agent = Agent::start(dir.path());
     let keys: Vec<BlockKey> = (0..256).map(key).collect();

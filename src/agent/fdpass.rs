@@ -9,6 +9,22 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+/// Room for one control message carrying one descriptor (CMSG_SPACE(4) is 24 on Linux).
+const CMSG_BUF: usize = 64;
+
+/// A message header over one data buffer and a control buffer for one descriptor.
+fn message(iov: &mut libc::iovec, cbuf: &mut [u8; CMSG_BUF]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid initial state. CMSG_SPACE is pure.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    debug_assert!(msg.msg_controllen as usize <= CMSG_BUF);
+    msg
+}
+
 /// Sends `token` and `len` with `fd` attached.
 pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, token: u64, len: u64) -> io::Result<()> {
     let mut data = [0u8; 16];
@@ -18,16 +34,9 @@ pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, token: u64, len: u64) -> i
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
     };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; zeroed is a valid initial state.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points to `space` bytes, enough for one cmsg with one fd.
+    let mut cbuf = [0u8; CMSG_BUF];
+    let msg = message(&mut iov, &mut cbuf);
+    // SAFETY: msg_control points to a buffer with room for one cmsg with one fd.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -53,15 +62,8 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
     };
-    // SAFETY: pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut cbuf = [0u8; CMSG_BUF];
+    let mut msg = message(&mut iov, &mut cbuf);
     // SAFETY: a valid socket and buffers.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
