@@ -358,7 +358,7 @@ pub fn abi(opts: &AbiBenchOptions, mut progress: impl FnMut(&str)) -> Result<Abi
             payload_len: obj as usize,
             ..Default::default()
         },
-        store: None,
+        pool: None,
         write_queue: 16,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

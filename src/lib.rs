@@ -14,6 +14,9 @@
 //!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].
 //! - [`agent`]: the node agent (arena shared with engines, leases, write-behind, gRPC over a
 //!   Unix socket) and the engine-side client.
+//! - [`pool`]: the shared pool: pool servers and their client (framed TCP, placement,
+//!   replication, authentication), the shared-directory backend, and the [`pool::PoolBackend`]
+//!   trait the agent writes behind to.
 //! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
 //! - [`bench`]: the measurement programs behind `kvtier bench ...`.
 //! - `gpu` (feature `cuda`): the CUDA copy engine.
@@ -31,6 +34,7 @@ pub mod key;
 pub mod layout;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod sim;
 pub mod tier;
 

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::pool::PoolSpec;
 use crate::tier::host::HostArenaConfig;
-use crate::tier::segment::SegmentStoreConfig;
 
 pub use state::{AgentStats, State};
 
@@ -35,8 +35,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// The shared arena. Its `payload_len` must equal the engines' block object size.
     pub arena: HostArenaConfig,
-    /// The embedded pool (a segment store on a local directory); `None` for memory only.
-    pub store: Option<SegmentStoreConfig>,
+    /// The pool blocks are written behind to and read through from; `None` for memory only.
+    pub pool: Option<PoolSpec>,
     /// Writes to the pool waiting at most; when full the oldest is dropped (a future miss,
     /// counted). Default: `4096`.
     pub write_queue: usize,

@@ -15,8 +15,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::Counter;
 use crate::policy::InsertInfo;
+use crate::pool::PoolBackend;
 use crate::tier::host::{Commit, HostArena, SlotId};
-use crate::tier::segment::SegmentStore;
 
 use super::fdpass;
 use super::AgentConfig;
@@ -104,7 +104,7 @@ struct Counters {
 /// The agent's shared state.
 pub struct State {
     arena: HostArena,
-    store: Option<SegmentStore>,
+    store: Option<Arc<dyn PoolBackend>>,
     sessions: Mutex<HashMap<u64, Session>>,
     leases: Mutex<HashMap<u64, Lease>>,
     /// Keys with a write lease outstanding (dedup of concurrent saves).
@@ -128,7 +128,7 @@ impl State {
     /// Creates the arena and opens the store, and starts the write-behind worker.
     pub fn new(cfg: &AgentConfig) -> Result<Arc<Self>> {
         let arena = HostArena::new(&cfg.arena)?;
-        let store = cfg.store.clone().map(SegmentStore::open).transpose()?;
+        let store = cfg.pool.as_ref().map(|p| p.open()).transpose()?;
         let state = Arc::new(State {
             arena,
             store,
@@ -324,11 +324,18 @@ impl State {
         self.session_digest(session)?;
         let (mut prefix, mut in_memory) = (0u32, 0u32);
         let mut from_pool = Vec::new();
-        for &k in keys {
+        // Asked of the pool once, in one batch, from the first key not in memory on.
+        let mut in_pool: Option<(usize, Vec<bool>)> = None;
+        for (i, &k) in keys.iter().enumerate() {
             // Touch what is in memory: prefetching the rest must not evict this prefix's head.
             if self.arena.touch(k) {
                 in_memory += 1;
-            } else if self.store.as_ref().is_some_and(|s| s.contains(k)) {
+            } else if let Some(store) = &self.store {
+                let (start, has) =
+                    in_pool.get_or_insert_with(|| (i, store.contains_many(&keys[i..])));
+                if !has[i - *start] {
+                    break;
+                }
                 from_pool.push(k);
             } else {
                 break;

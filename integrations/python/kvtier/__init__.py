@@ -117,6 +117,8 @@ def _load():
         "kvt_client_free": ([ctypes.c_void_p], None),
         "kvt_register_kv": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
                              ctypes.c_size_t], st),
+        "kvt_register_kv_device": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+                                    ctypes.c_size_t, ctypes.c_int32], st),
         "kvt_lookup": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t,
                         ctypes.POINTER(ctypes.c_uint32)], st),
         "kvt_save": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
@@ -293,6 +295,12 @@ class Client:
         """Registers the engine's layer tensors (host addresses), kept valid while registered."""
         arr = (ctypes.c_void_p * max(len(layer_ptrs), 1))(*layer_ptrs)
         _check(lib().kvt_register_kv(self._h, self.layout._h, arr, len(layer_ptrs)))
+
+    def register_kv_device(self, layer_ptrs: Sequence[int], device: int) -> None:
+        """Registers layer tensors on CUDA device `device` (device addresses). Raises KvtierError
+        (KVT_ERR_INVALID) when libkvtier was built without its `cuda` feature."""
+        arr = (ctypes.c_uint64 * max(len(layer_ptrs), 1))(*layer_ptrs)
+        _check(lib().kvt_register_kv_device(self._h, self.layout._h, arr, len(layer_ptrs), device))
 
     def lookup(self, keys: Sequence[int]) -> int:
         prefix = ctypes.c_uint32()

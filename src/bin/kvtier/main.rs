@@ -30,6 +30,37 @@ enum Cmd {
     Sim(SimArgs),
     /// Run the node agent with an embedded pool on a local data directory.
     Up(UpArgs),
+    /// Run a pool server: a segment store on this node's disk served over TCP.
+    Pool(PoolArgs),
+}
+
+#[derive(Args)]
+struct PoolArgs {
+    /// Data-plane address (framed binary protocol over TCP).
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: std::net::SocketAddr,
+    /// Control-plane address (gRPC: health, stats, drain); `none` for no control plane.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    control: String,
+    /// Directory of the segment files (created if missing).
+    #[arg(long, default_value = "kvtier-pool-data")]
+    data: PathBuf,
+    /// Capacity on disk.
+    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
+    capacity: u64,
+    /// Segment file size.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    segment_bytes: u64,
+    /// DRAM cache of hot objects in front of the disk (0: none).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    cache_bytes: u64,
+    /// File holding the shared secret peers must prove (at least 16 bytes). Without it the
+    /// data plane is open to anyone who can reach the port.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// I/O engine: auto, io-uring or psync.
+    #[arg(long, default_value = "auto")]
+    io: String,
 }
 
 #[derive(Args)]
@@ -53,9 +84,22 @@ struct UpArgs {
     /// Segment file size of the embedded pool.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     segment_bytes: u64,
-    /// Memory only: no embedded pool.
+    /// Memory only: no pool.
     #[arg(long)]
     no_pool: bool,
+    /// Use pool servers instead of the embedded pool: comma-separated `host:port[=weight]`.
+    #[arg(long, value_delimiter = ',')]
+    pool_servers: Vec<String>,
+    /// Copies of each block on pool servers.
+    #[arg(long, default_value_t = 1)]
+    replication: usize,
+    /// File with the pool servers' shared secret.
+    #[arg(long)]
+    pool_secret_file: Option<PathBuf>,
+    /// Use a directory shared by every node (a parallel file system) instead of the embedded
+    /// pool; `--pool-bytes` bounds it.
+    #[arg(long)]
+    shared_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -253,6 +297,7 @@ fn main() -> Result<()> {
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
         Cmd::Up(a) => up(a),
+        Cmd::Pool(a) => pool(a),
     }
 }
 
@@ -270,13 +315,43 @@ fn up(a: UpArgs) -> Result<()> {
     use kvtier::tier::host::HostArenaConfig;
     use kvtier::tier::segment::SegmentStoreConfig;
     let socket = a.socket.unwrap_or_else(default_socket);
-    let store = (!a.no_pool).then(|| {
+    use kvtier::pool::{client::PoolClientConfig, placement::Member, shared_dir, PoolSpec};
+    let pool = if a.no_pool {
+        None
+    } else if !a.pool_servers.is_empty() {
+        let members = a
+            .pool_servers
+            .iter()
+            .map(|m| Member::parse(m))
+            .collect::<Result<Vec<_>, _>>()
+            .context("--pool-servers")?;
+        let mut c = PoolClientConfig::new(members);
+        c.replication = a.replication;
+        if let Some(f) = &a.pool_secret_file {
+            c.secret = Some(kvtier::pool::auth::read_secret(f).context("--pool-secret-file")?);
+        }
+        Some(PoolSpec::Servers(c))
+    } else if let Some(dir) = &a.shared_dir {
+        let mut c = shared_dir::SharedDirConfig::new(dir);
+        c.capacity_bytes = a.pool_bytes;
+        Some(PoolSpec::SharedDir(c))
+    } else {
         let mut c = SegmentStoreConfig::new(&a.data);
         c.capacity_bytes = a.pool_bytes;
         c.segment_bytes = a.segment_bytes;
         c.create_dir = true;
-        c
-    });
+        Some(PoolSpec::Embedded(c))
+    };
+    let pool_desc = match &pool {
+        None => "none".to_string(),
+        Some(PoolSpec::Embedded(_)) => format!("{} ({} GiB)", a.data.display(), a.pool_bytes >> 30),
+        Some(PoolSpec::Servers(c)) => format!(
+            "{} server(s), replication {}",
+            c.members.len(),
+            c.replication
+        ),
+        Some(PoolSpec::SharedDir(c)) => format!("shared directory {}", c.dir.display()),
+    };
     let cfg = AgentConfig {
         socket: socket.clone(),
         arena: HostArenaConfig {
@@ -284,7 +359,7 @@ fn up(a: UpArgs) -> Result<()> {
             payload_len: a.object_bytes as usize,
             ..Default::default()
         },
-        store,
+        pool,
         write_queue: 4096,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -307,15 +382,67 @@ fn up(a: UpArgs) -> Result<()> {
             "kvtier agent: arena {} MiB of {} KiB objects; pool {}",
             a.arena_bytes >> 20,
             a.object_bytes >> 10,
-            if a.no_pool {
-                "none".to_string()
-            } else {
-                format!("{} ({} GiB)", a.data.display(), a.pool_bytes >> 30)
-            }
+            pool_desc
         );
         use std::io::Write;
         std::io::stdout().flush().ok();
         agent::run(cfg, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn pool(a: PoolArgs) -> Result<()> {
+    use kvtier::pool::server::{PoolServer, PoolServerConfig};
+    use kvtier::tier::segment::SegmentStoreConfig;
+    let mut store = SegmentStoreConfig::new(&a.data);
+    store.capacity_bytes = a.capacity;
+    store.segment_bytes = a.segment_bytes;
+    store.create_dir = true;
+    store.io = IoMode::parse(&a.io).context("--io")?;
+    let mut cfg = PoolServerConfig::new(a.listen, store);
+    cfg.control = match a.control.as_str() {
+        "none" => None,
+        s => Some(
+            s.parse()
+                .context("--control: an address such as 127.0.0.1:7071, or `none`")?,
+        ),
+    };
+    cfg.cache_bytes = a.cache_bytes;
+    if let Some(f) = &a.secret_file {
+        cfg.secret = Some(kvtier::pool::auth::read_secret(f).context("--secret-file")?);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let bound = PoolServer::bind(cfg).await?;
+        println!("kvtier pool: data {}", bound.data_addr());
+        if let Some(c) = bound.control_addr() {
+            println!("kvtier pool: control {c}");
+        }
+        let st = bound.server().stats();
+        println!(
+            "kvtier pool: {} objects recovered in {} ({} MiB of {} MiB)",
+            st.store.objects,
+            a.data.display(),
+            st.store.used_bytes >> 20,
+            st.store.capacity_bytes >> 20
+        );
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        bound
+            .serve(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+                eprintln!("kvtier pool: shutting down");
+            })
+            .await?;
         Ok(())
     })
 }

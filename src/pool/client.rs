@@ -1,0 +1,682 @@
+//! The pool client: what an agent (or `kvtier bench pool`) uses to reach pool servers.
+//!
+//! - Placement by [`Placement`] (weighted rendezvous, replication factor).
+//! - A few multiplexed connections per server: every request carries an id, many are in
+//!   flight on one connection, and a reader task hands each response to its caller.
+//! - A deadline on every call, covering connecting and every replica tried.
+//! - Puts go to all replicas at once and succeed when at least one stored the record; gets try
+//!   replicas in order and verify every record end to end (header, key, payload checksum): a
+//!   record that fails is a miss on that replica and the next one is asked.
+//! - A server that failed is skipped for a second (`down_for`), so a dead member costs a
+//!   refused connection once, not on every call.
+//!
+//! The async methods run on the client's own runtime; [`PoolBackend`] wraps them for the
+//! agent's threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::placement::{Member, Placement};
+use super::server::{read_frame, ReadError};
+use super::wire::{self, Frame, Op, Status};
+use super::{auth, verify_record, PoolBackend};
+use crate::block::BlockHeader;
+use crate::buf::AlignedBuf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::metrics::{Counter, StoreStats};
+
+/// Configuration of a pool client.
+#[derive(Debug, Clone)]
+pub struct PoolClientConfig {
+    /// The pool servers.
+    pub members: Vec<Member>,
+    /// Copies of each object. Default 1.
+    pub replication: usize,
+    /// The shared secret, when the servers require one.
+    pub secret: Option<Vec<u8>>,
+    /// Deadline of one call (all replicas and reconnects included). Default 2 s.
+    pub timeout: Duration,
+    /// Connections per server. Default 2.
+    pub conns_per_member: usize,
+    /// How long a failed server is skipped. Default 1 s.
+    pub down_for: Duration,
+    /// Largest response body accepted. Default 64 MiB + a page.
+    pub max_body: u32,
+}
+
+impl PoolClientConfig {
+    /// Defaults around a member list.
+    pub fn new(members: Vec<Member>) -> Self {
+        PoolClientConfig {
+            members,
+            replication: 1,
+            secret: None,
+            timeout: Duration::from_secs(2),
+            conns_per_member: 2,
+            down_for: Duration::from_secs(1),
+            max_body: (64 << 20) + 4096,
+        }
+    }
+}
+
+type Reply = std::result::Result<(Frame, AlignedBuf), String>;
+
+/// One multiplexed connection.
+struct Conn {
+    out: mpsc::Sender<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct MemberState {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    next: AtomicUsize,
+    down_until: Mutex<Option<Instant>>,
+    /// Serialises connecting, so a burst of calls opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Counters {
+    puts: Counter,
+    put_partial: Counter,
+    gets: Counter,
+    hits: Counter,
+    misses: Counter,
+    corrupt: Counter,
+    replica_failures: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+/// A client of a set of pool servers. Cheap to share (`Arc`).
+pub struct PoolClient {
+    placement: Placement,
+    cfg: PoolClientConfig,
+    members: Vec<MemberState>,
+    next_id: AtomicU64,
+    counters: Counters,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for PoolClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolClient")
+            .field("members", &self.placement.members())
+            .field("replication", &self.placement.replication())
+            .finish()
+    }
+}
+
+fn unavailable(addr: &str, what: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("pool server {addr}: {what}"),
+    )
+}
+
+impl PoolClient {
+    /// Checks the configuration and starts the client's runtime. Connects lazily.
+    pub fn new(cfg: PoolClientConfig) -> Result<Arc<PoolClient>> {
+        let placement = Placement::new(cfg.members.clone(), cfg.replication)?;
+        if cfg.timeout.is_zero() {
+            return Err(Error::invalid(
+                "the pool client's timeout must be above zero",
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kvtier-pool-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the pool client's runtime", e))?;
+        let members = cfg
+            .members
+            .iter()
+            .map(|_| MemberState {
+                conns: Mutex::new(Vec::new()),
+                next: AtomicUsize::new(0),
+                down_until: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        Ok(Arc::new(PoolClient {
+            placement,
+            cfg,
+            members,
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+            rt,
+        }))
+    }
+
+    /// The placement in use.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Runs `fut` on the client's runtime and waits for it, from any thread (including a
+    /// thread of another tokio runtime).
+    pub fn block<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the pool client's runtime stopped")
+    }
+
+    async fn connect(&self, m: usize) -> Result<Arc<Conn>> {
+        let addr = self.placement.members()[m].addr.clone();
+        let sock = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let (hello, nonce) = read_frame(&mut rd, 64)
+            .await
+            .map_err(|e| unavailable(&addr, format_args!("handshake failed: {e}")))?;
+        if hello.op != Op::Hello {
+            return Err(unavailable(&addr, "handshake failed: no hello"));
+        }
+        let proof =
+            match (
+                &self.cfg.secret,
+                hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
+            ) {
+                (Some(s), _) => auth::proof(s, &nonce).to_vec(),
+                (None, true) => return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "pool server {addr} requires a shared secret; configure the pool secret"
+                    ),
+                )),
+                (None, false) => Vec::new(),
+            };
+        let f = Frame::request(Op::Auth, 0, BlockKey::default(), proof.len() as u32);
+        wr.write_all(&f.encode())
+            .await
+            .map_err(|e| unavailable(&addr, e))?;
+        wr.write_all(&proof)
+            .await
+            .map_err(|e| unavailable(&addr, e))?;
+        match read_frame(&mut rd, 0).await {
+            Ok((f, _)) if f.op == Op::Auth && f.status == Status::Ok => {}
+            Ok(_) | Err(ReadError::Closed) | Err(ReadError::Io(_)) => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("pool server {addr} refused the connection: wrong shared secret?"),
+                ))
+            }
+            Err(e) => return Err(unavailable(&addr, e)),
+        }
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Default::default();
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::channel::<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>(256);
+        // Writer: frames in the order calls were made.
+        let (p2, d2) = (pending.clone(), dead.clone());
+        self.rt.spawn(async move {
+            while let Some((f, rec, bytes)) = rx.recv().await {
+                let res = async {
+                    wr.write_all(&f.encode()).await?;
+                    if let Some(r) = rec {
+                        wr.write_all(&r[..f.body_len as usize]).await?;
+                    }
+                    wr.write_all(&bytes).await
+                }
+                .await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            d2.store(true, Ordering::Relaxed);
+            p2.lock().clear();
+        });
+        // Reader: hands each response to its caller by request id.
+        let (p3, d3, max) = (pending.clone(), dead.clone(), self.cfg.max_body);
+        self.rt.spawn(async move {
+            loop {
+                match read_frame(&mut rd, max).await {
+                    Ok((f, body)) => {
+                        if let Some(tx) = p3.lock().remove(&f.id) {
+                            let _ = tx.send(Ok((f, body)));
+                        }
+                    }
+                    Err(e) => {
+                        d3.store(true, Ordering::Relaxed);
+                        for (_, tx) in p3.lock().drain() {
+                            let _ = tx.send(Err(format!("connection lost: {e}")));
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(Conn {
+            out: tx,
+            pending,
+            dead,
+        }))
+    }
+
+    async fn conn(&self, m: usize) -> Result<Arc<Conn>> {
+        let st = &self.members[m];
+        let addr = &self.placement.members()[m].addr;
+        if let Some(until) = *st.down_until.lock() {
+            if Instant::now() < until {
+                return Err(unavailable(addr, "marked down after a recent failure"));
+            }
+        }
+        let pick = |conns: &mut Vec<Arc<Conn>>| {
+            conns.retain(|c| !c.dead.load(Ordering::Relaxed));
+            (conns.len() >= self.cfg.conns_per_member.max(1))
+                .then(|| conns[st.next.fetch_add(1, Ordering::Relaxed) % conns.len()].clone())
+        };
+        if let Some(c) = pick(&mut st.conns.lock()) {
+            return Ok(c);
+        }
+        let _g = st.connecting.lock().await;
+        if let Some(c) = pick(&mut st.conns.lock()) {
+            return Ok(c);
+        }
+        match self.connect(m).await {
+            Ok(c) => {
+                *st.down_until.lock() = None;
+                st.conns.lock().push(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                // A server that has connections alive is not down; use one of them.
+                let alive = st.conns.lock().first().cloned();
+                match alive {
+                    Some(c) => Ok(c),
+                    None => {
+                        *st.down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request to member `m`; the response frame and body.
+    async fn call(
+        &self,
+        m: usize,
+        mut f: Frame,
+        rec: Option<Arc<AlignedBuf>>,
+        bytes: Vec<u8>,
+    ) -> Result<(Frame, AlignedBuf)> {
+        let addr = &self.placement.members()[m].addr;
+        let conn = self.conn(m).await?;
+        f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(f.id, tx);
+        if conn.out.send((f, rec, bytes)).await.is_err() {
+            conn.pending.lock().remove(&f.id);
+            return Err(unavailable(addr, "connection closed"));
+        }
+        let res = rx.await;
+        match res {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                *self.members[m].down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                Err(unavailable(addr, e))
+            }
+            Err(_) => Err(unavailable(addr, "connection closed")),
+        }
+    }
+
+    async fn with_deadline<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("pool {what} took longer than {:?}", self.cfg.timeout),
+            )),
+        }
+    }
+
+    /// Stores a sealed record on every replica of its key, at once. Succeeds when at least
+    /// one replica stored it (fewer than all is counted in `put_partial`).
+    pub async fn put(&self, record: Arc<AlignedBuf>) -> Result<usize> {
+        let h = BlockHeader::decode(&record).map_err(Error::from)?;
+        let key = h.key();
+        let len = h.record_len();
+        if record.len() < len {
+            return Err(Error::invalid("a record shorter than its header says"));
+        }
+        self.counters.puts.inc();
+        let reps = self.placement.replicas(key);
+        let n = reps.len();
+        let results = self
+            .with_deadline("put", async {
+                let calls = reps.iter().map(|&m| {
+                    let f = Frame::request(Op::Put, 0, key, len as u32);
+                    self.call(m, f, Some(record.clone()), Vec::new())
+                });
+                Ok(futures_join_all(calls).await)
+            })
+            .await?;
+        let mut stored = 0;
+        let mut last = None;
+        for r in results {
+            match r {
+                Ok((f, _)) if f.status == Status::Ok => stored += 1,
+                Ok((f, body)) => {
+                    self.counters.replica_failures.inc();
+                    let msg = String::from_utf8_lossy(&body).into_owned();
+                    let kind = if f.status == Status::NoSpace {
+                        ErrorKind::NoSpace
+                    } else {
+                        ErrorKind::Unavailable
+                    };
+                    last = Some(Error::new(
+                        kind,
+                        format!("pool put refused ({:?}): {msg}", f.status),
+                    ));
+                }
+                Err(e) => {
+                    self.counters.replica_failures.inc();
+                    last = Some(e);
+                }
+            }
+        }
+        if stored == 0 {
+            return Err(last.unwrap_or_else(|| Error::new(ErrorKind::Unavailable, "no replica")));
+        }
+        if stored < n {
+            self.counters.put_partial.inc();
+        }
+        self.counters.bytes_in.add(len as u64);
+        Ok(stored)
+    }
+
+    /// Fetches and verifies the record of `key` from the first replica that has a good copy.
+    /// `bypass_cache` asks the servers to read from disk.
+    pub async fn get(&self, key: BlockKey, bypass_cache: bool) -> Result<Option<AlignedBuf>> {
+        self.counters.gets.inc();
+        let flags = if bypass_cache {
+            wire::FLAG_BYPASS_CACHE
+        } else {
+            0
+        };
+        let res = self
+            .with_deadline("get", async {
+                let mut last_err = None;
+                for m in self.placement.replicas(key) {
+                    let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
+                    match self.call(m, f, None, Vec::new()).await {
+                        Ok((f, body)) if f.status == Status::Ok => {
+                            match verify_record(&body, key) {
+                                Ok(_) => return Ok(Some(body)),
+                                Err(v) => {
+                                    self.counters.corrupt.inc();
+                                    tracing::warn!(%key, server = %self.placement.members()[m].addr, reason = v.as_str(), "pool record failed verification; trying the next replica");
+                                }
+                            }
+                        }
+                        Ok((f, _)) if f.status == Status::NotFound => {}
+                        Ok((f, body)) => {
+                            self.counters.replica_failures.inc();
+                            last_err = Some(unavailable(
+                                &self.placement.members()[m].addr,
+                                format_args!("{:?}: {}", f.status, String::from_utf8_lossy(&body)),
+                            ));
+                        }
+                        Err(e) => {
+                            self.counters.replica_failures.inc();
+                            last_err = Some(e);
+                        }
+                    }
+                }
+                match last_err {
+                    // Every replica failed: say so; a plain miss is `None`.
+                    Some(e) if !self.any_replica_answered(key) => Err(e),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        match &res {
+            Some(b) => {
+                self.counters.hits.inc();
+                self.counters.bytes_out.add(b.len() as u64);
+            }
+            None => self.counters.misses.inc(),
+        }
+        Ok(res)
+    }
+
+    fn any_replica_answered(&self, key: BlockKey) -> bool {
+        self.placement.replicas(key).iter().any(|&m| {
+            self.members[m]
+                .down_until
+                .lock()
+                .is_none_or(|t| Instant::now() >= t)
+        })
+    }
+
+    /// Which of `keys` are stored (asked of each key's first live replica, in one batch per
+    /// server; a server that fails is retried on the next replica).
+    #[allow(clippy::needless_range_loop)] // `attempt` indexes every key's replica list
+    pub async fn exists(&self, keys: &[BlockKey]) -> Result<Vec<bool>> {
+        let ranked: Vec<Vec<usize>> = keys.iter().map(|k| self.placement.replicas(*k)).collect();
+        let mut out = vec![false; keys.len()];
+        self.with_deadline("exists", async {
+            let mut todo: Vec<usize> = (0..keys.len()).collect();
+            for attempt in 0..self.placement.replication() {
+                if todo.is_empty() {
+                    break;
+                }
+                let mut by_member: HashMap<usize, Vec<usize>> = HashMap::new();
+                for &i in &todo {
+                    by_member.entry(ranked[i][attempt]).or_default().push(i);
+                }
+                todo.clear();
+                let calls = by_member.into_iter().map(|(m, idx)| async move {
+                    let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
+                    let body = wire::encode_keys(&ks);
+                    let f = Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
+                    (idx, self.call(m, f, None, body).await)
+                });
+                for (idx, r) in futures_join_all(calls).await {
+                    match r {
+                        Ok((f, body)) if f.status == Status::Ok && body.len() == idx.len() => {
+                            for (j, &i) in idx.iter().enumerate() {
+                                out[i] = body[j] != 0;
+                                // A replica without it may still be behind another that has it.
+                                if body[j] == 0 {
+                                    todo.push(i);
+                                }
+                            }
+                        }
+                        _ => todo.extend(idx),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Removes `key` from every replica. True if any had it.
+    pub async fn delete(&self, key: BlockKey) -> Result<bool> {
+        self.with_deadline("delete", async {
+            let calls = self
+                .placement
+                .replicas(key)
+                .into_iter()
+                .map(|m| self.call(m, Frame::request(Op::Delete, 0, key, 0), None, Vec::new()));
+            Ok(futures_join_all(calls)
+                .await
+                .into_iter()
+                .any(|r| matches!(r, Ok((f, _)) if f.status == Status::Ok)))
+        })
+        .await
+    }
+
+    /// The counters of member `m` ([`super::server::PoolServerStats`] as JSON).
+    pub async fn server_stats(&self, m: usize) -> Result<serde_json::Value> {
+        self.with_deadline("stats", async {
+            let (_, body) = self
+                .call(
+                    m,
+                    Frame::request(Op::Stats, 0, BlockKey::default(), 0),
+                    None,
+                    Vec::new(),
+                )
+                .await?;
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::corrupt(format!("pool stats are not valid JSON: {e}")))
+        })
+        .await
+    }
+
+    /// The client's own counters.
+    pub fn client_stats(&self) -> PoolClientStats {
+        let c = &self.counters;
+        PoolClientStats {
+            puts: c.puts.get(),
+            put_partial: c.put_partial.get(),
+            gets: c.gets.get(),
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            corrupt: c.corrupt.get(),
+            replica_failures: c.replica_failures.get(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+        }
+    }
+}
+
+/// A pool client's counters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+pub struct PoolClientStats {
+    /// Puts attempted.
+    pub puts: u64,
+    /// Puts stored on fewer replicas than asked.
+    pub put_partial: u64,
+    /// Gets attempted.
+    pub gets: u64,
+    /// Gets that returned a verified record.
+    pub hits: u64,
+    /// Gets that found no good copy.
+    pub misses: u64,
+    /// Records that failed verification on the way back (each is retried on another replica).
+    pub corrupt: u64,
+    /// Calls to one replica that failed (refused, timed out, connection lost, error status).
+    pub replica_failures: u64,
+    /// Bytes stored.
+    pub bytes_in: u64,
+    /// Bytes fetched.
+    pub bytes_out: u64,
+}
+
+/// Waits for all futures, concurrently, keeping their order.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<Option<_>> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// The agent's view: blocking calls on the client's runtime, each within the deadline.
+impl PoolBackend for Arc<PoolClient> {
+    fn kind(&self) -> &'static str {
+        "servers"
+    }
+
+    fn put_record(&self, record: &[u8]) -> Result<()> {
+        let h = BlockHeader::decode(record).map_err(Error::from)?;
+        let len = h.record_len().min(record.len());
+        // One copy, out of the arena slot (which may be reused once this returns).
+        let mut buf = AlignedBuf::zeroed(len);
+        buf.copy_from_slice(&record[..len]);
+        let c = self.clone();
+        self.block(async move { c.put(Arc::new(buf)).await.map(|_| ()) })
+    }
+
+    fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
+        let c = self.clone();
+        let Some(rec) = self.block(async move { c.get(key, false).await })? else {
+            return Ok(None);
+        };
+        let h = BlockHeader::decode(&rec).map_err(Error::from)?;
+        let len = h.record_len().min(rec.len());
+        if buf.len() < len {
+            return Err(Error::invalid(format!(
+                "read buffer of {} bytes for a {len}-byte record",
+                buf.len()
+            )));
+        }
+        buf[..len].copy_from_slice(&rec[..len]);
+        Ok(Some(h))
+    }
+
+    fn contains(&self, key: BlockKey) -> bool {
+        self.contains_many(&[key])[0]
+    }
+
+    fn contains_many(&self, keys: &[BlockKey]) -> Vec<bool> {
+        let (c, ks) = (self.clone(), keys.to_vec());
+        match self.block(async move { c.exists(&ks).await }) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "pool lookup failed (treated as a miss)");
+                vec![false; keys.len()]
+            }
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = self.client_stats();
+        StoreStats {
+            hits: c.hits,
+            misses: c.misses,
+            puts: c.puts,
+            corrupt: vec![("payload_checksum", c.corrupt)],
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            ..StoreStats::default()
+        }
+    }
+}

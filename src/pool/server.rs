@@ -1,0 +1,679 @@
+//! `kvtier pool`: a pool server. A segment store on the node's disk, a DRAM cache of whole
+//! records in front of it, the framed data plane of [`super::wire`] over TCP, and a gRPC
+//! control plane (health, stats, drain) from `proto/kvtier/v1/pool.proto`.
+//!
+//! Per connection: one reader that parses frames and starts each request as its own task
+//! (at most `max_in_flight` at once), and one writer that sends responses as they complete, so
+//! many requests are in flight and a slow disk read does not hold up a cache hit behind it.
+//! Bytes: a put's body is read from the socket straight into a page-aligned buffer that is
+//! written to disk with O_DIRECT and kept as the cache entry (one copy); a get is read from
+//! disk into such a buffer and written to the socket from it, or written from the cache entry.
+//!
+//! A peer that sends a bad frame (wrong magic or version, unknown op, a body over the limit,
+//! a truncated frame) or fails authentication is disconnected with a logged reason; everyone
+//! else is served on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::auth;
+use super::proto;
+use super::wire::{self, Frame, Op, Status, HEADER_LEN};
+use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
+use crate::buf::AlignedBuf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::metrics::{Counter, Gauge, StoreStats};
+use crate::tier::segment::{SegmentStore, SegmentStoreConfig};
+
+/// Configuration of a pool server.
+#[derive(Debug, Clone)]
+pub struct PoolServerConfig {
+    /// Data-plane address (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Control-plane (gRPC) address; `None`: no control plane.
+    pub control: Option<SocketAddr>,
+    /// The segment store on this node's disk.
+    pub store: SegmentStoreConfig,
+    /// Bytes of DRAM for hot records (0: no cache). Default 1 GiB.
+    pub cache_bytes: u64,
+    /// Shared secret peers must prove; `None`: no authentication.
+    pub secret: Option<Vec<u8>>,
+    /// Largest body accepted, in bytes. Default 64 MiB + a page.
+    pub max_body: u32,
+    /// Requests in flight per connection, at most. Default 64.
+    pub max_in_flight: usize,
+    /// Time a new peer has to authenticate. Default 5 s.
+    pub auth_timeout: Duration,
+}
+
+impl PoolServerConfig {
+    /// Defaults around a store directory and a data-plane address.
+    pub fn new(listen: SocketAddr, store: SegmentStoreConfig) -> Self {
+        PoolServerConfig {
+            listen,
+            control: None,
+            store,
+            cache_bytes: 1 << 30,
+            secret: None,
+            max_body: (64 << 20) + 4096,
+            max_in_flight: 64,
+            auth_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of a pool server (see [`PoolServerStats`]).
+#[derive(Default)]
+struct Counters {
+    connections: Gauge,
+    connections_total: Counter,
+    rejected: Counter,
+    bad_frames: Counter,
+    auth_failures: Counter,
+    puts: Counter,
+    gets: Counter,
+    get_hits: Counter,
+    cache_hits: Counter,
+    exists: Counter,
+    deletes: Counter,
+    errors: Counter,
+    bad_records: Counter,
+    in_flight: Gauge,
+}
+
+/// A snapshot of a pool server's counters (the `Stats` op and the control plane answer this).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct PoolServerStats {
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections closed for a bad frame or failed authentication.
+    pub rejected: u64,
+    /// Of those, bad frames.
+    pub bad_frames: u64,
+    /// Of those, failed authentication.
+    pub auth_failures: u64,
+    /// Put requests.
+    pub puts: u64,
+    /// Get requests.
+    pub gets: u64,
+    /// Gets that found the key (cache or disk).
+    pub get_hits: u64,
+    /// Gets served from the DRAM cache.
+    pub cache_hits: u64,
+    /// Exists requests.
+    pub exists: u64,
+    /// Delete requests.
+    pub deletes: u64,
+    /// Requests that failed (I/O, no space, draining).
+    pub errors: u64,
+    /// Puts refused because the record failed verification.
+    pub bad_records: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Records in the DRAM cache.
+    pub cache_objects: u64,
+    /// Bytes in the DRAM cache.
+    pub cache_bytes: u64,
+    /// Whether the server is draining (no new writes).
+    pub draining: bool,
+    /// The segment store.
+    pub store: StoreStats,
+}
+
+/// A byte-bounded LRU of whole records.
+struct Cache {
+    lru: lru::LruCache<BlockKey, Arc<AlignedBuf>>,
+    used: u64,
+    cap: u64,
+}
+
+impl Cache {
+    fn get(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
+        self.lru.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: BlockKey, rec: Arc<AlignedBuf>) {
+        let len = rec.len() as u64;
+        if len > self.cap {
+            return;
+        }
+        if let Some(old) = self.lru.put(key, rec) {
+            self.used -= old.len() as u64;
+        }
+        self.used += len;
+        while self.used > self.cap {
+            match self.lru.pop_lru() {
+                Some((_, r)) => self.used -= r.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &BlockKey) {
+        if let Some(r) = self.lru.pop(key) {
+            self.used -= r.len() as u64;
+        }
+    }
+}
+
+/// The server's shared state.
+pub struct PoolServer {
+    store: SegmentStore,
+    cache: Mutex<Cache>,
+    cfg: PoolServerConfig,
+    draining: AtomicBool,
+    counters: Counters,
+}
+
+/// A bound server: its addresses are known (ports chosen) before it serves.
+pub struct BoundServer {
+    server: Arc<PoolServer>,
+    data: TcpListener,
+    control: Option<TcpListener>,
+}
+
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Record(Arc<AlignedBuf>),
+}
+
+impl BoundServer {
+    /// The data-plane address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The control-plane address, if any.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// The server state (for stats in-process).
+    pub fn server(&self) -> Arc<PoolServer> {
+        self.server.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish
+    /// (up to 10 s), and flushes the store.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+        let BoundServer {
+            server,
+            data,
+            control,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let control_task = control.map(|l| {
+            let svc = proto::pool_server::PoolServer::new(Control(server.clone()));
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        });
+        let mut conns = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                acc = data.accept() => match acc {
+                    Ok((sock, peer)) => {
+                        let s = server.clone();
+                        let rx = stop_rx.clone();
+                        conns.spawn(async move { s.connection(sock, peer, rx).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        tracing::info!("pool server stopping: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if let Some(t) = control_task {
+            let _ = t.await;
+        }
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.store.flush())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("flush task failed: {e}")))??;
+        tracing::info!("pool server stopped");
+        Ok(())
+    }
+}
+
+impl PoolServer {
+    /// Opens (and recovers) the store and binds both listeners.
+    pub async fn bind(cfg: PoolServerConfig) -> Result<BoundServer> {
+        if let Some(s) = &cfg.secret {
+            if s.is_empty() {
+                return Err(Error::invalid("the pool secret is empty"));
+            }
+        }
+        let store_cfg = cfg.store.clone();
+        let store = tokio::task::spawn_blocking(move || SegmentStore::open(store_cfg))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("opening the store failed: {e}")))??;
+        let data = TcpListener::bind(cfg.listen).await.map_err(|e| {
+            Error::io("binding the pool data plane", e).with_context("addr", cfg.listen)
+        })?;
+        let control = match cfg.control {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+                Error::io("binding the pool control plane", e).with_context("addr", a)
+            })?),
+            None => None,
+        };
+        let server = Arc::new(PoolServer {
+            store,
+            cache: Mutex::new(Cache {
+                lru: lru::LruCache::unbounded(),
+                used: 0,
+                cap: cfg.cache_bytes,
+            }),
+            cfg,
+            draining: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        Ok(BoundServer {
+            server,
+            data,
+            control,
+        })
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> PoolServerStats {
+        let c = &self.counters;
+        let cache = self.cache.lock();
+        PoolServerStats {
+            connections: c.connections.get(),
+            connections_total: c.connections_total.get(),
+            rejected: c.rejected.get(),
+            bad_frames: c.bad_frames.get(),
+            auth_failures: c.auth_failures.get(),
+            puts: c.puts.get(),
+            gets: c.gets.get(),
+            get_hits: c.get_hits.get(),
+            cache_hits: c.cache_hits.get(),
+            exists: c.exists.get(),
+            deletes: c.deletes.get(),
+            errors: c.errors.get(),
+            bad_records: c.bad_records.get(),
+            in_flight: c.in_flight.get(),
+            cache_objects: cache.lru.len() as u64,
+            cache_bytes: cache.used,
+            draining: self.draining.load(Ordering::Relaxed),
+            store: self.store.stats(),
+        }
+    }
+
+    /// Stops taking writes (puts answer `Draining`); reads go on. Flushes the store.
+    pub fn drain(&self) -> Result<()> {
+        self.draining.store(true, Ordering::Relaxed);
+        self.store.flush()
+    }
+
+    fn reject(&self, peer: SocketAddr, why: &str, auth: bool) {
+        self.counters.rejected.inc();
+        if auth {
+            self.counters.auth_failures.inc();
+        } else {
+            self.counters.bad_frames.inc();
+        }
+        tracing::warn!(%peer, reason = why, "closing a pool connection");
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        sock: TcpStream,
+        peer: SocketAddr,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let _ = sock.set_nodelay(true);
+        self.counters.connections.add(1);
+        self.counters.connections_total.inc();
+        let (mut rd, mut wr) = sock.into_split();
+        // Handshake: Hello with a nonce, then the peer's Auth (a proof, or empty without a secret).
+        let nonce = auth::nonce();
+        let flags = if self.cfg.secret.is_some() {
+            wire::FLAG_AUTH_REQUIRED
+        } else {
+            0
+        };
+        let hello =
+            Frame::request(Op::Hello, 0, BlockKey::default(), nonce.len() as u32).with_flags(flags);
+        let ok = async {
+            wr.write_all(&hello.encode()).await?;
+            wr.write_all(&nonce).await
+        }
+        .await;
+        if ok.is_ok() {
+            let answer = tokio::time::timeout(self.cfg.auth_timeout, read_frame(&mut rd, 64)).await;
+            let verdict = match answer {
+                Err(_) => Err("no authentication within the deadline".to_string()),
+                Ok(Err(e)) => Err(format!("bad handshake: {e}")),
+                Ok(Ok((f, _))) if f.op != Op::Auth => {
+                    Err(format!("expected an auth frame first, got {:?}", f.op))
+                }
+                Ok(Ok((f, body))) => match &self.cfg.secret {
+                    Some(secret) if !auth::verify(secret, &nonce, &body) => {
+                        Err("authentication failed: wrong or missing shared secret".to_string())
+                    }
+                    _ => Ok(f),
+                },
+            };
+            match verdict {
+                Err(why) => self.reject(peer, &why, true),
+                Ok(f) => {
+                    let reply = Frame::response(&f, Status::Ok, 0).encode();
+                    if wr.write_all(&reply).await.is_ok() {
+                        self.serve_frames(rd, wr, peer, &mut stop).await;
+                    }
+                }
+            }
+        }
+        self.counters.connections.sub(1);
+    }
+
+    async fn serve_frames(
+        self: &Arc<Self>,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut wr: tokio::net::tcp::OwnedWriteHalf,
+        peer: SocketAddr,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let (tx, mut rx) = mpsc::channel::<(Frame, Body)>(self.cfg.max_in_flight);
+        let writer = tokio::spawn(async move {
+            while let Some((f, body)) = rx.recv().await {
+                let res = async {
+                    wr.write_all(&f.encode()).await?;
+                    match &body {
+                        Body::Empty => Ok(()),
+                        Body::Bytes(b) => wr.write_all(b).await,
+                        Body::Record(r) => wr.write_all(&r[..f.body_len as usize]).await,
+                    }
+                }
+                .await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let permits = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        loop {
+            let next = tokio::select! {
+                r = read_frame(&mut rd, self.cfg.max_body) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let (frame, body) = match next {
+                Ok(x) => x,
+                Err(ReadError::Closed) => break,
+                Err(e) => {
+                    self.reject(peer, &e.to_string(), false);
+                    break;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let (s, tx) = (self.clone(), tx.clone());
+            tokio::spawn(async move {
+                s.counters.in_flight.add(1);
+                let resp = s.clone().handle(frame, body).await;
+                s.counters.in_flight.sub(1);
+                let _ = tx.send(resp).await;
+                drop(permit);
+            });
+        }
+        // Let requests already started finish and their answers go out.
+        let _ = permits.acquire_many(self.cfg.max_in_flight as u32).await;
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn handle(self: Arc<Self>, f: Frame, body: AlignedBuf) -> (Frame, Body) {
+        let err = |s: &Self, status: Status, msg: String| {
+            s.counters.errors.inc();
+            let b = msg.into_bytes();
+            (Frame::response(&f, status, b.len() as u32), Body::Bytes(b))
+        };
+        match f.op {
+            Op::Put => {
+                self.counters.puts.inc();
+                if self.draining.load(Ordering::Relaxed) {
+                    return err(&self, Status::Draining, "the server is draining".into());
+                }
+                let body = Arc::new(body);
+                if let Err(why) = check_record(&body, f.key) {
+                    self.counters.bad_records.inc();
+                    return err(&self, Status::Error, why);
+                }
+                let (s, b) = (self.clone(), body.clone());
+                let res = tokio::task::spawn_blocking(move || s.store.put_record(&b)).await;
+                match res {
+                    Ok(Ok(())) => {
+                        if self.cfg.cache_bytes > 0 {
+                            self.cache.lock().insert(f.key, body);
+                        }
+                        (Frame::response(&f, Status::Ok, 0), Body::Empty)
+                    }
+                    Ok(Err(e)) if e.kind() == ErrorKind::NoSpace => {
+                        err(&self, Status::NoSpace, e.to_string())
+                    }
+                    Ok(Err(e)) => err(&self, Status::Error, e.to_string()),
+                    Err(e) => err(&self, Status::Error, format!("put task failed: {e}")),
+                }
+            }
+            Op::Get => {
+                self.counters.gets.inc();
+                let bypass = f.flags & wire::FLAG_BYPASS_CACHE != 0;
+                if !bypass {
+                    if let Some(r) = self.cache.lock().get(&f.key) {
+                        self.counters.cache_hits.inc();
+                        self.counters.get_hits.inc();
+                        let len = record_len_of(&r);
+                        return (Frame::response(&f, Status::Ok, len as u32), Body::Record(r));
+                    }
+                }
+                let s = self.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let Some(len) = s.store.record_len(f.key) else {
+                        return Ok(None);
+                    };
+                    let mut buf = AlignedBuf::zeroed(len);
+                    Ok::<_, Error>(s.store.get_into_slice(f.key, &mut buf)?.map(|_| buf))
+                })
+                .await;
+                match res {
+                    Ok(Ok(Some(buf))) => {
+                        self.counters.get_hits.inc();
+                        let buf = Arc::new(buf);
+                        if !bypass && self.cfg.cache_bytes > 0 {
+                            self.cache.lock().insert(f.key, buf.clone());
+                        }
+                        let len = record_len_of(&buf);
+                        (
+                            Frame::response(&f, Status::Ok, len as u32),
+                            Body::Record(buf),
+                        )
+                    }
+                    Ok(Ok(None)) => (Frame::response(&f, Status::NotFound, 0), Body::Empty),
+                    Ok(Err(e)) => err(&self, Status::Error, e.to_string()),
+                    Err(e) => err(&self, Status::Error, format!("get task failed: {e}")),
+                }
+            }
+            Op::Exists => {
+                self.counters.exists.inc();
+                match wire::decode_keys(&body) {
+                    Ok(keys) => {
+                        let cache = self.cache.lock();
+                        let out: Vec<u8> = keys
+                            .iter()
+                            .map(|k| (cache.lru.contains(k) || self.store.contains(*k)) as u8)
+                            .collect();
+                        drop(cache);
+                        (
+                            Frame::response(&f, Status::Ok, out.len() as u32),
+                            Body::Bytes(out),
+                        )
+                    }
+                    Err(why) => err(&self, Status::Error, why),
+                }
+            }
+            Op::Delete => {
+                self.counters.deletes.inc();
+                self.cache.lock().remove(&f.key);
+                let status = if self.store.remove(f.key) {
+                    Status::Ok
+                } else {
+                    Status::NotFound
+                };
+                (Frame::response(&f, status, 0), Body::Empty)
+            }
+            Op::Stats => {
+                let b = serde_json::to_vec(&self.stats()).expect("stats serialise");
+                (
+                    Frame::response(&f, Status::Ok, b.len() as u32),
+                    Body::Bytes(b),
+                )
+            }
+            Op::Hello | Op::Auth => err(
+                &self,
+                Status::Error,
+                format!("{:?} is only valid during the handshake", f.op),
+            ),
+        }
+    }
+}
+
+fn record_len_of(r: &AlignedBuf) -> usize {
+    BlockHeader::decode(r)
+        .map(|h| h.record_len())
+        .unwrap_or(r.len())
+        .min(r.len())
+}
+
+/// A put's body must be one whole, valid record of the frame's key.
+fn check_record(body: &[u8], key: BlockKey) -> std::result::Result<(), String> {
+    let h = super::verify_record(body, key)
+        .map_err(|v| format!("the record failed verification: {}", v.as_str()))?;
+    if h.record_len() != body.len() {
+        return Err(format!(
+            "a put body is one page-aligned record of {} bytes, got {}",
+            h.record_len(),
+            body.len()
+        ));
+    }
+    debug_assert!(body.len() >= BLOCK_HEADER_LEN);
+    Ok(())
+}
+
+/// Why reading a frame stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The header was invalid.
+    Frame(wire::FrameError),
+    /// The connection failed or ended inside a frame.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Closed => write!(f, "connection closed"),
+            ReadError::Frame(e) => write!(f, "{e}"),
+            ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                write!(f, "truncated frame: the connection ended inside it")
+            }
+            ReadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads one frame: header, then its body into a page-aligned buffer.
+pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max_body: u32,
+) -> std::result::Result<(Frame, AlignedBuf), ReadError> {
+    let mut h = [0u8; HEADER_LEN];
+    // A clean close between frames is not an error; inside a header it is.
+    let n = rd.read(&mut h).await.map_err(ReadError::Io)?;
+    if n == 0 {
+        return Err(ReadError::Closed);
+    }
+    rd.read_exact(&mut h[n..]).await.map_err(ReadError::Io)?;
+    let f = Frame::decode(&h, max_body).map_err(ReadError::Frame)?;
+    let mut body = AlignedBuf::zeroed(f.body_len as usize);
+    rd.read_exact(&mut body).await.map_err(ReadError::Io)?;
+    Ok((f, body))
+}
+
+/// The gRPC control plane.
+struct Control(Arc<PoolServer>);
+
+#[tonic::async_trait]
+impl proto::pool_server::Pool for Control {
+    async fn health(
+        &self,
+        _: tonic::Request<proto::HealthRequest>,
+    ) -> std::result::Result<tonic::Response<proto::HealthReply>, tonic::Status> {
+        Ok(tonic::Response::new(proto::HealthReply {
+            serving: !self.0.draining.load(Ordering::Relaxed),
+            draining: self.0.draining.load(Ordering::Relaxed),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _: tonic::Request<proto::StatsRequest>,
+    ) -> std::result::Result<tonic::Response<proto::StatsReply>, tonic::Status> {
+        let s = self.0.stats();
+        Ok(tonic::Response::new(proto::StatsReply {
+            objects: s.store.objects,
+            used_bytes: s.store.used_bytes,
+            capacity_bytes: s.store.capacity_bytes,
+            json: serde_json::to_string(&s).expect("stats serialise"),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        _: tonic::Request<proto::DrainRequest>,
+    ) -> std::result::Result<tonic::Response<proto::DrainReply>, tonic::Status> {
+        let s = self.0.clone();
+        tokio::task::spawn_blocking(move || s.drain())
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(proto::DrainReply {}))
+    }
+}

@@ -1,0 +1,1 @@
+//! The UCX data plane (feature `ucx`).

@@ -1,0 +1,374 @@
+//! Pool servers as real processes on loopback: replication across a SIGKILL and a restart,
+//! and a server that keeps serving everyone else while peers send it garbage.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvtier::block::BlockObject;
+use kvtier::buf::AlignedBuf;
+use kvtier::pool::client::{PoolClient, PoolClientConfig};
+use kvtier::pool::placement::Member;
+use kvtier::pool::wire::{Frame, Op, HEADER_LEN};
+use kvtier::BlockKey;
+
+const PAYLOAD: usize = 20_000;
+
+/// A `kvtier pool` process and what it printed.
+struct Server {
+    child: Child,
+    addr: String,
+    stderr: Arc<parking_lot::Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &Path, listen: &str, secret: Option<&Path>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvtier"));
+    cmd.args([
+        "pool",
+        "--listen",
+        listen,
+        "--control",
+        "none",
+        "--segment-bytes",
+        "1MiB",
+    ])
+    .args([
+        "--capacity",
+        "256MiB",
+        "--cache-bytes",
+        "4MiB",
+        "--io",
+        "psync",
+    ])
+    .arg("--data")
+    .arg(data)
+    .env("KVTIER_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(s) = secret {
+        cmd.arg("--secret-file").arg(s);
+    }
+    let mut child = cmd.spawn().expect("start kvtier pool");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if let Some(a) = line.trim().strip_prefix("kvtier pool: data ") {
+            addr = Some(a.to_string());
+        }
+        if line.contains("objects recovered") {
+            break;
+        }
+        line.clear();
+    }
+    let stderr = Arc::new(parking_lot::Mutex::new(String::new()));
+    let (mut err, sink) = (child.stderr.take().unwrap(), stderr.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    std::thread::spawn(move || {
+        // Keep draining stdout so the server never blocks on it.
+        let mut s = String::new();
+        while out.read_line(&mut s).unwrap_or(0) > 0 {
+            s.clear();
+        }
+    });
+    Server {
+        child,
+        addr: addr.expect("the server printed its address"),
+        stderr,
+    }
+}
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::from_u128(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()))
+}
+
+fn record(i: u64) -> Arc<AlignedBuf> {
+    let mut o = BlockObject::new(PAYLOAD).unwrap();
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in o.payload_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    o.seal(key(i), 7, 0);
+    Arc::new(o.into_record())
+}
+
+fn client(members: &[String], replication: usize, secret: Option<&[u8]>) -> Arc<PoolClient> {
+    let mut cfg = PoolClientConfig::new(
+        members
+            .iter()
+            .map(|a| Member {
+                addr: a.clone(),
+                weight: 1.0,
+            })
+            .collect(),
+    );
+    cfg.replication = replication;
+    cfg.secret = secret.map(|s| s.to_vec());
+    cfg.timeout = Duration::from_secs(5);
+    PoolClient::new(cfg).unwrap()
+}
+
+fn stats(c: &Arc<PoolClient>, m: usize) -> serde_json::Value {
+    let c2 = c.clone();
+    c.block(async move { c2.server_stats(m).await }).unwrap()
+}
+
+#[test]
+fn replicated_objects_survive_a_killed_server_which_recovers_and_serves_again() {
+    const N: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers: Vec<Server> = (0..3)
+        .map(|i| start_server(&dir.path().join(format!("s{i}")), "127.0.0.1:0", None))
+        .collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let c = client(&addrs, 2, None);
+
+    // 1,000 objects, each stored on both of its replicas.
+    let c2 = c.clone();
+    let stored: Vec<usize> = c.block(async move {
+        let mut out = Vec::new();
+        for i in 0..N {
+            out.push(c2.put(record(i)).await.unwrap());
+        }
+        out
+    });
+    assert!(
+        stored.iter().all(|&n| n == 2),
+        "every put reached both replicas"
+    );
+    let on: Vec<u64> = (0..3)
+        .map(|m| stats(&c, m)["store"]["objects"].as_u64().unwrap())
+        .collect();
+    assert_eq!(on.iter().sum::<u64>(), 2 * N, "objects per server: {on:?}");
+
+    // SIGKILL server 1: every object is still readable, byte-equal.
+    let victim = 1;
+    let expect_on_victim = (0..N)
+        .filter(|&i| c.placement().replicas(key(i)).contains(&victim))
+        .count() as u64;
+    assert_eq!(expect_on_victim, on[victim]);
+    servers[victim].child.kill().unwrap();
+    servers[victim].child.wait().unwrap();
+    let c2 = c.clone();
+    let t0 = Instant::now();
+    let missing = c.block(async move {
+        let mut missing = Vec::new();
+        for i in 0..N {
+            match c2.get(key(i), false).await {
+                Ok(Some(r)) => assert_eq!(&r[..], &record(i)[..], "object {i}"),
+                other => missing.push((i, format!("{other:?}"))),
+            }
+        }
+        missing
+    });
+    assert!(missing.is_empty(), "unreadable after the kill: {missing:?}");
+    println!(
+        "read {N} objects with one of three servers dead in {:?}",
+        t0.elapsed()
+    );
+
+    // Restart it on the same port and directory: it recovers its index and serves again.
+    let port_addr = addrs[victim].clone();
+    servers[victim] = start_server(&dir.path().join(format!("s{victim}")), &port_addr, None);
+    let alone = client(std::slice::from_ref(&port_addr), 1, None);
+    let recovered = stats(&alone, 0)["store"]["objects"].as_u64().unwrap();
+    assert_eq!(
+        recovered, expect_on_victim,
+        "the restarted server recovered its index"
+    );
+    let a2 = alone.clone();
+    let c3 = c.clone();
+    let served = alone.block(async move {
+        let mut served = 0;
+        for i in (0..N).filter(|&i| c3.placement().replicas(key(i)).contains(&victim)) {
+            let r = a2
+                .get(key(i), true)
+                .await
+                .unwrap()
+                .expect("recovered object");
+            assert_eq!(&r[..], &record(i)[..]);
+            served += 1;
+        }
+        served
+    });
+    assert_eq!(served, expect_on_victim);
+    // And the first client reaches it again (after its down mark expires).
+    std::thread::sleep(Duration::from_millis(1100));
+    let c2 = c.clone();
+    c.block(async move {
+        for i in 0..50 {
+            assert!(c2.get(key(i), true).await.unwrap().is_some());
+        }
+    });
+    for (m, cs) in [(&c, c.client_stats()), (&alone, alone.client_stats())] {
+        let _ = m;
+        assert_eq!(
+            cs.corrupt, 0,
+            "no read returned bytes failing their checksum"
+        );
+    }
+}
+
+/// Reads until the server closes the connection (or 5 s pass).
+fn closed_by_server(mut s: TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Connects and reads the server's hello (header and nonce).
+fn raw_connect(addr: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    let f = Frame::decode(&h, 64).unwrap();
+    assert_eq!(f.op, Op::Hello);
+    let mut nonce = vec![0u8; f.body_len as usize];
+    s.read_exact(&mut nonce).unwrap();
+    (s, nonce)
+}
+
+fn authed(addr: &str, secret: &[u8]) -> TcpStream {
+    let (mut s, nonce) = raw_connect(addr);
+    let proof = kvtier::pool::auth::proof(secret, &nonce);
+    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 32).encode())
+        .unwrap();
+    s.write_all(&proof).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(Frame::decode(&h, 0).unwrap().op, Op::Auth);
+    s
+}
+
+#[test]
+fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("secret");
+    let secret = b"correct horse battery staple 42";
+    std::fs::write(&secret_path, secret).unwrap();
+    let server = start_server(&dir.path().join("data"), "127.0.0.1:0", Some(&secret_path));
+    let addr = server.addr.clone();
+    let good = client(std::slice::from_ref(&addr), 1, Some(secret));
+    let g = good.clone();
+    good.block(async move { g.put(record(1)).await }).unwrap();
+
+    // No credential: a put straight away, instead of the answer to the challenge.
+    let (mut s, _) = raw_connect(&addr);
+    let rec = record(2);
+    s.write_all(&Frame::request(Op::Put, 1, key(2), rec.len() as u32).encode())
+        .unwrap();
+    let _ = s.write_all(&rec);
+    assert!(closed_by_server(s), "no credential");
+    // A wrong credential.
+    let (mut s, nonce) = raw_connect(&addr);
+    let proof = kvtier::pool::auth::proof(b"not the secret at all!", &nonce);
+    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 32).encode())
+        .unwrap();
+    s.write_all(&proof).unwrap();
+    assert!(closed_by_server(s), "wrong credential");
+    // A client configured without the secret gets a clear error.
+    let anon = client(std::slice::from_ref(&addr), 1, None);
+    let a2 = anon.clone();
+    let e = anon
+        .block(async move { a2.get(key(1), false).await })
+        .unwrap_err();
+    assert!(e.to_string().contains("requires a shared secret"), "{e}");
+
+    // Authenticated peers sending bad frames.
+    let mut s = authed(&addr, secret);
+    let mut f = Frame::request(Op::Get, 1, key(1), 0).encode();
+    f[0..4].copy_from_slice(b"HTTP");
+    s.write_all(&f).unwrap();
+    assert!(closed_by_server(s), "wrong magic");
+    let mut s = authed(&addr, secret);
+    s.write_all(&Frame::request(Op::Put, 1, key(3), u32::MAX).encode())
+        .unwrap();
+    assert!(closed_by_server(s), "oversized length");
+    let mut s = authed(&addr, secret);
+    s.write_all(&Frame::request(Op::Put, 1, key(3), 8192).encode())
+        .unwrap();
+    s.write_all(&[0u8; 100]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(s), "truncated frame");
+    let mut s = authed(&addr, secret);
+    s.write_all(&Frame::request(Op::Get, 1, key(1), 0).encode()[..20])
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(s), "truncated header");
+    // A well-formed put of a record that fails its checksum is refused, not stored.
+    let mut bad = AlignedBuf::zeroed(rec.len());
+    bad.copy_from_slice(&rec);
+    bad[200] ^= 1;
+    let mut s = authed(&addr, secret);
+    s.write_all(&Frame::request(Op::Put, 9, key(2), bad.len() as u32).encode())
+        .unwrap();
+    s.write_all(&bad).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    let resp = Frame::decode(&h, 1 << 20).unwrap();
+    assert_eq!(resp.status, kvtier::pool::wire::Status::Error);
+
+    // The good client was served throughout.
+    let g = good.clone();
+    good.block(async move {
+        assert!(g.get(key(1), false).await.unwrap().is_some());
+        assert!(
+            g.get(key(2), false).await.unwrap().is_none(),
+            "the corrupt put was not stored"
+        );
+        g.put(record(4)).await.unwrap();
+        assert!(g.get(key(4), true).await.unwrap().is_some());
+    });
+    let st = stats(&good, 0);
+    // No credential, a wrong one, and the client without a secret (which hangs up itself).
+    assert_eq!(st["auth_failures"].as_u64(), Some(3), "{st}");
+    assert_eq!(st["bad_frames"].as_u64(), Some(4), "{st}");
+    assert_eq!(st["bad_records"].as_u64(), Some(1), "{st}");
+    // Each closing is logged with its reason.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = [
+        "wrong or missing shared secret",
+        "wrong magic",
+        "exceeds the limit",
+        "truncated frame",
+    ];
+    loop {
+        let log = server.stderr.lock().clone();
+        if want.iter().all(|w| log.contains(w)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing reasons in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
