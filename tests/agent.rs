@@ -1,6 +1,8 @@
 //! The agent as engines meet it: real `kvtier up` processes on Unix sockets in a temporary
 //! directory, engines in separate processes (this test binary re-executed in a role).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +21,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path) -> Agent {
+        Agent::start_with(dir, &[])
+    }
+
+    /// An agent whose socket and data live in `dir`, with extra `kvtier up` flags.
+    fn start_with(dir: &Path, extra: &[&str]) -> Agent {
         let socket = dir.join("agent.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_kvtier"))
             .args([
@@ -36,6 +43,7 @@ impl Agent {
             .arg(&socket)
             .arg("--data")
             .arg(dir.join("data"))
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -324,4 +332,48 @@ fn save_all_of(c: &mut AgentClient, keys: &[BlockKey]) -> u32 {
         Ok(())
     })
     .unwrap()
+}
+
+/// Node A's agent saves; node B's agent (another socket, its own memory, no shared disk of its
+/// own) loads every block from the shared pool, byte-equal.
+fn another_node_loads_through(pool_flags: &[&str]) {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Agent::start_with(a_dir.path(), pool_flags);
+    let mut ca = AgentClient::connect(a.config()).unwrap();
+    assert_eq!(save_all(&mut ca), 256);
+    wait_for_pool_writes(&mut ca, 256);
+    let b = Agent::start_with(b_dir.path(), pool_flags);
+    let mut cb = AgentClient::connect(b.config()).unwrap();
+    let keys: Vec<BlockKey> = (0..256).map(key).collect();
+    assert_eq!(cb.lookup(&keys, false).unwrap(), (256, 0));
+    let d = cb
+        .load(&keys, |i, p| {
+            assert!(p == block(i as u64).as_slice(), "block {i}")
+        })
+        .unwrap();
+    assert!(d.iter().all(|&x| x));
+    let s = cb.stats().unwrap();
+    assert_eq!((s.hits_pool, s.corrupt), (256, 0), "{s:?}");
+    assert!(
+        !b_dir.path().join("data").exists(),
+        "node B used no local pool"
+    );
+}
+
+#[test]
+fn another_node_loads_from_pool_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<common::Server> = (0..2)
+        .map(|i| common::start_server(&dir.path().join(format!("s{i}")), "127.0.0.1:0", None))
+        .collect();
+    let members = format!("{},{}", servers[0].addr, servers[1].addr);
+    another_node_loads_through(&["--pool-servers", &members, "--replication", "2"]);
+}
+
+#[test]
+fn another_node_loads_from_a_shared_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    another_node_loads_through(&["--shared-dir", shared.to_str().unwrap()]);
 }

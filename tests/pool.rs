@@ -1,10 +1,10 @@
 //! Pool servers as real processes on loopback: replication across a SIGKILL and a restart,
 //! and a server that keeps serving everyone else while peers send it garbage.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,86 +15,9 @@ use kvtier::pool::placement::Member;
 use kvtier::pool::wire::{Frame, Op, HEADER_LEN};
 use kvtier::BlockKey;
 
+use common::{start_server, Server};
+
 const PAYLOAD: usize = 20_000;
-
-/// A `kvtier pool` process and what it printed.
-struct Server {
-    child: Child,
-    addr: String,
-    stderr: Arc<parking_lot::Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data: &Path, listen: &str, secret: Option<&Path>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvtier"));
-    cmd.args([
-        "pool",
-        "--listen",
-        listen,
-        "--control",
-        "none",
-        "--segment-bytes",
-        "1MiB",
-    ])
-    .args([
-        "--capacity",
-        "256MiB",
-        "--cache-bytes",
-        "4MiB",
-        "--io",
-        "psync",
-    ])
-    .arg("--data")
-    .arg(data)
-    .env("KVTIER_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if let Some(s) = secret {
-        cmd.arg("--secret-file").arg(s);
-    }
-    let mut child = cmd.spawn().expect("start kvtier pool");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap() > 0 {
-        if let Some(a) = line.trim().strip_prefix("kvtier pool: data ") {
-            addr = Some(a.to_string());
-        }
-        if line.contains("objects recovered") {
-            break;
-        }
-        line.clear();
-    }
-    let stderr = Arc::new(parking_lot::Mutex::new(String::new()));
-    let (mut err, sink) = (child.stderr.take().unwrap(), stderr.clone());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    std::thread::spawn(move || {
-        // Keep draining stdout so the server never blocks on it.
-        let mut s = String::new();
-        while out.read_line(&mut s).unwrap_or(0) > 0 {
-            s.clear();
-        }
-    });
-    Server {
-        child,
-        addr: addr.expect("the server printed its address"),
-        stderr,
-    }
-}
 
 fn key(i: u64) -> BlockKey {
     BlockKey::from_u128(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()))

@@ -189,20 +189,21 @@ impl PoolClient {
         if hello.op != Op::Hello {
             return Err(unavailable(&addr, "handshake failed: no hello"));
         }
-        let proof =
-            match (
-                &self.cfg.secret,
-                hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
-            ) {
-                (Some(s), _) => auth::proof(s, &nonce).to_vec(),
-                (None, true) => return Err(Error::new(
+        let proof = match (
+            &self.cfg.secret,
+            hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
+        ) {
+            (Some(s), _) => auth::proof(s, &nonce).to_vec(),
+            (None, true) => {
+                return Err(Error::new(
                     ErrorKind::PermissionDenied,
                     format!(
                         "pool server {addr} requires a shared secret; configure the pool secret"
                     ),
-                )),
-                (None, false) => Vec::new(),
-            };
+                ))
+            }
+            (None, false) => Vec::new(),
+        };
         let f = Frame::request(Op::Auth, 0, BlockKey::default(), proof.len() as u32);
         wr.write_all(&f.encode())
             .await

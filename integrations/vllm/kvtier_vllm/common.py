@@ -13,7 +13,8 @@ import kvtier
 
 from .config import KvShape, NamespaceSpec, Settings, block_extras
 
-log = logging.getLogger("kvtier_vllm")
+# A child of "vllm" so that vLLM's log configuration shows these lines.
+log = logging.getLogger("vllm.kvtier")
 
 
 @dataclass
