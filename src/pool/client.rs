@@ -28,14 +28,37 @@ use super::server::{read_frame, ReadError};
 use super::wire::{self, Frame, Op, Status};
 use super::{auth, verify_record, PoolBackend};
 use crate::block::BlockHeader;
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, BufPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{Counter, StoreStats};
 
+/// How bytes travel to pool servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The framed protocol over TCP.
+    #[default]
+    Tcp,
+    /// UCX tagged messages (feature `ucx`), set up over the TCP connection.
+    Ucx,
+}
+
+impl Transport {
+    /// Parses `tcp` or `ucx`.
+    pub fn parse(s: &str) -> Result<Transport> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "ucx" => Ok(Transport::Ucx),
+            _ => Err(Error::invalid("the pool transport is `tcp` or `ucx`").with_context("got", s)),
+        }
+    }
+}
+
 /// Configuration of a pool client.
 #[derive(Debug, Clone)]
 pub struct PoolClientConfig {
+    /// TCP (default) or UCX.
+    pub transport: Transport,
     /// The pool servers.
     pub members: Vec<Member>,
     /// Copies of each object. Default 1.
@@ -56,6 +79,7 @@ impl PoolClientConfig {
     /// Defaults around a member list.
     pub fn new(members: Vec<Member>) -> Self {
         PoolClientConfig {
+            transport: Transport::Tcp,
             members,
             replication: 1,
             secret: None,
@@ -74,6 +98,9 @@ struct Conn {
     out: mpsc::Sender<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     dead: Arc<std::sync::atomic::AtomicBool>,
+    /// UCX connections: wakes the thread that sends what `out` holds.
+    #[cfg(feature = "ucx")]
+    bell: Option<Arc<super::ucx::Bell>>,
 }
 
 struct MemberState {
@@ -104,6 +131,8 @@ pub struct PoolClient {
     members: Vec<MemberState>,
     next_id: AtomicU64,
     counters: Counters,
+    /// Response buffers, reused (callers hand them back with [`PoolClient::recycle`]).
+    bufs: Arc<BufPool>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -154,8 +183,14 @@ impl PoolClient {
             members,
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
+            bufs: Arc::new(BufPool::new(256 << 20)),
             rt,
         }))
+    }
+
+    /// Hands a buffer returned by [`get`](Self::get) back for reuse.
+    pub fn recycle(&self, buf: AlignedBuf) {
+        self.bufs.give(buf);
     }
 
     /// The placement in use.
@@ -173,7 +208,8 @@ impl PoolClient {
         self.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().expect("the pool client's runtime stopped")
+        rx.recv()
+            .expect("a pool client task panicked or its runtime stopped")
     }
 
     async fn connect(&self, m: usize) -> Result<Arc<Conn>> {
@@ -183,7 +219,7 @@ impl PoolClient {
             .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
         let _ = sock.set_nodelay(true);
         let (mut rd, mut wr) = sock.into_split();
-        let (hello, nonce) = read_frame(&mut rd, 64)
+        let (hello, nonce) = read_frame(&mut rd, 64, None)
             .await
             .map_err(|e| unavailable(&addr, format_args!("handshake failed: {e}")))?;
         if hello.op != Op::Hello {
@@ -211,7 +247,7 @@ impl PoolClient {
         wr.write_all(&proof)
             .await
             .map_err(|e| unavailable(&addr, e))?;
-        match read_frame(&mut rd, 0).await {
+        match read_frame(&mut rd, 0, None).await {
             Ok((f, _)) if f.op == Op::Auth && f.status == Status::Ok => {}
             Ok(_) | Err(ReadError::Closed) | Err(ReadError::Io(_)) => {
                 return Err(Error::new(
@@ -224,6 +260,32 @@ impl PoolClient {
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Default::default();
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, mut rx) = mpsc::channel::<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>(256);
+        if self.cfg.transport == Transport::Ucx {
+            #[cfg(feature = "ucx")]
+            {
+                let bell = super::ucx::connect_client(
+                    rd,
+                    wr,
+                    rx,
+                    pending.clone(),
+                    dead.clone(),
+                    self.cfg.max_body,
+                    self.bufs.clone(),
+                )
+                .await
+                .map_err(|e| unavailable(&addr, e))?;
+                return Ok(Arc::new(Conn {
+                    out: tx,
+                    pending,
+                    dead,
+                    bell: Some(bell),
+                }));
+            }
+            #[cfg(not(feature = "ucx"))]
+            return Err(Error::invalid(
+                "this kvtier was built without UCX; rebuild with `--features ucx` or use the tcp transport",
+            ));
+        }
         // Writer: frames in the order calls were made.
         let (p2, d2) = (pending.clone(), dead.clone());
         self.rt.spawn(async move {
@@ -245,9 +307,10 @@ impl PoolClient {
         });
         // Reader: hands each response to its caller by request id.
         let (p3, d3, max) = (pending.clone(), dead.clone(), self.cfg.max_body);
+        let bufs = self.bufs.clone();
         self.rt.spawn(async move {
             loop {
-                match read_frame(&mut rd, max).await {
+                match read_frame(&mut rd, max, Some(&bufs)).await {
                     Ok((f, body)) => {
                         if let Some(tx) = p3.lock().remove(&f.id) {
                             let _ = tx.send(Ok((f, body)));
@@ -267,6 +330,8 @@ impl PoolClient {
             out: tx,
             pending,
             dead,
+            #[cfg(feature = "ucx")]
+            bell: None,
         }))
     }
 
@@ -326,6 +391,10 @@ impl PoolClient {
         if conn.out.send((f, rec, bytes)).await.is_err() {
             conn.pending.lock().remove(&f.id);
             return Err(unavailable(addr, "connection closed"));
+        }
+        #[cfg(feature = "ucx")]
+        if let Some(b) = &conn.bell {
+            b.ring();
         }
         let res = rx.await;
         match res {
@@ -426,6 +495,7 @@ impl PoolClient {
                             match verify_record(&body, key) {
                                 Ok(_) => return Ok(Some(body)),
                                 Err(v) => {
+                                    self.recycle(body);
                                     self.counters.corrupt.inc();
                                     tracing::warn!(%key, server = %self.placement.members()[m].addr, reason = v.as_str(), "pool record failed verification; trying the next replica");
                                 }
@@ -650,6 +720,7 @@ impl PoolBackend for Arc<PoolClient> {
             )));
         }
         buf[..len].copy_from_slice(&rec[..len]);
+        self.recycle(rec);
         Ok(Some(h))
     }
 

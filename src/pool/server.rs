@@ -28,7 +28,7 @@ use super::auth;
 use super::proto;
 use super::wire::{self, Frame, Op, Status, HEADER_LEN};
 use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, BufPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{Counter, Gauge, StoreStats};
@@ -53,6 +53,8 @@ pub struct PoolServerConfig {
     pub max_in_flight: usize,
     /// Time a new peer has to authenticate. Default 5 s.
     pub auth_timeout: Duration,
+    /// Also serve UCX clients (feature `ucx`). Default `false`.
+    pub ucx: bool,
 }
 
 impl PoolServerConfig {
@@ -67,6 +69,7 @@ impl PoolServerConfig {
             max_body: (64 << 20) + 4096,
             max_in_flight: 64,
             auth_timeout: Duration::from_secs(5),
+            ucx: false,
         }
     }
 }
@@ -143,27 +146,34 @@ impl Cache {
         self.lru.get(key).cloned()
     }
 
-    fn insert(&mut self, key: BlockKey, rec: Arc<AlignedBuf>) {
+    /// Inserts a record; returns what was pushed out (for the caller to recycle).
+    fn insert(&mut self, key: BlockKey, rec: Arc<AlignedBuf>) -> Vec<Arc<AlignedBuf>> {
+        let mut out = Vec::new();
         let len = rec.len() as u64;
         if len > self.cap {
-            return;
+            return out;
         }
         if let Some(old) = self.lru.put(key, rec) {
             self.used -= old.len() as u64;
+            out.push(old);
         }
         self.used += len;
         while self.used > self.cap {
             match self.lru.pop_lru() {
-                Some((_, r)) => self.used -= r.len() as u64,
+                Some((_, r)) => {
+                    self.used -= r.len() as u64;
+                    out.push(r);
+                }
                 None => break,
             }
         }
+        out
     }
 
-    fn remove(&mut self, key: &BlockKey) {
-        if let Some(r) = self.lru.pop(key) {
-            self.used -= r.len() as u64;
-        }
+    fn remove(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
+        let r = self.lru.pop(key)?;
+        self.used -= r.len() as u64;
+        Some(r)
     }
 }
 
@@ -174,6 +184,11 @@ pub struct PoolServer {
     cfg: PoolServerConfig,
     draining: AtomicBool,
     counters: Counters,
+    /// Request and response buffers, reused (see [`BufPool`]).
+    bufs: BufPool,
+    /// The UCX data plane, once serving (feature `ucx`).
+    #[cfg(feature = "ucx")]
+    ucx: std::sync::OnceLock<super::ucx::UcxServer>,
 }
 
 /// A bound server: its addresses are known (ports chosen) before it serves.
@@ -183,7 +198,8 @@ pub struct BoundServer {
     control: Option<TcpListener>,
 }
 
-enum Body {
+/// A response body.
+pub(crate) enum Body {
     Empty,
     Bytes(Vec<u8>),
     Record(Arc<AlignedBuf>),
@@ -217,6 +233,16 @@ impl BoundServer {
             data,
             control,
         } = self;
+        #[cfg(feature = "ucx")]
+        if server.cfg.ucx {
+            let u = super::ucx::UcxServer::start(
+                server.clone(),
+                tokio::runtime::Handle::current(),
+                server.cfg.max_body,
+            )?;
+            let _ = server.ucx.set(u);
+            tracing::info!("pool server: UCX data plane up");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let control_task = control.map(|l| {
             let svc = proto::pool_server::PoolServer::new(Control(server.clone()));
@@ -299,12 +325,34 @@ impl PoolServer {
             cfg,
             draining: AtomicBool::new(false),
             counters: Counters::default(),
+            bufs: BufPool::new(256 << 20),
+            #[cfg(feature = "ucx")]
+            ucx: std::sync::OnceLock::new(),
         });
+        if server.cfg.ucx && cfg!(not(feature = "ucx")) {
+            return Err(Error::invalid(
+                "this kvtier was built without UCX; rebuild with `--features ucx` (needs libucx-dev)",
+            ));
+        }
         Ok(BoundServer {
             server,
             data,
             control,
         })
+    }
+
+    /// Gives a record buffer back for reuse once nobody else holds it.
+    fn recycle(&self, rec: Arc<AlignedBuf>) {
+        if let Ok(b) = Arc::try_unwrap(rec) {
+            self.bufs.give(b);
+        }
+    }
+
+    fn cache_insert(&self, key: BlockKey, rec: Arc<AlignedBuf>) {
+        let out = self.cache.lock().insert(key, rec);
+        for r in out {
+            self.recycle(r);
+        }
     }
 
     /// The counters now.
@@ -374,7 +422,8 @@ impl PoolServer {
         }
         .await;
         if ok.is_ok() {
-            let answer = tokio::time::timeout(self.cfg.auth_timeout, read_frame(&mut rd, 64)).await;
+            let answer =
+                tokio::time::timeout(self.cfg.auth_timeout, read_frame(&mut rd, 64, None)).await;
             let verdict = match answer {
                 Err(_) => Err("no authentication within the deadline".to_string()),
                 Ok(Err(e)) => Err(format!("bad handshake: {e}")),
@@ -409,6 +458,7 @@ impl PoolServer {
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) {
         let (tx, mut rx) = mpsc::channel::<(Frame, Body)>(self.cfg.max_in_flight);
+        let me = self.clone();
         let writer = tokio::spawn(async move {
             while let Some((f, body)) = rx.recv().await {
                 let res = async {
@@ -420,6 +470,9 @@ impl PoolServer {
                     }
                 }
                 .await;
+                if let Body::Record(r) = body {
+                    me.recycle(r);
+                }
                 if res.is_err() {
                     break;
                 }
@@ -427,9 +480,11 @@ impl PoolServer {
             let _ = wr.shutdown().await;
         });
         let permits = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        // The UCX client id this connection controls, once it said UcxHello.
+        let mut ucx_client: Option<u32> = None;
         loop {
             let next = tokio::select! {
-                r = read_frame(&mut rd, self.cfg.max_body) => r,
+                r = read_frame(&mut rd, self.cfg.max_body, Some(&self.bufs)) => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
             let (frame, body) = match next {
@@ -440,6 +495,13 @@ impl PoolServer {
                     break;
                 }
             };
+            if frame.op == Op::UcxHello {
+                let reply = self.ucx_hello(&frame, body, &mut ucx_client).await;
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
@@ -456,9 +518,53 @@ impl PoolServer {
         let _ = permits.acquire_many(self.cfg.max_in_flight as u32).await;
         drop(tx);
         let _ = writer.await;
+        #[cfg(feature = "ucx")]
+        if let (Some(cid), Some(u)) = (ucx_client, self.ucx.get()) {
+            u.send(super::ucx::ToServer::Unregister(cid));
+        }
+        let _ = ucx_client;
     }
 
-    async fn handle(self: Arc<Self>, f: Frame, body: AlignedBuf) -> (Frame, Body) {
+    /// Answers `UcxHello`: registers the client's worker with the UCX thread.
+    async fn ucx_hello(
+        &self,
+        f: &Frame,
+        body: AlignedBuf,
+        client: &mut Option<u32>,
+    ) -> (Frame, Body) {
+        let fail = |msg: String| {
+            let b = msg.into_bytes();
+            (
+                Frame::response(f, Status::Error, b.len() as u32),
+                Body::Bytes(b),
+            )
+        };
+        #[cfg(feature = "ucx")]
+        if let Some(u) = self.ucx.get() {
+            if client.is_some() {
+                return fail("this connection already set up UCX".into());
+            }
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            u.send(super::ucx::ToServer::Register(body.to_vec(), reply_tx));
+            return match reply_rx.await {
+                Ok(Ok((cid, addr))) => {
+                    *client = Some(cid);
+                    let mut b = cid.to_le_bytes().to_vec();
+                    b.extend_from_slice(&addr);
+                    (
+                        Frame::response(f, Status::Ok, b.len() as u32),
+                        Body::Bytes(b),
+                    )
+                }
+                Ok(Err(e)) => fail(e.to_string()),
+                Err(_) => fail("the UCX thread stopped".into()),
+            };
+        }
+        let _ = (body, client);
+        fail("this pool server does not serve UCX (start it with `kvtier pool --ucx`, built with feature `ucx`)".into())
+    }
+
+    pub(crate) async fn handle(self: Arc<Self>, f: Frame, body: AlignedBuf) -> (Frame, Body) {
         let err = |s: &Self, status: Status, msg: String| {
             s.counters.errors.inc();
             let b = msg.into_bytes();
@@ -480,7 +586,9 @@ impl PoolServer {
                 match res {
                     Ok(Ok(())) => {
                         if self.cfg.cache_bytes > 0 {
-                            self.cache.lock().insert(f.key, body);
+                            self.cache_insert(f.key, body);
+                        } else {
+                            self.recycle(body);
                         }
                         (Frame::response(&f, Status::Ok, 0), Body::Empty)
                     }
@@ -507,8 +615,14 @@ impl PoolServer {
                     let Some(len) = s.store.record_len(f.key) else {
                         return Ok(None);
                     };
-                    let mut buf = AlignedBuf::zeroed(len);
-                    Ok::<_, Error>(s.store.get_into_slice(f.key, &mut buf)?.map(|_| buf))
+                    let mut buf = s.bufs.take(len);
+                    match s.store.get_into_slice(f.key, &mut buf) {
+                        Ok(Some(_)) => Ok(Some(buf)),
+                        other => {
+                            s.bufs.give(buf);
+                            other.map(|_| None)
+                        }
+                    }
                 })
                 .await;
                 match res {
@@ -516,7 +630,7 @@ impl PoolServer {
                         self.counters.get_hits.inc();
                         let buf = Arc::new(buf);
                         if !bypass && self.cfg.cache_bytes > 0 {
-                            self.cache.lock().insert(f.key, buf.clone());
+                            self.cache_insert(f.key, buf.clone());
                         }
                         let len = record_len_of(&buf);
                         (
@@ -549,7 +663,9 @@ impl PoolServer {
             }
             Op::Delete => {
                 self.counters.deletes.inc();
-                self.cache.lock().remove(&f.key);
+                if let Some(r) = self.cache.lock().remove(&f.key) {
+                    self.recycle(r);
+                }
                 let status = if self.store.remove(f.key) {
                     Status::Ok
                 } else {
@@ -564,7 +680,7 @@ impl PoolServer {
                     Body::Bytes(b),
                 )
             }
-            Op::Hello | Op::Auth => err(
+            Op::Hello | Op::Auth | Op::UcxHello => err(
                 &self,
                 Status::Error,
                 format!("{:?} is only valid during the handshake", f.op),
@@ -623,6 +739,7 @@ impl std::fmt::Display for ReadError {
 pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
     rd: &mut R,
     max_body: u32,
+    bufs: Option<&BufPool>,
 ) -> std::result::Result<(Frame, AlignedBuf), ReadError> {
     let mut h = [0u8; HEADER_LEN];
     // A clean close between frames is not an error; inside a header it is.
@@ -632,7 +749,10 @@ pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
     }
     rd.read_exact(&mut h[n..]).await.map_err(ReadError::Io)?;
     let f = Frame::decode(&h, max_body).map_err(ReadError::Frame)?;
-    let mut body = AlignedBuf::zeroed(f.body_len as usize);
+    let mut body = match bufs {
+        Some(p) if f.body_len > 0 => p.take(f.body_len as usize),
+        _ => AlignedBuf::zeroed(f.body_len as usize),
+    };
     rd.read_exact(&mut body).await.map_err(ReadError::Io)?;
     Ok((f, body))
 }

@@ -17,8 +17,11 @@
 //! Bodies: `Put` carries a whole block record (64-byte header, payload, padding to a page);
 //! a `Get` response carries the record; `Exists` carries 16-byte keys and its response one byte
 //! per key; `Stats` answers JSON; `Hello` (server to client, first frame) carries a 32-byte
-//! nonce; `Auth` carries the client's proof (see [`super::auth`]); an `Error` status carries a
-//! UTF-8 message.
+//! nonce; `Auth` carries the client's proof (see [`super::auth`]); `UcxHello` carries a UCX
+//! worker address; an `Error` status carries a UTF-8 message.
+//!
+//! Over UCX (feature `ucx`) the same frames travel as tagged messages: the 40-byte header, then
+//! the body as a second message, tagged with the client id and request id.
 
 use crate::key::BlockKey;
 
@@ -54,6 +57,10 @@ pub enum Op {
     Delete = 6,
     /// The server's counters as JSON.
     Stats = 7,
+    /// Switch data to UCX (feature `ucx`): the body is the client's UCX worker address; the
+    /// answer is a 4-byte client id and the server's worker address. This TCP connection then
+    /// stays open as the control connection: its closing ends the UCX session.
+    UcxHello = 8,
 }
 
 impl Op {
@@ -66,6 +73,7 @@ impl Op {
             5 => Op::Exists,
             6 => Op::Delete,
             7 => Op::Stats,
+            8 => Op::UcxHello,
             _ => return None,
         })
     }

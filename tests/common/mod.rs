@@ -20,7 +20,18 @@ impl Drop for Server {
     }
 }
 
+/// A `kvtier pool` process on `listen` serving `data`, printing its address.
 pub fn start_server(data: &Path, listen: &str, secret: Option<&Path>) -> Server {
+    start_server_with(data, listen, secret, &[])
+}
+
+/// A server with extra `kvtier pool` flags.
+pub fn start_server_with(
+    data: &Path,
+    listen: &str,
+    secret: Option<&Path>,
+    extra: &[&str],
+) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvtier"));
     cmd.args([
         "pool",
@@ -41,6 +52,7 @@ pub fn start_server(data: &Path, listen: &str, secret: Option<&Path>) -> Server 
     ])
     .arg("--data")
     .arg(data)
+    .args(extra)
     .env("KVTIER_LOG", "warn")
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());

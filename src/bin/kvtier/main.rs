@@ -61,6 +61,9 @@ struct PoolArgs {
     /// I/O engine: auto, io-uring or psync.
     #[arg(long, default_value = "auto")]
     io: String,
+    /// Also serve UCX clients (built with feature `ucx`; UCX_TLS etc. from the environment).
+    #[arg(long)]
+    ucx: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +99,9 @@ struct UpArgs {
     /// File with the pool servers' shared secret.
     #[arg(long)]
     pool_secret_file: Option<PathBuf>,
+    /// Transport to pool servers: tcp, or ucx (built with feature `ucx`).
+    #[arg(long, default_value = "tcp")]
+    pool_transport: String,
     /// Use a directory shared by every node (a parallel file system) instead of the embedded
     /// pool; `--pool-bytes` bounds it.
     #[arg(long)]
@@ -163,6 +169,40 @@ enum BenchCmd {
     Keys(KeyBenchArgs),
     /// Save/load through the agent against single-thread memcpy; lookup latency.
     Abi(AbiArgs),
+    /// Pool server put/get over loopback TCP against the disk's ceiling and real peers.
+    Pool(PoolBenchArgs),
+}
+
+#[derive(Args)]
+struct PoolBenchArgs {
+    /// Directory on the disk to measure (the pool's data and the raw baseline's file).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Object sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB", value_parser = parse_size)]
+    sizes: Vec<u64>,
+    /// Requests in flight, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    concurrency: Vec<usize>,
+    /// Bytes per phase.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    total: u64,
+    /// Measure a running pool server (`host:port`) instead of starting one.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Its shared secret file.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Peers to run beside kvtier (each started by the bench on loopback): mooncake, lmcache,
+    /// redis. Their venvs come from scripts/setup_peers.sh.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Folder of the peers' venvs.
+    #[arg(long, default_value = "/var/cache/kvtier/peers")]
+    peers_venvs: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -294,6 +334,7 @@ fn main() -> Result<()> {
         Cmd::Bench(BenchCmd::Disk(a)) => bench_disk(a),
         Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
         Cmd::Bench(BenchCmd::Abi(a)) => bench_abi(a),
+        Cmd::Bench(BenchCmd::Pool(a)) => bench_pool(a),
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
         Cmd::Up(a) => up(a),
@@ -327,6 +368,8 @@ fn up(a: UpArgs) -> Result<()> {
             .context("--pool-servers")?;
         let mut c = PoolClientConfig::new(members);
         c.replication = a.replication;
+        c.transport = kvtier::pool::client::Transport::parse(&a.pool_transport)
+            .context("--pool-transport")?;
         if let Some(f) = &a.pool_secret_file {
             c.secret = Some(kvtier::pool::auth::read_secret(f).context("--pool-secret-file")?);
         }
@@ -408,6 +451,7 @@ fn pool(a: PoolArgs) -> Result<()> {
         ),
     };
     cfg.cache_bytes = a.cache_bytes;
+    cfg.ucx = a.ucx;
     if let Some(f) = &a.secret_file {
         cfg.secret = Some(kvtier::pool::auth::read_secret(f).context("--secret-file")?);
     }
@@ -631,6 +675,94 @@ fn bench_abi(a: AbiArgs) -> Result<()> {
         "lookup, 128 blocks p50 {:.0} us, p99 {:.0} us",
         r.lookup_p50_us, r.lookup_p99_us
     );
+    Ok(())
+}
+
+fn bench_pool(a: PoolBenchArgs) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let opts = bench::pool::PoolBenchOptions {
+        dir: a.dir,
+        sizes: a.sizes.iter().map(|&s| s as usize).collect(),
+        concurrency: a.concurrency,
+        total_bytes: a.total,
+        pool: a.pool,
+        secret: a
+            .secret_file
+            .as_deref()
+            .map(kvtier::pool::auth::read_secret)
+            .transpose()?,
+        server_exe: std::env::current_exe()?,
+        peers: a.peers,
+        peers_script: root.join("benches/peers/peer_bench.py"),
+        peers_venvs: a.peers_venvs,
+    };
+    let r = bench::pool::pool(&opts, |m| eprintln!("kvtier bench pool: {m}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:<11} {:>9} {:>5} {:>8} {:>10} {:>10} {:>9}",
+        "system", "op", "size", "conc", "GB/s", "p50 us", "p99 us", "verified"
+    );
+    for row in &r.rows {
+        println!(
+            "{:<9} {:<11} {:>6} KiB {:>5} {:>8.2} {:>10.0} {:>10.0} {:>9}",
+            row.system,
+            row.op,
+            row.size >> 10,
+            row.concurrency,
+            row.gbps,
+            row.p50_us,
+            row.p99_us,
+            row.verified
+        );
+    }
+    // Ratios, like against like, per size and concurrency.
+    let find = |sys: &str, op: &str, size: usize, c: usize| {
+        r.rows
+            .iter()
+            .find(|x| x.system == sys && x.op == op && x.size == size && x.concurrency == c)
+            .map(|x| x.gbps)
+    };
+    for size in &opts.sizes {
+        for &c in &opts.concurrency {
+            let mut parts = Vec::new();
+            let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>| {
+                if let (Some(a), Some(b)) = (a, b) {
+                    parts.push(format!("{name} {:.2}", a / b));
+                }
+            };
+            ratio(
+                "put/raw_write",
+                find("kvtier", "put", *size, c),
+                find("disk", "raw_write", *size, c),
+            );
+            ratio(
+                "get_disk/raw_read",
+                find("kvtier", "get_disk", *size, c),
+                find("disk", "raw_read", *size, c),
+            );
+            for p in ["mooncake", "lmcache", "redis"] {
+                ratio(
+                    &format!("get_cached/{p}_get"),
+                    find("kvtier", "get_cached", *size, c),
+                    find(p, "get", *size, c),
+                );
+                ratio(
+                    &format!("put/{p}_put"),
+                    find("kvtier", "put", *size, c),
+                    find(p, "put", *size, c),
+                );
+            }
+            if !parts.is_empty() {
+                println!("{} KiB, {c} in flight: {}", size >> 10, parts.join(", "));
+            }
+        }
+    }
+    for (p, why) in &r.skipped {
+        println!("skipped {p}: {why}");
+    }
     Ok(())
 }
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod pool;
+
 use crate::block::BlockObject;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};

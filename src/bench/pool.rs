@@ -1,0 +1,481 @@
+//! `kvtier bench pool`: put and get through a pool server over loopback TCP, beside the disk's
+//! raw O_DIRECT ceiling measured in the same run, and beside real peers (Mooncake Store,
+//! LMCache's server, Redis) that the bench starts itself through `benches/peers/peer_bench.py`.
+//!
+//! Phases per object size and concurrency: `raw_write` / `raw_read` (O_DIRECT on the pool's
+//! disk, same sizes and concurrency), `put` (acknowledged once on disk), `get_cached` (records
+//! resident in the server's DRAM cache), `get_disk` (cache bypassed: read from NVMe). Every get
+//! checks every byte against what was put.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{fill, gbps, RemoveOnDrop};
+use crate::block::{BlockObject, HEADER_LEN};
+use crate::buf::AlignedBuf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::BlockKey;
+use crate::pool::client::{PoolClient, PoolClientConfig};
+use crate::pool::placement::Member;
+use crate::tier::io::{open_file, IoMode};
+
+/// Options of `kvtier bench pool`.
+#[derive(Debug, Clone)]
+pub struct PoolBenchOptions {
+    /// Directory on the disk to measure: the pool server's data and the raw baseline's file.
+    pub dir: PathBuf,
+    /// Payload bytes per object.
+    pub sizes: Vec<usize>,
+    /// Requests in flight from the one client.
+    pub concurrency: Vec<usize>,
+    /// Bytes per phase (objects = bytes / size, at least 8).
+    pub total_bytes: u64,
+    /// A running pool server (`host:port`) instead of one started by the bench.
+    pub pool: Option<String>,
+    /// Its secret, if it needs one.
+    pub secret: Option<Vec<u8>>,
+    /// The `kvtier` executable that serves the embedded pool (`kvtier pool`).
+    pub server_exe: PathBuf,
+    /// Peers to run the same workload against: `mooncake`, `lmcache`, `redis`.
+    pub peers: Vec<String>,
+    /// The repository root (for `benches/peers/peer_bench.py`) and the peers' venvs folder.
+    pub peers_script: PathBuf,
+    /// Folder holding one venv per peer (`<dir>/<peer>/bin/python`), made by
+    /// `scripts/setup_peers.sh`.
+    pub peers_venvs: PathBuf,
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolBenchRow {
+    /// `kvtier`, `disk`, or a peer's name.
+    pub system: String,
+    /// `put`, `get_cached`, `get_disk`, `get`, `raw_write`, `raw_read`.
+    pub op: String,
+    /// Payload bytes per object.
+    pub size: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// GB/s (10^9 bytes per second) of payload.
+    pub gbps: f64,
+    /// Median latency of one request, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Objects moved.
+    pub objects: usize,
+    /// Objects whose bytes were checked equal (gets).
+    pub verified: usize,
+}
+
+/// Result of `kvtier bench pool`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolBenchReport {
+    /// Every phase.
+    pub rows: Vec<PoolBenchRow>,
+    /// Peers that could not run, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+struct ServerProc(Child);
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        // SIGTERM first: the server drains and flushes; then make sure.
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(
+    opts: &PoolBenchOptions,
+    data: &std::path::Path,
+    cache: u64,
+) -> Result<(ServerProc, String)> {
+    use std::io::BufRead;
+    let mut child = Command::new(&opts.server_exe)
+        .args(["pool", "--listen", "127.0.0.1:0", "--control", "none"])
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--capacity",
+            &format!("{}", 4 * opts.total_bytes.max(256 << 20) + (1 << 30)),
+        ])
+        .args([
+            "--segment-bytes",
+            "256MiB",
+            "--cache-bytes",
+            &cache.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("starting `kvtier pool`", e))?;
+    let out = child.stdout.take().expect("piped");
+    let mut addr = None;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.map_err(|e| Error::io("reading the pool server's output", e))?;
+        if let Some(a) = line.strip_prefix("kvtier pool: data ") {
+            addr = Some(a.to_string());
+        }
+        if line.contains("objects recovered") {
+            break;
+        }
+    }
+    let addr =
+        addr.ok_or_else(|| Error::new(ErrorKind::Unavailable, "the pool server did not start"))?;
+    Ok((ServerProc(child), addr))
+}
+
+/// Runs `n` operations with `conc` in flight on the client's runtime; per-op latencies.
+fn run_ops<F, Fut>(
+    client: &Arc<PoolClient>,
+    n: usize,
+    conc: usize,
+    op: F,
+) -> Result<(Duration, Vec<f64>)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    client.block(async move {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..conc.max(1) {
+            let (op, next) = (op.clone(), next.clone());
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, Error>(lat);
+                    }
+                    let s = Instant::now();
+                    op(i).await?;
+                    lat.push(s.elapsed().as_secs_f64() * 1e6);
+                }
+            });
+        }
+        let mut all = Vec::with_capacity(n);
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r.map_err(|e| Error::new(ErrorKind::Io, format!("bench task: {e}")))??);
+        }
+        Ok((t0.elapsed(), all))
+    })
+}
+
+fn key(size: usize, i: usize) -> BlockKey {
+    BlockKey::from_u128(((size as u128) << 64) | (i as u128 + 1))
+}
+
+/// Raw O_DIRECT write then read of `n` records of `record` bytes, `conc` threads: the disk's
+/// ceiling for the same bytes.
+fn raw_disk(
+    dir: &std::path::Path,
+    n: usize,
+    record: usize,
+    conc: usize,
+) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
+    let io = IoMode::Auto.build()?;
+    let path = dir.join("raw");
+    let (f, _) =
+        open_file(&path, true, true, true).map_err(|e| Error::io("opening the raw file", e))?;
+    io.allocate(&f, (n * record) as u64)
+        .map_err(|e| Error::io("preallocating the raw file", e))?;
+    let mut buf = AlignedBuf::zeroed(record);
+    fill(&mut buf, 7);
+    let lat = parking_lot::Mutex::new(Vec::new());
+    // One read buffer per thread, reused (as the pool's buffers are).
+    let bufs: Vec<parking_lot::Mutex<AlignedBuf>> = (0..conc.max(1))
+        .map(|_| parking_lot::Mutex::new(AlignedBuf::zeroed(record)))
+        .collect();
+    let run = |write: bool| -> Result<Duration> {
+        lat.lock().clear();
+        super::run_parallel(n, conc, |t, i| {
+            let s = Instant::now();
+            let r = if write {
+                io.write_at(&f, &buf, (i * record) as u64)
+            } else {
+                io.read_at(&f, &mut bufs[t].lock(), (i * record) as u64)
+            };
+            lat.lock().push(s.elapsed().as_secs_f64() * 1e6);
+            r.map_err(|e| Error::io("raw I/O", e))
+        })
+    };
+    let dw = run(true)?;
+    let wl = lat.lock().clone();
+    let dr = run(false)?;
+    let rl = lat.lock().clone();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    let payload = (n * (record - HEADER_LEN)) as u64;
+    Ok((gbps(payload, dw), gbps(payload, dr), wl, rl))
+}
+
+/// Runs the benchmark.
+pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<PoolBenchReport> {
+    let scratch = opts
+        .dir
+        .join(format!("kvtier-bench-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| {
+        Error::io("creating the bench directory", e).with_context("dir", scratch.display())
+    })?;
+    let _cleanup = RemoveOnDrop(scratch.clone());
+    let max_size = opts.sizes.iter().copied().max().unwrap_or(4 << 20);
+    let max_n = (opts.total_bytes as usize / opts.sizes.iter().copied().min().unwrap_or(1)).max(8);
+    let cache = (max_n * crate::block::record_len(max_size)).min(opts.total_bytes as usize * 2)
+        as u64
+        + (64 << 20);
+    let (_server, addr) = match &opts.pool {
+        Some(a) => (None, a.clone()),
+        None => {
+            progress("starting `kvtier pool` on 127.0.0.1");
+            let (s, a) = start_server(opts, &scratch.join("pool"), cache)?;
+            (Some(s), a)
+        }
+    };
+    let mut cfg = PoolClientConfig::new(vec![Member { addr, weight: 1.0 }]);
+    cfg.secret = opts.secret.clone();
+    cfg.timeout = Duration::from_secs(30);
+    cfg.conns_per_member = 1;
+    let client = PoolClient::new(cfg)?;
+    let mut rows = Vec::new();
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        system: &str,
+        op: &str,
+        size: usize,
+        conc: usize,
+        g: f64,
+        mut lat: Vec<f64>,
+        n: usize,
+        verified: usize,
+    ) -> PoolBenchRow {
+        PoolBenchRow {
+            system: system.into(),
+            op: op.into(),
+            size,
+            concurrency: conc,
+            gbps: g,
+            p50_us: pct(&mut lat, 0.5),
+            p99_us: pct(&mut lat, 0.99),
+            objects: n,
+            verified,
+        }
+    }
+    let mut skipped = Vec::new();
+    for (si, &size) in opts.sizes.iter().enumerate() {
+        let n = ((opts.total_bytes / size as u64) as usize).max(8);
+        let payload = (n * size) as u64;
+        // A handful of distinct payloads, resealed per key (so each object is unique).
+        let base: Vec<Arc<AlignedBuf>> = (0..4)
+            .map(|j| {
+                let mut o = BlockObject::new(size)?;
+                fill(o.payload_mut(), j as u64 + 1);
+                o.seal(key(size, 0), 0, 0);
+                Ok(Arc::new(o.into_record()))
+            })
+            .collect::<Result<_>>()?;
+        for &conc in &opts.concurrency {
+            let tag = format!("{} KiB x{n}, {conc} in flight", size >> 10);
+            if opts.pool.is_none() {
+                progress(&format!("{tag}: raw O_DIRECT write/read"));
+                let (w, r, wl, rl) = raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
+                rows.push(row("disk", "raw_write", size, conc, w, wl, n, 0));
+                rows.push(row("disk", "raw_read", size, conc, r, rl, n, 0));
+            }
+            let round = (si * 100 + conc) as u64;
+            let records: Arc<Vec<Arc<AlignedBuf>>> = Arc::new(
+                (0..n)
+                    .map(|i| {
+                        let mut o = BlockObject::from_record(
+                            {
+                                let mut b = AlignedBuf::zeroed(base[i % 4].len());
+                                b.copy_from_slice(&base[i % 4]);
+                                b
+                            },
+                            None,
+                            None,
+                        )?;
+                        o.seal(key(size, i + (round as usize) * 1_000_000), 0, 0);
+                        Ok(Arc::new(o.into_record()))
+                    })
+                    .collect::<Result<_>>()?,
+            );
+            let k = move |i: usize| key(size, i + (round as usize) * 1_000_000);
+            progress(&format!("{tag}: put"));
+            let (c, recs) = (client.clone(), records.clone());
+            let (d, lat) = run_ops(&client, n, conc, move |i| {
+                let (c, r) = (c.clone(), recs[i].clone());
+                async move { c.put(r).await.map(|_| ()) }
+            })?;
+            rows.push(row(
+                "kvtier",
+                "put",
+                size,
+                conc,
+                gbps(payload, d),
+                lat,
+                n,
+                0,
+            ));
+            for (op, bypass) in [("get_cached", false), ("get_disk", true)] {
+                progress(&format!("{tag}: {op}"));
+                let verified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let (c, recs, v) = (client.clone(), records.clone(), verified.clone());
+                let (d, lat) = run_ops(&client, n, conc, move |i| {
+                    let (c, recs, v) = (c.clone(), recs.clone(), v.clone());
+                    async move {
+                        let got = c.get(k(i), bypass).await?.ok_or_else(|| {
+                            Error::corrupt(format!("bench object {i} missing from the pool"))
+                        })?;
+                        let want = &recs[i];
+                        let len = crate::block::record_len(size);
+                        if got[..len] != want[..len] {
+                            return Err(Error::corrupt(format!(
+                                "bench object {i} read back different bytes"
+                            )));
+                        }
+                        c.recycle(got);
+                        v.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(())
+                    }
+                })?;
+                let verified = verified.load(std::sync::atomic::Ordering::Relaxed);
+                rows.push(row(
+                    "kvtier",
+                    op,
+                    size,
+                    conc,
+                    gbps(payload, d),
+                    lat,
+                    n,
+                    verified,
+                ));
+            }
+            // Free the pool's cache for the next configuration.
+            let c = client.clone();
+            client.block(async move {
+                for i in 0..n {
+                    let _ = c.delete(k(i)).await;
+                }
+            });
+            drop(records);
+            for peer in &opts.peers {
+                progress(&format!("{tag}: peer {peer}"));
+                match run_peer(opts, peer, size, n, conc) {
+                    Ok(rs) => rows.extend(rs),
+                    Err(e) => {
+                        progress(&format!("peer {peer} skipped: {e}"));
+                        skipped.push((peer.clone(), e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(PoolBenchReport { rows, skipped })
+}
+
+/// Runs one peer through `benches/peers/peer_bench.py` in its venv; rows `put` and `get`.
+fn run_peer(
+    opts: &PoolBenchOptions,
+    peer: &str,
+    size: usize,
+    n: usize,
+    conc: usize,
+) -> Result<Vec<PoolBenchRow>> {
+    let python = opts.peers_venvs.join(peer).join("bin/python");
+    if !python.exists() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no venv for {peer} at {} (run scripts/setup_peers.sh)",
+                python.display()
+            ),
+        ));
+    }
+    let out = Command::new(&python)
+        .arg(&opts.peers_script)
+        .args([
+            "--system",
+            peer,
+            "--size",
+            &size.to_string(),
+            "--count",
+            &n.to_string(),
+        ])
+        .args(["--concurrency", &conc.to_string(), "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io(format!("running the {peer} peer bench"), e))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("the {peer} peer bench failed ({})", out.status),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("the {peer} peer bench printed no JSON"),
+            )
+        })?;
+    let v: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| Error::corrupt(format!("the {peer} peer bench's JSON: {e}")))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mism = v["mismatches"].as_u64().unwrap_or(0);
+    if mism > 0 {
+        return Err(Error::corrupt(format!(
+            "{peer} read back {mism} objects with wrong bytes"
+        )));
+    }
+    let verified = v["verified"].as_u64().unwrap_or(0) as usize;
+    let mk = |op: &str, g: f64, p50: f64, p99: f64, ver: usize| PoolBenchRow {
+        system: peer.to_string(),
+        op: op.into(),
+        size,
+        concurrency: v["concurrency"].as_u64().unwrap_or(conc as u64) as usize,
+        gbps: g,
+        p50_us: p50,
+        p99_us: p99,
+        objects: n,
+        verified: ver,
+    };
+    Ok(vec![
+        mk("put", f("put_gbps"), f("put_p50_us"), f("put_p99_us"), 0),
+        mk(
+            "get",
+            f("get_gbps"),
+            f("get_p50_us"),
+            f("get_p99_us"),
+            verified,
+        ),
+    ])
+}
