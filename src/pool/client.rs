@@ -700,10 +700,18 @@ impl PoolBackend for Arc<PoolClient> {
         let h = BlockHeader::decode(record).map_err(Error::from)?;
         let len = h.record_len().min(record.len());
         // One copy, out of the arena slot (which may be reused once this returns).
-        let mut buf = AlignedBuf::zeroed(len);
+        let mut buf = self.bufs.take(len);
         buf.copy_from_slice(&record[..len]);
         let c = self.clone();
-        self.block(async move { c.put(Arc::new(buf)).await.map(|_| ()) })
+        self.block(async move {
+            let buf = Arc::new(buf);
+            let r = c.put(buf.clone()).await.map(|_| ());
+            // Reused once every replica's write is done with it.
+            if let Ok(b) = Arc::try_unwrap(buf) {
+                c.recycle(b);
+            }
+            r
+        })
     }
 
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
