@@ -6,8 +6,10 @@
 //! (at most `max_in_flight` at once), and one writer that sends responses as they complete, so
 //! many requests are in flight and a slow disk read does not hold up a cache hit behind it.
 //! Bytes: a put's body is read from the socket straight into a page-aligned buffer that is
-//! written to disk with O_DIRECT and kept as the cache entry (one copy); a get is read from
-//! disk into such a buffer and written to the socket from it, or written from the cache entry.
+//! written to disk with O_DIRECT (one copy); a get is read from disk into such a buffer and
+//! written to the socket from it, or written from the cache entry. Buffers are reused.
+//! The DRAM cache is write-around: records enter it when read (hot), not when written, since
+//! most KV blocks are never read again.
 //!
 //! A peer that sends a bad frame (wrong magic or version, unknown op, a body over the limit,
 //! a truncated frame) or fails authentication is disconnected with a logged reason; everyone
@@ -585,11 +587,12 @@ impl PoolServer {
                 let res = tokio::task::spawn_blocking(move || s.store.put_record(&b)).await;
                 match res {
                     Ok(Ok(())) => {
-                        if self.cfg.cache_bytes > 0 {
-                            self.cache_insert(f.key, body);
-                        } else {
-                            self.recycle(body);
+                        // Write-around: the DRAM cache holds what is read (most blocks are
+                        // never read again); an older cached copy of this key is replaced.
+                        if let Some(old) = self.cache.lock().remove(&f.key) {
+                            self.recycle(old);
                         }
+                        self.recycle(body);
                         (Frame::response(&f, Status::Ok, 0), Body::Empty)
                     }
                     Ok(Err(e)) if e.kind() == ErrorKind::NoSpace => {
