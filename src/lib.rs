@@ -8,8 +8,8 @@
 //! - [`buf`]: page-aligned buffers for O_DIRECT I/O.
 //! - [`block`]: block objects: the 64-byte header, checksums, records.
 //! - [`metrics`]: counters and metric names.
-//! - [`policy`]: eviction and admission policies (LRU, and the prefix-aware candidate), pure code
-//!   shared by the tiers and the simulator.
+//! - [`policy`]: eviction policies (hit density, the tiers' default; LRU), pure code shared by
+//!   the tiers and the simulator.
 //! - [`tier`]: the storage engines: the host-memory arena ([`tier::host`]) and the NVMe
 //!   segment store ([`tier::segment`]), with disk I/O behind [`tier::io`].
 //! - [`agent`]: the node agent (arena shared with engines, leases, write-behind, gRPC over a

@@ -48,9 +48,14 @@ fn lru_and_optimum_match_the_published_figures() {
     assert!((sim::belady(&t, 20_000, 512) - 0.374).abs() < 0.001);
 }
 
+/// The capacity-planning issue's acceptance: on this trace, the tiers' default policy is at
+/// least as good as LRU at every capacity from 1,000 to 200,000 blocks, and hits at least 1.25x
+/// what LRU hits at 5,000 blocks. (About 1 s a capacity in a debug build.)
 #[test]
-fn the_prefix_aware_candidate_wins_where_lru_thrashes() {
+fn the_default_policy_is_never_below_lru_and_125x_at_5000_blocks() {
     let t = trace();
+    assert_eq!(PolicyKind::default(), PolicyKind::HitDensity);
+    assert_eq!(SimConfig::default().policy, PolicyKind::default());
     let at = |cap, policy| {
         let c = SimConfig {
             pool: Capacity::Blocks(cap),
@@ -59,21 +64,13 @@ fn the_prefix_aware_candidate_wins_where_lru_thrashes() {
         };
         sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
     };
-    for cap in [1000, 2000, 5000] {
-        let (lru, pa) = (at(cap, PolicyKind::Lru), at(cap, PolicyKind::PrefixAware));
-        assert!(
-            pa > 1.1 * lru,
-            "at {cap} blocks: prefix-aware {pa:.4}, LRU {lru:.4}"
-        );
+    for cap in [1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 200_000] {
+        let (lru, hd) = (at(cap, PolicyKind::Lru), at(cap, PolicyKind::default()));
+        assert!(hd >= lru, "at {cap} blocks: default {hd:.5} < LRU {lru:.5}");
+        if cap == 5000 {
+            assert!(hd >= 1.25 * lru, "at 5,000 blocks: {hd:.4} vs LRU {lru:.4}");
+        }
     }
-    let (lru, pa) = (
-        at(100_000, PolicyKind::Lru),
-        at(100_000, PolicyKind::PrefixAware),
-    );
-    assert!(
-        pa >= lru - 0.001,
-        "with room it stays LRU-like: {pa:.4} vs {lru:.4}"
-    );
 }
 
 #[test]

@@ -1,15 +1,22 @@
 //! Eviction policies: which object a full tier gives up. Pure code (no I/O), shared by the host
 //! tier, the segment store and `kvtier sim`, so the simulator replays the real thing.
 //!
+//! - [`HitDensity`]: the default: evicts the block with the lowest learnt hit density for its
+//!   touch count and age (after LHD), chain tails first (see its docs).
 //! - [`Lru`]: least recently used.
-//! - [`PrefixAware`]: prefix-aware GreedyDual with tuned chain-sampled admission, the
-//!   candidate to replace LRU (see its docs for where it stands).
+//!
+//! [`WeightedCache`] is a byte-bounded map that evicts by a policy (a DRAM cache of records).
+//!
+//! (A prefix-aware GreedyDual with chain-sampled admission tuned by miniature simulations was
+//! the candidate before; hit density beats it at every capacity of the sweep, so it is gone.)
 
+mod cache;
+mod density;
 mod lru;
-mod prefix;
 
+pub use cache::WeightedCache;
+pub use density::HitDensity;
 pub use lru::Lru;
-pub use prefix::PrefixAware;
 
 use std::hash::Hash;
 
@@ -36,50 +43,93 @@ pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     fn access(&mut self, key: K);
     /// The owner removed an object (not an eviction).
     fn remove(&mut self, key: K);
+    /// The owner evicted `key` by its own choice (the segment store drops whole segments): forget
+    /// it as an eviction, which a policy may remember. Default: [`remove`](Self::remove).
+    fn evicted(&mut self, key: K) {
+        self.remove(key);
+    }
+    /// What the policy knows of a tracked object, for owners that choose among objects
+    /// themselves. `None` when the object is not tracked or the policy ranks by recency alone.
+    fn standing(&self, _key: &K) -> Option<Standing> {
+        None
+    }
     /// Picks a victim among the objects for which `evictable` holds, forgets it and returns it.
     /// `None` when no object is evictable.
     fn evict(&mut self, evictable: &mut dyn FnMut(&K) -> bool) -> Option<K>;
+    /// Evicts up to `n` objects, the ones `n` calls of [`evict`](Self::evict) would pick, for
+    /// an owner whose `evictable` does not change during the call (a policy may skip objects
+    /// it already found not evictable). Fewer when fewer are evictable.
+    fn evict_batch(&mut self, n: usize, evictable: &mut dyn FnMut(&K) -> bool) -> Vec<K> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.evict(evictable) {
+                Some(k) => out.push(k),
+                None => break,
+            }
+        }
+        out
+    }
     /// Objects tracked.
     fn len(&self) -> usize;
     /// True when nothing is tracked.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// A short name (`lru`, `prefix-aware`).
+    /// A short name (`hit-density`, `lru`).
     fn name(&self) -> &'static str;
+}
+
+/// A policy's view of one object (see [`EvictionPolicy::standing`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    /// Times the object was stored or used, counting uses before an eviction the policy still
+    /// remembers.
+    pub uses: u32,
+    /// Expected hits per unit of time the object occupies, from its class and age: higher is
+    /// worth keeping longer. Comparable between objects of one policy at one moment; 0 until
+    /// the policy has learnt.
+    pub density: f64,
 }
 
 /// The policies kvtier offers, for configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
-    /// Least recently used (the default).
+    /// Hit density (the default): [`HitDensity`].
     #[default]
+    HitDensity,
+    /// Least recently used.
     Lru,
-    /// Prefix-aware GreedyDual with tuned chain-sampled admission (candidate).
-    PrefixAware,
 }
 
 impl PolicyKind {
-    /// Parses `lru` or `prefix-aware`.
+    /// Parses `hit-density` (or `default`) or `lru`.
     pub fn parse(s: &str) -> crate::Result<Self> {
         match s {
+            "hit-density" | "default" => Ok(PolicyKind::HitDensity),
             "lru" => Ok(PolicyKind::Lru),
-            "prefix-aware" => Ok(PolicyKind::PrefixAware),
             _ => Err(crate::Error::invalid(format!(
-                "unknown eviction policy `{s}`; expected lru or prefix-aware"
+                "unknown eviction policy `{s}`; expected hit-density or lru"
             ))),
         }
     }
 
+    /// The name [`parse`](Self::parse) takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::HitDensity => "hit-density",
+            PolicyKind::Lru => "lru",
+        }
+    }
+
     /// Builds the policy for a tier that holds about `capacity` objects.
-    pub fn build<K: Copy + Eq + Hash + Ord + Send + 'static>(
+    pub fn build<K: Copy + Eq + Hash + Send + 'static>(
         self,
         capacity: usize,
     ) -> Box<dyn EvictionPolicy<K>> {
         match self {
+            PolicyKind::HitDensity => Box::new(HitDensity::new(capacity)),
             PolicyKind::Lru => Box::new(Lru::new()),
-            PolicyKind::PrefixAware => Box::new(PrefixAware::new(capacity)),
         }
     }
 }

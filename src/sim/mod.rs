@@ -11,6 +11,7 @@ pub mod plot;
 pub mod trace;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ pub struct SimConfig {
     pub pool: Capacity,
     /// Routing policy. Default: round robin.
     pub routing: Routing,
-    /// Eviction policy of every tier. Default: `lru` (what the tiers use today).
+    /// Eviction policy of every tier. Default: `hit-density` (the tiers' default).
     pub policy: PolicyKind,
     /// Tokens per trace block. Default: `512` (the Mooncake traces).
     pub block_tokens: u64,
@@ -112,7 +113,7 @@ impl Default for SimConfig {
             host: Capacity::Absent,
             pool: Capacity::Unbounded,
             routing: Routing::RoundRobin,
-            policy: PolicyKind::Lru,
+            policy: PolicyKind::HitDensity,
             block_tokens: 512,
             kv_bytes_per_token: 128 << 10,
             prefill_tokens_per_s: 8000.0,
@@ -148,11 +149,36 @@ impl SimConfig {
     }
 }
 
+/// Hashes trace block ids (u64) with the splitmix64 finaliser: the eviction predicate looks a
+/// block up for every candidate, and SipHash made that most of a replay. Trace ids come from a
+/// file, not an adversary.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let mut z = (self.0 ^ x).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 /// One tier: a block set bounded by a policy.
 struct Tier {
     capacity: Capacity,
     /// Block id to the index of the request that last stored it.
-    blocks: HashMap<u64, usize>,
+    blocks: IdMap<usize>,
     policy: Box<dyn EvictionPolicy<u64>>,
     evictions: u64,
 }
@@ -165,7 +191,7 @@ impl Tier {
         };
         Tier {
             capacity,
-            blocks: HashMap::new(),
+            blocks: IdMap::default(),
             policy: policy.build(hint),
             evictions: 0,
         }
@@ -207,19 +233,22 @@ impl Tier {
             }
         }
         if let Capacity::Blocks(cap) = self.capacity {
-            while self.blocks.len() > cap {
+            let excess = self.blocks.len().saturating_sub(cap);
+            if excess > 0 {
                 // Blocks of the request being stored go last.
                 let blocks = &self.blocks;
-                let victim = self
+                let mut victims = self
                     .policy
-                    .evict(&mut |k| blocks.get(k) != Some(&request))
-                    .or_else(|| self.policy.evict(&mut |_| true));
-                match victim {
-                    Some(v) => {
-                        self.blocks.remove(&v);
-                        self.evictions += 1;
-                    }
-                    None => break,
+                    .evict_batch(excess, &mut |k| blocks.get(k) != Some(&request));
+                if victims.len() < excess {
+                    let more = self
+                        .policy
+                        .evict_batch(excess - victims.len(), &mut |_| true);
+                    victims.extend(more);
+                }
+                for v in victims {
+                    self.blocks.remove(&v);
+                    self.evictions += 1;
                 }
             }
         }
@@ -426,7 +455,7 @@ pub fn belady(trace: &[Request], capacity: usize, block_tokens: u64) -> f64 {
         .iter()
         .map(|r| vec![usize::MAX; r.hash_ids.len()])
         .collect();
-    let mut last_seen: HashMap<u64, usize> = HashMap::new();
+    let mut last_seen: IdMap<usize> = IdMap::default();
     for (i, r) in trace.iter().enumerate().rev() {
         for (j, id) in r.hash_ids.iter().enumerate() {
             next_use[i][j] = last_seen.get(id).copied().unwrap_or(usize::MAX);
@@ -435,7 +464,7 @@ pub fn belady(trace: &[Request], capacity: usize, block_tokens: u64) -> f64 {
             last_seen.insert(*id, i);
         }
     }
-    let mut cached: HashMap<u64, usize> = HashMap::new();
+    let mut cached: IdMap<usize> = IdMap::default();
     let mut heap = std::collections::BinaryHeap::new();
     let (mut hit, mut total) = (0u64, 0u64);
     for (i, r) in trace.iter().enumerate() {
@@ -491,13 +520,13 @@ pub struct SweepRow {
     pub capacity_bytes: u64,
     /// Least recently used.
     pub lru: f64,
-    /// The prefix-aware candidate.
-    pub prefix_aware: f64,
+    /// Hit density, the tiers' default policy.
+    pub hit_density: f64,
     /// The offline optimum.
     pub belady: f64,
 }
 
-/// Replays one shared tier at each capacity under LRU, the prefix-aware candidate and Belady.
+/// Replays one shared tier at each capacity under LRU, hit density (the default) and Belady.
 pub fn sweep(
     trace: &[Request],
     capacities: &[usize],
@@ -522,7 +551,7 @@ pub fn sweep(
             capacity_blocks: cap,
             capacity_bytes: cap as u64 * cfg.block_tokens * cfg.kv_bytes_per_token,
             lru: one(PolicyKind::Lru)?,
-            prefix_aware: one(PolicyKind::PrefixAware)?,
+            hit_density: one(PolicyKind::HitDensity)?,
             belady: belady(trace, cap, cfg.block_tokens),
         };
         progress(&row);
@@ -617,7 +646,7 @@ mod tests {
                 ..inf.clone()
             };
             let opt = belady(&trace, cap, 4);
-            for p in [PolicyKind::Lru, PolicyKind::PrefixAware] {
+            for p in [PolicyKind::Lru, PolicyKind::HitDensity] {
                 let got = simulate(
                     &trace,
                     &SimConfig {

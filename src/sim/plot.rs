@@ -41,7 +41,7 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str) -> String {
     let span = if x1 > x0 { x1 - x0 } else { 1.0 };
     let ymax = rows
         .iter()
-        .map(|r| r.belady.max(r.lru).max(r.prefix_aware))
+        .map(|r| r.belady.max(r.lru).max(r.hit_density))
         .fold(0.0, f64::max);
     let ytop = ((ymax * 100.0 / 5.0).ceil() * 5.0).max(5.0);
     let px = |x: f64| LEFT + (x - x0) / span * (W - LEFT - RIGHT);
@@ -95,7 +95,7 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str) -> String {
     type Series = (&'static str, &'static str, fn(&SweepRow) -> f64);
     let series: [Series; 3] = [
         ("Belady (optimum)", "#888888", |r| r.belady),
-        ("prefix-aware", "#1f77b4", |r| r.prefix_aware),
+        ("hit density (default)", "#1f77b4", |r| r.hit_density),
         ("LRU", "#d62728", |r| r.lru),
     ];
     for (i, (name, color, f)) in series.iter().enumerate() {
@@ -161,7 +161,7 @@ mod tests {
                 capacity_blocks: c,
                 capacity_bytes: 0,
                 lru: 0.1,
-                prefix_aware: 0.2,
+                hit_density: 0.2,
                 belady: 0.3,
             })
             .collect();

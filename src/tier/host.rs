@@ -1,5 +1,6 @@
 //! The host-memory tier: a fixed-capacity arena of equal slots in a `memfd_create` mapping (so
-//! the agent can hand the same memory to engine processes), an index, LRU eviction, and pins.
+//! the agent can hand the same memory to engine processes), an index, eviction by a policy
+//! ([`PolicyKind`]: hit density by default, see [`crate::policy::HitDensity`]), and pins.
 //!
 //! A slot holds one record (`[header][payload][pad]`, see [`crate::block`]), so a slot can be
 //! written to disk or the wire as it is. Writers get an exclusive [`WriteSlot`] from a free slot;
@@ -27,7 +28,9 @@ pub struct HostArenaConfig {
     pub payload_len: usize,
     /// Name of the memfd (visible in `/proc/PID/fd`). Default: `kvtier-arena`.
     pub name: String,
-    /// Eviction policy. Default: `Lru`.
+    /// Eviction policy: [`PolicyKind::HitDensity`] learns which blocks come back and evicts
+    /// chain tails first when commits name the parent (see [`WriteSlot::commit_with`]), or
+    /// `Lru`. Default: `HitDensity`.
     pub policy: PolicyKind,
 }
 
@@ -37,7 +40,7 @@ impl Default for HostArenaConfig {
             capacity_bytes: 1 << 30,
             payload_len: 2 << 20,
             name: "kvtier-arena".into(),
-            policy: PolicyKind::Lru,
+            policy: PolicyKind::default(),
         }
     }
 }
@@ -220,7 +223,7 @@ impl HostArena {
         true
     }
 
-    /// True when `key` is indexed (no pin, no LRU update, no hit/miss counted).
+    /// True when `key` is indexed (no pin, no policy update, no hit/miss counted).
     pub fn contains(&self, key: BlockKey) -> bool {
         self.index.contains_key(&key)
     }
@@ -231,7 +234,7 @@ impl HostArena {
         unsafe { self.base.add(slot.0 as usize * self.slot_len) }
     }
 
-    /// Takes a free slot for writing, evicting the least recently used unpinned object if none
+    /// Takes a free slot for writing, evicting an unpinned object (the policy's choice) if none
     /// is free. Fails with `NoSpace` only when every slot is pinned or being written.
     pub fn reserve(&self) -> Result<WriteSlot<'_>> {
         Ok(WriteSlot {
@@ -598,14 +601,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn arena(slots: u64, payload: usize) -> HostArena {
+    fn arena_with(slots: u64, payload: usize, policy: PolicyKind) -> HostArena {
         HostArena::new(&HostArenaConfig {
             capacity_bytes: slots * record_len(payload) as u64,
             payload_len: payload,
             name: "test".into(),
-            policy: PolicyKind::Lru,
+            policy,
         })
         .unwrap()
+    }
+
+    /// An arena with the default policy.
+    fn arena(slots: u64, payload: usize) -> HostArena {
+        arena_with(slots, payload, PolicyKind::default())
     }
 
     fn k(i: u128) -> BlockKey {
@@ -614,7 +622,7 @@ mod tests {
 
     #[test]
     fn put_get_and_lru_eviction() {
-        let a = arena(3, 1000);
+        let a = arena_with(3, 1000, PolicyKind::Lru);
         for i in 0..3u8 {
             assert!(matches!(
                 put_copy(&a, k(i as u128), 9, &[i; 1000]).unwrap(),
@@ -637,6 +645,33 @@ mod tests {
         assert_eq!(a.stats().evictions, 1);
         assert!(a.lookup(k(1)).is_none());
         assert_eq!(a.stats().misses, 1);
+    }
+
+    #[test]
+    fn the_default_policy_evicts_chain_tails_first() {
+        let a = arena(3, 100);
+        let put = |key: u128, parent: Option<u128>| {
+            let mut w = a.reserve().unwrap();
+            w.payload_mut().fill(key as u8);
+            w.commit_with(
+                k(key),
+                0,
+                InsertInfo {
+                    parent: parent.map(k),
+                },
+            )
+        };
+        put(1, None);
+        put(2, Some(1));
+        put(3, Some(2));
+        // Full: the chain 1-2-3 loses its tail, not its head (the oldest).
+        put(10, None);
+        assert!(a.contains(k(1)) && a.contains(k(2)) && !a.contains(k(3)));
+        put(11, None);
+        assert!(a.contains(k(1)) && !a.contains(k(2)));
+        put(12, None);
+        assert!(!a.contains(k(1)) && a.contains(k(10)) && a.contains(k(11)));
+        assert_eq!(a.stats().evictions, 3);
     }
 
     #[test]

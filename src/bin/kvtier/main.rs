@@ -131,8 +131,8 @@ struct SimArgs {
     /// Routing: round-robin or prefix-aware.
     #[arg(long, default_value = "round-robin")]
     routing: String,
-    /// Eviction policy of every tier: lru (the tiers' default) or prefix-aware (candidate).
-    #[arg(long, default_value = "lru")]
+    /// Eviction policy of every tier: hit-density (the tiers' default) or lru.
+    #[arg(long, default_value = "hit-density")]
     policy: String,
     /// Tokens per trace block.
     #[arg(long, default_value_t = 512)]
@@ -150,7 +150,7 @@ struct SimArgs {
     #[arg(long, default_value_t = 5.0)]
     pool_gbps: f64,
     /// Capacity sweep of one shared tier: comma-separated capacities in blocks, or `default`
-    /// (1k to 200k). Compares LRU, kvtier's policy and the offline optimum.
+    /// (1k to 200k). Compares LRU, kvtier's default policy (hit density) and the offline optimum.
     #[arg(long)]
     sweep: Option<String>,
     /// Where the sweep's plot goes (SVG).
@@ -550,17 +550,17 @@ fn sim(a: SimArgs) -> Result<()> {
         }
         println!(
             "{:>12} {:>10} {:>9} {:>12} {:>9} {:>10}",
-            "blocks", "GiB", "LRU", "prefix-aware", "Belady", "PA/LRU"
+            "blocks", "GiB", "LRU", "hit-density", "Belady", "HD/LRU"
         );
         for r in &rows {
             println!(
-                "{:>12} {:>10.1} {:>8.1}% {:>11.1}% {:>8.1}% {:>10.2}",
+                "{:>12} {:>10.1} {:>8.2}% {:>11.2}% {:>8.2}% {:>10.3}",
                 r.capacity_blocks,
                 r.capacity_bytes as f64 / (1u64 << 30) as f64,
                 r.lru * 100.0,
-                r.prefix_aware * 100.0,
+                r.hit_density * 100.0,
                 r.belady * 100.0,
-                r.prefix_aware / r.lru
+                r.hit_density / r.lru
             );
         }
         println!("plot: {}", a.plot.display());

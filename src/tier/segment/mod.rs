@@ -4,9 +4,10 @@
 //! writes to preallocated segment files of a fixed size. An in-memory index maps keys to
 //! `(segment, offset)`. Capacity is a hard bound on the number of segment files; when a new
 //! segment is needed at the bound, the oldest segment is evicted whole, after re-appending
-//! the records read since they were written (second chance, bounded to half a segment). Every
-//! read verifies the record's checksum: a mismatch is a miss, counted by reason, and the entry
-//! is dropped. On open, the store recovers its index from the segment files (see `recover`).
+//! the records the eviction policy values (second chance, bounded to half a segment; see
+//! [`SegmentStore`] for the rule). Every read verifies the record's checksum: a mismatch is a
+//! miss, counted by reason, and the entry is dropped. On open, the store recovers its index
+//! from the segment files (see `recover`).
 
 mod file;
 mod recover;
@@ -17,13 +18,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::block::{BlockHeader, BlockObject, VerifyError, HEADER_LEN};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{CorruptionCounters, Counter, StoreStats};
+use crate::policy::{EvictionPolicy, InsertInfo, PolicyKind};
 use crate::tier::io::{IoEngine, IoMode};
 
 use file::Segment;
@@ -58,9 +60,12 @@ pub struct SegmentStoreConfig {
     /// Create the directory if it is missing. Default: `false` (a missing directory is an
     /// error, which catches a mistyped or unmounted path).
     pub create_dir: bool,
-    /// Re-append objects read since they were written when their segment is evicted.
+    /// Re-append valuable objects when their segment is evicted (see [`SegmentStore`]).
     /// Default: `true`.
     pub second_chance: bool,
+    /// The policy that decides which objects get a second chance (see [`SegmentStore`]; with
+    /// `Lru`, the objects read since they were written). Default: `HitDensity`.
+    pub policy: PolicyKind,
 }
 
 impl SegmentStoreConfig {
@@ -75,6 +80,7 @@ impl SegmentStoreConfig {
             durability: Durability::Written,
             create_dir: false,
             second_chance: true,
+            policy: PolicyKind::default(),
         }
     }
 
@@ -107,7 +113,7 @@ struct Loc {
     seg: u64,
     off: u64,
     len: u32,
-    /// Read since written: earns a second chance on eviction.
+    /// Read since written: earns a second chance on eviction when the policy has no ranking.
     hot: AtomicBool,
 }
 
@@ -132,12 +138,37 @@ struct Counters {
     torn_on_recovery: Counter,
 }
 
+/// Whether a record is appended by a client or re-appended by a second chance.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Put,
+    SecondChance,
+}
+
+type Policy = Box<dyn EvictionPolicy<BlockKey>>;
+
 /// The log-structured segment store. Thread-safe: many readers and writers at once.
+///
+/// Eviction is by whole segments, oldest first (a log cannot free a record in the middle), so
+/// the eviction policy ([`SegmentStoreConfig::policy`]) does not pick victims: it sees every
+/// put (an insert), every verified hit (an access), every removal and every record dropped with
+/// its segment (an eviction, which hit density remembers), and decides which of the victim
+/// segment's live records are re-appended. With hit density: those used more than once
+/// (counting uses before an earlier eviction, remembered by the policy) whose learnt hit
+/// density is at least the median of the victim's live records and above zero, highest density
+/// first; a re-append takes log space that the victim's typical record would otherwise hold
+/// a little longer, so a record earns it by being worth more than that. While the policy has
+/// learnt nothing about the victim's records (every density 0), and with LRU, the rule is
+/// the records read since they were written. Re-appends are bounded to half a segment per
+/// eviction, so the log always advances and capacity stays a hard bound.
 pub struct SegmentStore {
     cfg: SegmentStoreConfig,
     io: Arc<dyn IoEngine>,
     direct: bool,
     index: DashMap<BlockKey, Loc>,
+    /// Built when the first record's size is known (the policy wants a capacity in records).
+    /// Never locked while an index entry is held.
+    policy: Mutex<Option<Policy>>,
     segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
     active: Mutex<Active>,
     next_id: AtomicU64,
@@ -211,10 +242,24 @@ impl SegmentStore {
             }
         }
         segments.insert(next, seg.clone());
+        // Tell the policy about the recovered records, oldest segment first.
+        let mut policy: Option<Policy> = None;
+        for (id, s) in &segments {
+            for (key, off) in s.keys.lock().iter() {
+                let len = match index.get(key) {
+                    Some(l) if l.seg == *id && l.off == *off => l.len,
+                    _ => continue,
+                };
+                policy
+                    .get_or_insert_with(|| build_policy(&cfg, len as u64))
+                    .insert(*key, InsertInfo::default());
+            }
+        }
         let store = SegmentStore {
             io,
             direct,
             index,
+            policy: Mutex::new(policy),
             segments: RwLock::new(segments),
             active: Mutex::new(Active {
                 seg,
@@ -269,7 +314,7 @@ impl SegmentStore {
     /// Stores a sealed object. Returns when the write has completed per `durability`.
     /// An existing object of the same key is replaced (the old record becomes dead space).
     pub fn put(&self, obj: &BlockObject) -> Result<()> {
-        self.append(obj.record(), obj.header().key(), true)
+        self.append(obj.record(), obj.header().key(), Origin::Put)
     }
 
     /// Stores a complete record (header, payload, padding) from a page-aligned buffer, such as
@@ -282,10 +327,25 @@ impl SegmentStore {
                 "a record must be page-aligned and hold its whole payload",
             ));
         }
-        self.append(&record[..h.record_len()], h.key(), true)
+        self.append(&record[..h.record_len()], h.key(), Origin::Put)
     }
 
-    fn append(&self, record: &[u8], key: BlockKey, allow_second_chance: bool) -> Result<()> {
+    /// The policy, built for records of `len` bytes if it is not yet.
+    fn policy_for(&self, len: u64) -> MutexGuard<'_, Option<Policy>> {
+        let mut p = self.policy.lock();
+        if p.is_none() {
+            *p = Some(build_policy(&self.cfg, len));
+        }
+        p
+    }
+
+    fn with_policy(&self, f: impl FnOnce(&mut Policy)) {
+        if let Some(p) = self.policy.lock().as_mut() {
+            f(p)
+        }
+    }
+
+    fn append(&self, record: &[u8], key: BlockKey, origin: Origin) -> Result<()> {
         let len = record.len() as u64;
         if len > self.cfg.segment_bytes - ALIGN as u64 || len % ALIGN as u64 != 0 {
             return Err(Error::invalid(format!(
@@ -323,10 +383,15 @@ impl SegmentStore {
                 s.live_bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
             }
         }
+        if origin == Origin::Put {
+            if let Some(p) = self.policy_for(len).as_mut() {
+                p.insert(key, InsertInfo::default());
+            }
+        }
         self.counters.puts.inc();
         self.counters.bytes_in.add(len);
         if let Some(v) = victim {
-            self.drop_segment(v, allow_second_chance && self.cfg.second_chance);
+            self.drop_segment(v, origin == Origin::Put && self.cfg.second_chance);
         }
         Ok(())
     }
@@ -431,43 +496,85 @@ impl SegmentStore {
         Some(seg)
     }
 
-    /// Drops a victim's index entries; first re-appends the hot ones when `second_chance`.
+    /// Drops a victim's index entries; first re-appends the ones the policy values when
+    /// `second_chance` (see [`SegmentStore`]).
     fn drop_segment(&self, victim: Arc<Segment>, second_chance: bool) {
         let keys = std::mem::take(&mut *victim.keys.lock());
-        let mut budget = if second_chance {
-            self.cfg.segment_bytes / 2
-        } else {
-            0
-        };
-        let mut buf = AlignedBuf::zeroed(0);
-        for (key, off) in keys {
-            let (len, hot) = match self.index.get(&key) {
+        // The victim's live records: (key, offset, length, read since written).
+        let live: Vec<(BlockKey, u64, usize, bool)> = keys
+            .into_iter()
+            .filter_map(|(key, off)| match self.index.get(&key) {
                 Some(l) if l.seg == victim.id && l.off == off => {
-                    (l.len as usize, l.hot.load(Ordering::Relaxed))
+                    Some((key, off, l.len as usize, l.hot.load(Ordering::Relaxed)))
                 }
-                _ => continue,
-            };
-            if hot && len as u64 <= budget {
-                budget -= len as u64;
-                if buf.len() < len {
-                    buf = AlignedBuf::zeroed(len);
-                }
-                let kept = self.io.read_at(&victim.file, &mut buf[..len], off).is_ok()
-                    && self.verify(&buf[..len], key).is_ok()
-                    && self.append(&buf[..len], key, false).is_ok();
-                if kept {
-                    self.counters.second_chances.inc();
-                    continue;
-                }
+                _ => None,
+            })
+            .collect();
+        let keep = if second_chance {
+            self.second_chances(&live)
+        } else {
+            Vec::new()
+        };
+        let mut budget = self.cfg.segment_bytes / 2;
+        let mut buf = AlignedBuf::zeroed(0);
+        let mut kept = vec![false; live.len()];
+        for i in keep {
+            let (key, off, len, _) = live[i];
+            if len as u64 > budget {
+                continue;
             }
-            if self
-                .index
-                .remove_if(&key, |_, l| l.seg == victim.id && l.off == off)
-                .is_some()
-            {
-                self.counters.evictions.inc();
+            budget -= len as u64;
+            if buf.len() < len {
+                buf = AlignedBuf::zeroed(len);
+            }
+            kept[i] = self.io.read_at(&victim.file, &mut buf[..len], off).is_ok()
+                && self.verify(&buf[..len], key).is_ok()
+                && self.append(&buf[..len], key, Origin::SecondChance).is_ok();
+            if kept[i] {
+                self.counters.second_chances.inc();
             }
         }
+        let mut dropped = Vec::new();
+        for (&(key, off, _, _), kept) in live.iter().zip(kept) {
+            if !kept
+                && self
+                    .index
+                    .remove_if(&key, |_, l| l.seg == victim.id && l.off == off)
+                    .is_some()
+            {
+                self.counters.evictions.inc();
+                dropped.push(key);
+            }
+        }
+        self.with_policy(|p| dropped.into_iter().for_each(|k| p.evicted(k)));
+    }
+
+    /// Which of a victim's live records get a second chance, best first (indices into `live`).
+    fn second_chances(&self, live: &[(BlockKey, u64, usize, bool)]) -> Vec<usize> {
+        let standing: Vec<_> = {
+            let p = self.policy.lock();
+            live.iter()
+                .map(|r| p.as_ref().and_then(|p| p.standing(&r.0)))
+                .collect()
+        };
+        let mut densities: Vec<f64> = standing.iter().flatten().map(|s| s.density).collect();
+        densities.sort_by(f64::total_cmp);
+        let learnt = densities.last().is_some_and(|&d| d > 0.0);
+        let median = densities.get(densities.len() / 2).copied().unwrap_or(0.0);
+        let mut keep: Vec<(f64, usize)> = live
+            .iter()
+            .zip(&standing)
+            .enumerate()
+            .filter_map(|(i, (&(_, _, _, hot), st))| match st {
+                Some(s) if learnt => (s.uses >= 2 && s.density > 0.0 && s.density >= median)
+                    .then_some((s.density, i)),
+                // No ranking (LRU, an untracked record) or nothing learnt: read since written.
+                _ => hot.then_some((f64::INFINITY, i)),
+            })
+            .collect();
+        // Highest density first; among equals, oldest first.
+        keep.sort_by(|a, b| b.0.total_cmp(&a.0));
+        keep.into_iter().map(|(_, i)| i).collect()
     }
 
     fn verify(&self, record: &[u8], key: BlockKey) -> Result<BlockHeader, VerifyError> {
@@ -531,13 +638,19 @@ impl SegmentStore {
             Ok(h) => {
                 self.counters.hits.inc();
                 self.counters.bytes_out.add(h.payload_len());
+                self.with_policy(|p| p.access(key));
                 Ok(Some(h))
             }
             Err(reason) => {
                 self.counters.corrupt.record(reason);
                 self.counters.misses.inc();
-                self.index
-                    .remove_if(&key, |_, l| l.seg == seg_id && l.off == off);
+                if self
+                    .index
+                    .remove_if(&key, |_, l| l.seg == seg_id && l.off == off)
+                    .is_some()
+                {
+                    self.with_policy(|p| p.remove(key));
+                }
                 tracing::warn!(%key, segment = %seg.path.display(), offset = off, reason = reason.as_str(), "dropping corrupt record");
                 Ok(None)
             }
@@ -553,6 +666,20 @@ impl SegmentStore {
         })
     }
 
+    /// Marks `key` as used without reading it: for a hit served by a cache in front of the
+    /// store, so the eviction policy (and the second chance) count it. False when absent.
+    pub fn touch(&self, key: BlockKey) -> bool {
+        let found = self
+            .index
+            .get(&key)
+            .map(|l| l.hot.store(true, Ordering::Relaxed))
+            .is_some();
+        if found {
+            self.with_policy(|p| p.access(key));
+        }
+        found
+    }
+
     /// Removes `key` from the index (its space is reclaimed when its segment is evicted).
     pub fn remove(&self, key: BlockKey) -> bool {
         match self.index.remove(&key) {
@@ -560,6 +687,7 @@ impl SegmentStore {
                 if let Some(s) = self.segments.read().get(&l.seg) {
                     s.live_bytes.fetch_sub(l.len as u64, Ordering::Relaxed);
                 }
+                self.with_policy(|p| p.remove(key));
                 true
             }
             None => false,
@@ -627,7 +755,7 @@ pub struct SegmentStats {
     pub segments: u64,
     /// Segments evicted whole.
     pub segments_evicted: u64,
-    /// Objects re-appended on eviction because they were read since written.
+    /// Objects re-appended when their segment was evicted (the policy valued them).
     pub second_chances: u64,
     /// Puts that failed with an I/O error (e.g. disk full).
     pub write_errors: u64,
@@ -644,6 +772,13 @@ impl std::fmt::Debug for SegmentStore {
             .field("objects", &self.len())
             .finish()
     }
+}
+
+/// The policy for a store of `cfg` whose records are `record_len` bytes.
+fn build_policy(cfg: &SegmentStoreConfig, record_len: u64) -> Policy {
+    let records = (cfg.capacity_bytes / record_len.max(ALIGN as u64)).max(1);
+    cfg.policy
+        .build(usize::try_from(records).unwrap_or(usize::MAX))
 }
 
 /// True when an error means the store cannot take writes right now (full disk or capacity).

@@ -215,6 +215,137 @@ fn second_chance_keeps_objects_that_are_read() {
     );
 }
 
+/// Trains a store's policy on synthetic keys: every second key is used twice more, 1500 and
+/// 3000 ticks after it is stored; the others never again.
+fn train(store: &SegmentStore) {
+    let mut guard = store.policy_for(4096);
+    let p = guard.as_mut().unwrap();
+    let mut pending = std::collections::VecDeque::new();
+    let mut uses = std::collections::HashMap::new();
+    for t in 0..20_000u64 {
+        let k = key(1 << 40 | t);
+        p.insert(k, InsertInfo::default());
+        uses.insert(k, 1);
+        if t % 2 == 0 {
+            pending.push_back((t + 750, k));
+        }
+        while pending.front().is_some_and(|&(at, _)| at <= t) {
+            let (at, k) = pending.pop_front().unwrap();
+            p.access(k);
+            *uses.get_mut(&k).unwrap() += 1;
+            if uses[&k] == 2 {
+                pending.push_back((at + 750, k));
+            }
+        }
+        while p.len() > 2000 {
+            let v = p.evict(&mut |_| true).unwrap();
+            uses.remove(&v);
+        }
+    }
+}
+
+#[test]
+fn second_chances_follow_the_policy_once_it_has_learnt() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 4)).unwrap();
+    train(&store);
+    let (used_twice, once, untracked, once_too, returned) =
+        (key(1), key(2), key(3), key(4), key(5));
+    {
+        let mut guard = store.policy.lock();
+        let p = guard.as_mut().unwrap();
+        for k in [used_twice, once, once_too, returned] {
+            p.insert(k, InsertInfo::default());
+        }
+        p.access(used_twice);
+        // Stored, evicted with its segment, stored again: remembered as used twice.
+        p.evicted(returned);
+        p.insert(returned, InsertInfo::default());
+        for i in 0..100 {
+            p.insert(key(2 << 40 | i), InsertInfo::default());
+        }
+        let s = |k| p.standing(&k).unwrap();
+        assert_eq!(
+            (s(used_twice).uses, s(returned).uses, s(once).uses),
+            (2, 2, 1)
+        );
+        assert!(
+            s(used_twice).density > s(once).density,
+            "the policy has learnt"
+        );
+    }
+    // (key, offset, length, read since written)
+    let live = [
+        (once, 0, 4096, true),
+        (used_twice, 0, 4096, false),
+        (untracked, 0, 4096, true),
+        (once_too, 0, 4096, false),
+        (returned, 0, 4096, false),
+    ];
+    let keep: Vec<BlockKey> = store
+        .second_chances(&live)
+        .into_iter()
+        .map(|i| live[i].0)
+        .collect();
+    // The policy's choice, not the read flag: the record used twice and the one that came back
+    // after an eviction; the once-used record goes even though it was read. A record the
+    // policy does not track falls back to the read flag.
+    assert_eq!(keep.len(), 3, "{keep:?}");
+    assert_eq!(keep[0], untracked);
+    assert!(keep.contains(&used_twice) && keep.contains(&returned));
+
+    // With LRU (no ranking): exactly the records read since they were written, oldest first.
+    let d2 = tempfile::tempdir().unwrap();
+    let mut c = cfg(d2.path(), 4);
+    c.policy = PolicyKind::Lru;
+    let lru = SegmentStore::open(c).unwrap();
+    train(&lru);
+    let keep: Vec<usize> = lru.second_chances(&live);
+    assert_eq!(keep, vec![0, 2]);
+}
+
+#[test]
+fn the_policy_sees_puts_hits_removals_and_evictions() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 4)).unwrap();
+    for i in 0..5 {
+        store.put(&obj(i)).unwrap();
+    }
+    assert!(check(&store, 0) && check(&store, 0));
+    assert!(store.remove(key(1)));
+    let uses = |i| {
+        store
+            .policy
+            .lock()
+            .as_ref()
+            .unwrap()
+            .standing(&key(i))
+            .map(|s| s.uses)
+    };
+    assert_eq!((uses(0), uses(1), uses(2)), (Some(3), None, Some(1)));
+    // A hit served by a cache in front of the store.
+    assert!(store.touch(key(3)) && !store.touch(key(1)));
+    assert_eq!(uses(3), Some(2));
+    // Write until objects 0..5 are evicted with their segments (0 by its second chance too).
+    for i in 5..200 {
+        store.put(&obj(i)).unwrap();
+    }
+    assert!(!store.contains(key(2)));
+    assert_eq!(uses(2), None);
+    assert_eq!(
+        store.policy.lock().as_ref().unwrap().len(),
+        store.len(),
+        "the policy tracks exactly the indexed objects"
+    );
+    // Stored again after its eviction: the policy remembers the first time.
+    store.put(&obj(2)).unwrap();
+    assert_eq!(uses(2), Some(2));
+    // Reopening recovers the index and tells the policy about every object.
+    drop(store);
+    let store = SegmentStore::open(cfg(d.path(), 4)).unwrap();
+    assert_eq!(store.policy.lock().as_ref().unwrap().len(), store.len());
+}
+
 #[test]
 fn readers_run_while_writers_write() {
     let d = tempfile::tempdir().unwrap();
