@@ -259,7 +259,9 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
     let mut cfg = PoolClientConfig::new(vec![Member { addr, weight: 1.0 }]);
     cfg.secret = opts.secret.clone();
     cfg.timeout = Duration::from_secs(30);
-    cfg.conns_per_member = 1;
+    // One client with as many connections as requests in flight, as the peers get (LMCache: one
+    // connector per request in flight; Redis: a pool of that many connections).
+    cfg.conns_per_member = opts.concurrency.iter().copied().max().unwrap_or(1).max(1);
     let client = PoolClient::new(cfg)?;
     let mut rows = Vec::new();
     #[allow(clippy::too_many_arguments)]
