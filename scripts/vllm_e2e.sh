@@ -25,5 +25,5 @@ trap 'rm -rf "$WORK"' EXIT
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_TARGET_DEVICE=cpu
 export TMPDIR="$WORK" VLLM_CACHE_ROOT="$WORK/vllm-cache"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_CPU_NUM_OF_RESERVED_CPU=1
-export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-exec "$PY" -m pytest -p no:cacheprovider -s -v "$ROOT/tests/vllm" "$@"
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 PYTHONFAULTHANDLER=1
+"$PY" -m pytest -p no:cacheprovider -s -v "$ROOT/tests/vllm" "$@"

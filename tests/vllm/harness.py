@@ -2,12 +2,13 @@
 import glob
 import json
 import os
+import queue
 import random
-import select
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -66,8 +67,11 @@ class Replica:
     """A vLLM engine process (tests/vllm/replica.py); `socket` None runs it without kvtier."""
 
     def __init__(self, python: str, model: str, log_path: str, socket: Optional[str] = None,
-                 stats_dir: Optional[str] = None, env: Optional[Dict[str, str]] = None):
-        args = [python, os.path.join(HERE, "replica.py"), "--model", model]
+                 stats_dir: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                 load_async: bool = False, tp: int = 1):
+        args = [python, os.path.join(HERE, "replica.py"), "--model", model, "--tp", str(tp)]
+        if load_async:
+            args += ["--load-async"]
         if socket:
             args += ["--socket", socket]
         if stats_dir:
@@ -75,9 +79,13 @@ class Replica:
         self.stats_dir = stats_dir
         self.log_path = log_path
         self._log = open(log_path, "w")
+        # A session of its own: close() ends the engine's helper processes with it.
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     env=env, text=True, bufsize=1)
+                                     env=env, text=True, bufsize=1, start_new_session=True)
         self._ready = False
+        self._replies: "queue.Queue[Optional[dict]]" = queue.Queue()
+        self._pumper = threading.Thread(target=self._pump, daemon=True)
+        self._pumper.start()
 
     def wait_ready(self) -> "Replica":
         if not self._ready:
@@ -85,21 +93,39 @@ class Replica:
             self._ready = True
         return self
 
+    def _pump(self) -> None:
+        """Reads the replica's stdout (vLLM logs there too) so that it never blocks on a full
+        pipe; replies go to the queue, the rest to the log."""
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                self._replies.put(json.loads(line[3:]))
+            else:
+                self._log.write(line)
+        self._replies.put(None)  # end of output
+
     def _read(self, timeout: float) -> dict:
         deadline = time.time() + timeout
         while True:
             left = deadline - time.time()
             if left <= 0:
-                raise TimeoutError(f"replica did not answer within {timeout}s; see {self.log_path}")
-            r, _, _ = select.select([self.proc.stdout], [], [], left)
-            if not r:
+                raise TimeoutError(f"replica did not answer within {timeout}s; see {self.log_path}:\n"
+                                   + self.log_tail())
+            try:
+                out = self._replies.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                # vLLM's engine processes keep the pipe open when the replica itself dies.
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"replica exited ({self.proc.returncode}); see {self.log_path}:\n"
+                                       + self.log_tail())
                 continue
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"replica exited ({self.proc.poll()}); see {self.log_path}")
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-            self._log.write(line)
+            if out is None:
+                raise RuntimeError(f"replica exited ({self.proc.poll()}); see {self.log_path}:\n" + self.log_tail())
+            return out
+
+    def log_tail(self, n: int = 30) -> str:
+        self._log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
 
     def send(self, cmd: dict) -> None:
         self.wait_ready()
@@ -129,13 +155,18 @@ class Replica:
         return out
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and self._ready:
             try:
                 self.send({"op": "quit"})
                 self.proc.wait(60)
             except Exception:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the engine is left
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._pumper.join(10)
         self._log.close()
 
 

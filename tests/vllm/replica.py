@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--load-async", action="store_true")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     a = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -40,7 +41,7 @@ def main() -> None:
         }
     llm = LLM(model=a.model, dtype=a.dtype, enforce_eager=True, enable_prefix_caching=False,
               max_model_len=a.max_model_len, block_size=a.block_size,
-              max_num_batched_tokens=a.max_model_len, seed=0, **kw)
+              max_num_batched_tokens=a.max_model_len, seed=0, tensor_parallel_size=a.tp, **kw)
     reply({"ready": True})
     for line in sys.stdin:
         cmd = json.loads(line)

@@ -2,7 +2,8 @@
 venv and the model and sets KVTIER_BIN, KVTIER_LIB and KVTIER_VLLM_MODEL.
 
 Three engines start once for the module: a reference without kvtier, and two replicas with the
-kvtier connector on the same agent socket. Each test starts its own agent (fresh pool directory)
+kvtier connector on the same agent socket (r1 loads synchronously, before the forward that uses
+the blocks; r2 asynchronously, between scheduler steps). Each test starts its own agent (fresh pool directory)
 on that socket, so every test also exercises the connector's reconnection to a new agent.
 Generated ids are always compared with the reference's; `num_cached_tokens` counts only tokens
 from kvtier (vLLM's prefix caching is off)."""
@@ -28,6 +29,7 @@ KVTIER_BIN = os.environ.get("KVTIER_BIN", "")
 SHARED = prompt(2, 600)
 PROMPTS = {
     "same": prompt(1, 700),
+    "exact": prompt(13, 640),  # whole blocks only
     "shared1": SHARED + prompt(3, 300),
     "shared2": SHARED + prompt(4, 200),
     "replica": prompt(5, 900),
@@ -57,19 +59,26 @@ def env():
     keep = os.environ.get("KVTIER_KEEP_LOGS")
     socket = os.path.join(work, "agent.sock")
     t0 = time.time()
-    ref = Replica(_python(), MODEL, os.path.join(work, "ref.log"))
-    r1 = Replica(_python(), MODEL, os.path.join(work, "r1.log"), socket, os.path.join(work, "stats1"))
-    r2 = Replica(_python(), MODEL, os.path.join(work, "r2.log"), socket, os.path.join(work, "stats2"))
+    replicas = []
     try:
-        for r in (ref, r1, r2):
-            r.wait_ready()
-        print(f"\nthree vLLM engines up in {time.time() - t0:.1f}s (logs in {work})")
+        # The reference first, alone (less memory at once on a small machine).
+        ref = Replica(_python(), MODEL, os.path.join(work, "ref.log"))
+        replicas.append(ref)
         # One prompt per call, as in the tests (batching can change the numerics).
         refs = {name: ref.generate([p])[0]["ids"] for name, p in PROMPTS.items()}
         ref.close()
+        print(f"\nreference engine: {time.time() - t0:.1f}s (logs in {work})")
+        r1 = Replica(_python(), MODEL, os.path.join(work, "r1.log"), socket, os.path.join(work, "stats1"))
+        replicas.append(r1)
+        r2 = Replica(_python(), MODEL, os.path.join(work, "r2.log"), socket, os.path.join(work, "stats2"),
+                     load_async=True)
+        replicas.append(r2)
+        r1.wait_ready()
+        r2.wait_ready()
+        print(f"two kvtier replicas up: {time.time() - t0:.1f}s")
         yield dict(work=work, socket=socket, obj=obj, refs=refs, r1=r1, r2=r2)
     finally:
-        for r in (ref, r1, r2):
+        for r in replicas:
             r.close()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -109,6 +118,9 @@ def test_same_prompt_twice_loads_from_kvtier(env, agent):
     s2 = r1.stats()
     assert delta(s1, s2, "worker0", "loaded_blocks") == full_blocks("same")
     assert delta(s1, s2, "worker0", "failed_blocks") == 0
+    # A prompt of whole blocks: all of them load and vLLM computes only the last token.
+    assert run(env, "r1", "exact") == 0
+    assert run(env, "r1", "exact") == len(PROMPTS["exact"]) - 1
 
 
 def test_shared_prefix_hits_the_shared_blocks(env, agent):

@@ -120,7 +120,7 @@ class Agent:
         """Counts a failed call; logs the first of a run of failures."""
         self.stats.add(what)
         if not self._down_logged:
-            log.warning("kvtier: %s failed (%s); treating as a miss", what.replace("_", " "), e)
+            log.warning("kvtier: agent call failed (%s: %s); misses until it answers again", what, e)
             self._down_logged = True
 
     def ok(self) -> None:

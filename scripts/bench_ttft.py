@@ -1,0 +1,275 @@
+"""TTFT of kvtier under vLLM's OpenAI server against vLLM's own baselines, on this machine's CPU.
+
+Starts a kvtier agent and vLLM servers itself, then measures the median time to first token over
+prompts of each size (fresh random token ids per round), for:
+  miss             prefill from scratch (server A, kvtier connector; the save is part of it)
+  kvtier_same      kvtier hit on the replica that stored it (server A, prefix caching off)
+  kvtier_other     kvtier hit on another replica (server B, same agent)
+  example          vLLM's ExampleConnector hit (server C, files under a scratch folder)
+  prefix_cache     vLLM's in-memory prefix-cache hit (server D, no connector): the floor
+Servers A and B run together, then C and D.
+Run with the vLLM venv's python (scripts/vllm_setup.sh bench builds it and the model):
+    python scripts/bench_ttft.py --model DIR --kvtier-bin target/release/kvtier \
+        --kvtier-lib target/release/libkvtier.so [--sizes 2048,4096,8192] [--rounds 3] [--json]
+Progress goes to stderr; the table (or --json) to stdout."""
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = ["miss", "kvtier_same", "kvtier_other", "example", "prefix_cache"]
+BLOCK = 128
+
+
+def progress(msg: str) -> None:
+    print(f"[bench ttft] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `vllm.entrypoints.openai.api_server` process."""
+
+    def __init__(self, name: str, a, work: str, env: dict, kv_config, prefix_caching: bool):
+        self.name, self.port = name, free_port()
+        self.log_path = os.path.join(work, f"{name}.log")
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", a.model,
+                "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "bfloat16", "--enforce-eager",
+                "--block-size", str(BLOCK), "--max-model-len", str(max(a.sizes) + a.extra_tokens + 256),
+                "--max-num-batched-tokens", str(a.max_num_batched_tokens), "--uvicorn-log-level", "warning",
+                "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching", "--seed", "0"]
+        if kv_config:
+            args += ["--kv-transfer-config", json.dumps(kv_config)]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server {self.name} exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                c.request("GET", "/health")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"vLLM server {self.name} not ready within {timeout}s; see {self.log_path}")
+
+    def ttft(self, prompt, model: str) -> float:
+        """Seconds from sending a streamed completion request to its first token."""
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 2, "temperature": 0.0,
+                           "stream": True, "ignore_eos": True})
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        t0 = time.perf_counter()
+        c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"{self.name}: HTTP {r.status}: {r.read()[:500]!r}")
+        first = None
+        for line in r:
+            if line.startswith(b"data: ") and first is None and line.strip() != b"data: [DONE]":
+                first = time.perf_counter() - t0
+        c.close()
+        if first is None:
+            raise RuntimeError(f"{self.name}: no token streamed")
+        return first
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+
+
+def kvtier_config(sock: str) -> dict:
+    return {"kv_connector": "KvtierConnector", "kv_connector_module_path": "kvtier_vllm.connector",
+            "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {"socket": sock}}
+
+
+def object_bytes(model: str) -> int:
+    with open(os.path.join(model, "config.json")) as f:
+        c = json.load(f)
+    head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return c["num_hidden_layers"] * 2 * BLOCK * c["num_key_value_heads"] * head * 2  # bf16
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="model directory (scripts/vllm_setup.sh bench)")
+    ap.add_argument("--kvtier-bin", required=True, help="the `kvtier` binary")
+    ap.add_argument("--kvtier-lib", required=True, help="libkvtier.so")
+    ap.add_argument("--sizes", default="2048,4096,8192", help="prompt sizes in tokens, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3, help="prompts per size (medians are reported)")
+    ap.add_argument("--extra-tokens", type=int, default=0,
+                    help="tokens added to each prompt size. At a multiple of the block size (128) "
+                         "vLLM's prefix cache recomputes the whole last block while a connector "
+                         "loads it and computes one token; 1 makes both compute one token")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE of each server")
+    ap.add_argument("--startup-timeout", type=float, default=600)
+    ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    a.sizes = [int(s) for s in a.sizes.split(",") if s]
+    cases = [c for c in a.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        ap.error(f"unknown cases {sorted(unknown)}")
+    with open(os.path.join(a.model, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+
+    work = tempfile.mkdtemp(prefix="kvtier-ttft-", dir="/tmp")
+    env = dict(os.environ)
+    env.update({
+        "KVTIER_LIB": os.path.abspath(a.kvtier_lib),
+        "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "integrations", "python"),
+                                       os.path.join(ROOT, "integrations", "vllm"), env.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu",
+        "TMPDIR": work, "VLLM_CACHE_ROOT": os.path.join(work, "vllm-cache"), "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib),
+        # Same thread count with and without a connector (vLLM reserves a core for connectors).
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+    })
+    sock = os.path.join(work, "agent.sock")
+    agent = None
+    results = {c: {} for c in cases}
+
+    def prompt_for(size: int, r: int):
+        rng = random.Random(size * 1000 + r)
+        return [rng.randrange(3, vocab) for _ in range(size + (a.extra_tokens if r >= 0 else 0))]
+
+    def phase(specs, measure) -> None:
+        """Starts `specs` (name, kv config, prefix caching) together, runs `measure(servers,
+        prompt)` on every prompt, and stops them (two servers at a time fit a small machine)."""
+        servers = {}
+        try:
+            for name, kv, pc in specs:
+                servers[name] = Server(name, a, work, env, kv, prefix_caching=pc)
+            t0 = time.time()
+            for srv in servers.values():
+                progress(f"waiting for vLLM server {srv.name} (log {srv.log_path})")
+                srv.wait_ready(a.startup_timeout)
+            progress(f"servers {', '.join(servers)} up in {time.time() - t0:.0f}s")
+            for srv in servers.values():  # the first request of a server pays one-time costs
+                srv.ttft(prompt_for(256, -1), a.model)
+            for size in a.sizes:
+                for r in range(a.rounds):
+                    got = measure(servers, prompt_for(size, r))
+                    for c, v in got.items():
+                        results.setdefault(c, {}).setdefault(size, []).append(v)
+                    progress(f"{size} tokens, round {r + 1}/{a.rounds}: " +
+                             ", ".join(f"{c} {v * 1000:.0f} ms" for c, v in got.items()))
+        finally:
+            for srv in servers.values():
+                srv.stop()
+
+    def measure_kvtier(servers, prompt):
+        got = {}
+        got["miss"] = servers["A"].ttft(prompt, a.model)  # prefill; its blocks are saved to kvtier
+        if "kvtier_same" in cases:
+            got["kvtier_same"] = servers["A"].ttft(prompt, a.model)
+        if "B" in servers:
+            got["kvtier_other"] = servers["B"].ttft(prompt, a.model)
+        return got
+
+    def measure_vllm(servers, prompt):
+        got = {}
+        if "C" in servers:
+            servers["C"].ttft(prompt, a.model)  # stores its files
+            got["example"] = servers["C"].ttft(prompt, a.model)
+        if "D" in servers:
+            servers["D"].ttft(prompt, a.model)  # fills the prefix cache
+            got["prefix_cache"] = servers["D"].ttft(prompt, a.model)
+        return got
+
+    try:
+        if {"miss", "kvtier_same", "kvtier_other"} & set(cases):
+            progress(f"starting the kvtier agent ({object_bytes(a.model) >> 10} KiB objects)")
+            agent = subprocess.Popen([a.kvtier_bin, "up", "--socket", sock, "--data", os.path.join(work, "pool"),
+                                      "--arena-bytes", "4GiB", "--object-bytes", str(object_bytes(a.model)),
+                                      "--pool-bytes", "16GiB"],
+                                     stdout=open(os.path.join(work, "agent.log"), "w"), stderr=subprocess.STDOUT)
+            deadline = time.time() + 30
+            while not os.path.exists(sock + ".fd"):
+                if agent.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"kvtier agent did not start; see {work}/agent.log")
+                time.sleep(0.1)
+            # Prefix caching off: a repeated prompt can only hit through the connector.
+            specs = [("A", kvtier_config(sock), False)]
+            if "kvtier_other" in cases:
+                specs.append(("B", kvtier_config(sock), False))
+            phase(specs, measure_kvtier)
+        specs = []
+        if "example" in cases:
+            store = os.path.join(work, "example-store")
+            os.makedirs(store)
+            specs.append(("C", {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                                "kv_connector_extra_config": {"shared_storage_path": store}}, False))
+        if "prefix_cache" in cases:
+            specs.append(("D", None, True))  # no connector: vLLM alone, its prefix cache on
+        if specs:
+            phase(specs, measure_vllm)
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        if a.keep:
+            progress(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    med = {c: {size: statistics.median(v) for size, v in results[c].items()} for c in cases}
+    floor = med.get("prefix_cache", {})
+    if a.json:
+        print(json.dumps({"model": a.model, "rounds": a.rounds, "sizes": a.sizes,
+                          "extra_tokens": a.extra_tokens, "median_ttft_s": {
+            c: {str(size): v for size, v in med[c].items()} for c in cases},
+            "samples_s": {c: {str(size): v for size, v in results[c].items()} for c in cases},
+            "ratio_to_prefix_cache": {c: {str(size): v / floor[size] for size, v in med[c].items() if size in floor}
+                                      for c in cases}}, indent=1))
+    else:
+        print(f"median TTFT, {a.rounds} rounds ({a.model}), prompts of SIZE+{a.extra_tokens} tokens")
+        print("case            " + "".join(f"{size:>14}" for size in a.sizes))
+        for c in cases:
+            row = ""
+            for size in a.sizes:
+                v = med[c].get(size)
+                ratio = f" ({v / floor[size]:.2f}x)" if v is not None and size in floor else ""
+                row += f"{(f'{v * 1000:.0f} ms' + ratio) if v is not None else '-':>14}"
+            print(f"{c:<16}{row}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
