@@ -19,6 +19,8 @@
 //!   trait the agent writes behind to.
 //! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
 //! - [`bench`]: the measurement programs behind `kvtier bench ...`.
+//! - [`ops`]: operating the daemons: the TOML configuration, `/metrics`, `/healthz` and
+//!   `/readyz`, readiness, `kvtier stat`.
 //! - `gpu` (feature `cuda`): the CUDA copy engine.
 
 #![warn(missing_docs)]
@@ -33,6 +35,7 @@ pub mod gpu;
 pub mod key;
 pub mod layout;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod pool;
 pub mod sim;

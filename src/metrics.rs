@@ -79,8 +79,123 @@ impl CorruptionCounters {
     }
 }
 
-/// Metric names (Prometheus style). Every exported metric is named here.
+/// Upper bounds of the latency histograms' buckets, in seconds (10 µs to 10 s; the last bucket,
+/// `+Inf`, is implicit).
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const LATENCY_BOUNDS_NS: [u64; 19] = {
+    let mut b = [0u64; 19];
+    let mut i = 0;
+    // 10 µs, 25 µs, 50 µs, then ×10 per three buckets.
+    let base = [10_000u64, 25_000, 50_000];
+    let mut scale = 1u64;
+    while i < 19 {
+        b[i] = base[i % 3] * scale;
+        if i % 3 == 2 {
+            scale *= 10;
+        }
+        i += 1;
+    }
+    b
+};
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS`]): one atomic add per
+/// observation, no lock.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], not cumulative, then `+Inf`.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// One latency histogram per operation of a fixed set (the agent's RPCs, the pool's ops).
+#[derive(Debug)]
+pub struct OpLatency {
+    ops: &'static [&'static str],
+    hists: Vec<Histogram>,
+}
+
+impl OpLatency {
+    /// A histogram for each of `ops`.
+    pub fn new(ops: &'static [&'static str]) -> Self {
+        OpLatency {
+            ops,
+            hists: ops.iter().map(|_| Histogram::default()).collect(),
+        }
+    }
+
+    /// Records one observation of `op` (an index into the list given to [`new`](Self::new)).
+    pub fn observe(&self, op: usize, d: std::time::Duration) {
+        if let Some(h) = self.hists.get(op) {
+            h.observe(d);
+        }
+    }
+
+    /// `(op, counts)` for every op.
+    pub fn snapshot(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.ops
+            .iter()
+            .zip(&self.hists)
+            .map(|(op, h)| (*op, h.snapshot()))
+            .collect()
+    }
+}
+
+/// Metric names (Prometheus style). Every exported metric is named here; the README's
+/// operations section lists them with their labels.
 pub mod names {
+    /// Daemon identity: `role` (agent, pool) and `version` labels, value 1.
+    pub const BUILD_INFO: &str = "kvtier_build_info";
     /// Lookups that found the object, by tier.
     pub const HITS: &str = "kvtier_hits_total";
     /// Lookups that did not, by tier.
@@ -97,8 +212,61 @@ pub mod names {
     pub const USED_BYTES: &str = "kvtier_used_bytes";
     /// Configured capacity of a tier.
     pub const CAPACITY_BYTES: &str = "kvtier_capacity_bytes";
+    /// Objects currently held by a tier.
+    pub const OBJECTS: &str = "kvtier_objects";
     /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered), by kind.
     pub const FALLBACKS: &str = "kvtier_fallbacks_total";
+    /// Time to serve a request, by op (histogram, seconds).
+    pub const REQUEST_SECONDS: &str = "kvtier_request_duration_seconds";
+    /// Entries waiting in a queue, by queue.
+    pub const QUEUE_DEPTH: &str = "kvtier_queue_depth";
+    /// Bound of a queue, by queue.
+    pub const QUEUE_CAPACITY: &str = "kvtier_queue_capacity";
+    /// Writes to the pool dropped from a full write-behind queue (each a future miss).
+    pub const DROPPED_WRITES: &str = "kvtier_dropped_writes_total";
+
+    /// Engine sessions open on the agent (connected engines).
+    pub const AGENT_SESSIONS: &str = "kvtier_agent_sessions";
+    /// Arena slots leased to engines now (being filled or copied out).
+    pub const AGENT_LEASES: &str = "kvtier_agent_leases";
+    /// Blocks engines saved (stored in the arena).
+    pub const AGENT_SAVES: &str = "kvtier_agent_saved_blocks_total";
+    /// Saves skipped because the block was stored or in flight.
+    pub const AGENT_DEDUP: &str = "kvtier_agent_deduplicated_blocks_total";
+    /// Blocks written behind to the pool.
+    pub const AGENT_POOL_WRITES: &str = "kvtier_agent_pool_writes_total";
+    /// Leases released because their engine's connection closed.
+    pub const AGENT_RECLAIMED: &str = "kvtier_agent_reclaimed_leases_total";
+    /// The agent's pool backend (`backend` label: embedded, servers, shared-dir, none), value 1.
+    pub const AGENT_POOL_BACKEND: &str = "kvtier_agent_pool_backend";
+    /// Per tenant (the engine name): sessions open.
+    pub const TENANT_SESSIONS: &str = "kvtier_tenant_sessions";
+    /// Per tenant: arena slots leased now.
+    pub const TENANT_LEASES: &str = "kvtier_tenant_leases";
+    /// Per tenant: bytes of the arena held by blocks the tenant saved.
+    pub const TENANT_USED_BYTES: &str = "kvtier_tenant_used_bytes";
+    /// Per tenant: blocks saved.
+    pub const TENANT_SAVES: &str = "kvtier_tenant_saved_blocks_total";
+    /// Per tenant: blocks loaded (from memory or the pool).
+    pub const TENANT_LOADS: &str = "kvtier_tenant_loaded_blocks_total";
+    /// Per tenant: blocks asked for and not delivered.
+    pub const TENANT_MISSES: &str = "kvtier_tenant_missed_blocks_total";
+
+    /// Pool server: connections open now.
+    pub const POOL_CONNECTIONS: &str = "kvtier_pool_connections";
+    /// Pool server: connections accepted since start.
+    pub const POOL_CONNECTIONS_TOTAL: &str = "kvtier_pool_connections_total";
+    /// Pool server: connections closed for a bad frame or failed authentication, by reason.
+    pub const POOL_REJECTED: &str = "kvtier_pool_rejected_connections_total";
+    /// Pool server: requests, by op.
+    pub const POOL_REQUESTS: &str = "kvtier_pool_requests_total";
+    /// Pool server: puts refused because the record failed verification (checksum, header,
+    /// key).
+    pub const POOL_BAD_RECORDS: &str = "kvtier_pool_bad_records_total";
+    /// Pool server: requests that failed (I/O, no space, draining).
+    pub const POOL_ERRORS: &str = "kvtier_pool_errors_total";
+    /// Pool server: whether it is draining (1) or taking writes (0).
+    pub const POOL_DRAINING: &str = "kvtier_pool_draining";
 }
 
 /// Snapshot of a store's counters, for `--json`, `kvtier stat` and tests.
@@ -124,4 +292,42 @@ pub struct StoreStats {
     pub used_bytes: u64,
     /// Configured capacity in bytes.
     pub capacity_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_bounds_match_the_published_seconds() {
+        for (ns, s) in LATENCY_BOUNDS_NS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*ns, (s * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn histogram_puts_each_observation_in_its_bucket() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(10)); // on a bound: that bucket (le is inclusive)
+        h.observe(Duration::from_micros(11));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60)); // past the last bound: +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.counts[0], 1);
+        assert_eq!(s.counts[1], 1);
+        assert_eq!(s.counts[8], 1, "3 ms falls in (2.5 ms, 5 ms]");
+        assert_eq!(s.counts[LATENCY_BUCKETS.len()], 1);
+        assert!((s.sum_seconds - 60.003_021).abs() < 1e-9);
+    }
+
+    #[test]
+    fn op_latency_ignores_an_unknown_op() {
+        let l = OpLatency::new(&["a", "b"]);
+        l.observe(1, Duration::from_millis(1));
+        l.observe(7, Duration::from_millis(1));
+        let s = l.snapshot();
+        assert_eq!((s[0].1.count(), s[1].1.count()), (0, 1));
+    }
 }

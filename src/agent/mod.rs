@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::pool::PoolSpec;
 use crate::tier::host::HostArenaConfig;
 
-pub use state::{AgentStats, State};
+pub use state::{AgentStats, State, TenantStats, AGENT_OPS, MAX_TENANTS, OTHER_TENANT};
 
 /// Configuration of an agent.
 #[derive(Debug, Clone)]
@@ -49,13 +49,28 @@ pub fn fd_socket_path(socket: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Runs an agent until `shutdown` resolves: binds both sockets (owner and group only), serves,
-/// then stops the write-behind worker after draining its queue.
+/// Runs an agent until `shutdown` resolves: [`bind`], then [`BoundAgent::serve`].
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<Arc<State>> {
-    let state = State::new(&cfg)?;
+    bind(&cfg)?.serve(shutdown).await
+}
+
+/// An agent whose state exists and whose sockets are bound, not serving yet (so that a
+/// metrics endpoint can be started on its state first).
+pub struct BoundAgent {
+    state: Arc<State>,
+    grpc: tokio::net::UnixListener,
+    fds: std::os::unix::net::UnixListener,
+    socket: PathBuf,
+    fd_path: PathBuf,
+}
+
+/// Creates the state (arena, pool) and binds both sockets (owner and group only). Must be
+/// called within a tokio runtime.
+pub fn bind(cfg: &AgentConfig) -> Result<BoundAgent> {
+    let state = State::new(cfg)?;
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::io("creating the socket directory", e).with_context("dir", dir.display())
@@ -85,24 +100,53 @@ pub async fn run(
                 .with_context("path", p.display())
         })?;
     }
-    state.clone().serve_descriptors(fds);
-    tracing::info!(socket = %cfg.socket.display(), "agent listening");
-    let svc = proto::agent_server::AgentServer::new(service::Service::new(state.clone()));
-    tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(grpc),
-            shutdown,
-        )
-        .await
-        .map_err(|e| {
-            Error::new(
-                crate::ErrorKind::Io,
-                format!("agent gRPC server failed: {e}"),
+    Ok(BoundAgent {
+        state,
+        grpc,
+        fds,
+        socket: cfg.socket.clone(),
+        fd_path,
+    })
+}
+
+impl BoundAgent {
+    /// The agent's state (counters for metrics).
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops the write-behind worker after draining its
+    /// queue and removes the sockets.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Arc<State>> {
+        let BoundAgent {
+            state,
+            grpc,
+            fds,
+            socket,
+            fd_path,
+        } = self;
+        state.clone().serve_descriptors(fds);
+        tracing::info!(socket = %socket.display(), "agent listening");
+        let svc = proto::agent_server::AgentServer::new(service::Service::new(state.clone()));
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(grpc),
+                shutdown,
             )
-        })?;
-    state.stop();
-    let _ = std::fs::remove_file(&cfg.socket);
-    let _ = std::fs::remove_file(&fd_path);
-    Ok(state)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    crate::ErrorKind::Io,
+                    format!("agent gRPC server failed: {e}"),
+                )
+            })?;
+        state.stop();
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&fd_path);
+        Ok(state)
+    }
 }

@@ -1,13 +1,16 @@
 //! The gRPC glue: each call runs the [`State`] operation on the blocking pool (operations may
-//! touch the disk) and maps errors to `tonic::Status` once, here.
+//! touch the disk) inside a span of its own (`rpc{op, session, blocks, bytes}`), times it into
+//! the op's latency histogram, and maps errors to `tonic::Status` once, here.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, agent_server::Agent};
-use super::state::{Granted, State};
+use super::state::{Granted, State, AGENT_OPS};
 use crate::error::{Error, ErrorKind};
 use crate::key::BlockKey;
 
@@ -20,17 +23,55 @@ impl Service {
         Service { state }
     }
 
+    /// The span of one request: `blocks` keys of `session`, `bytes` of payload they stand for.
+    fn span(&self, op: usize, session: u64, blocks: usize) -> tracing::Span {
+        let bytes = blocks as u64 * self.state.arena().payload_len() as u64;
+        tracing::info_span!(
+            "rpc",
+            op = AGENT_OPS[op],
+            session,
+            blocks,
+            bytes,
+            tier = "memory"
+        )
+    }
+
+    /// Runs `f` on the blocking pool inside `span`, and records its latency under `op`
+    /// (an index into [`AGENT_OPS`]).
     async fn run<T: Send + 'static>(
         &self,
+        op: usize,
+        span: tracing::Span,
         f: impl FnOnce(&Arc<State>) -> crate::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || f(&state))
+        let t0 = Instant::now();
+        let inner = span.clone();
+        let r = tokio::task::spawn_blocking(move || inner.in_scope(|| f(&state)))
             .await
-            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
-            .map_err(to_status)
+            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?;
+        let took = t0.elapsed();
+        self.state.observe(op, took);
+        async {
+            match &r {
+                Ok(_) => tracing::debug!(took_us = took.as_micros() as u64, "done"),
+                Err(e) => tracing::debug!(took_us = took.as_micros() as u64, error = %e, "failed"),
+            }
+        }
+        .instrument(span)
+        .await;
+        r.map_err(to_status)
     }
 }
+
+const HELLO: usize = 0;
+const LOOKUP: usize = 1;
+const BEGIN_SAVE: usize = 2;
+const COMMIT_SAVE: usize = 3;
+const BEGIN_LOAD: usize = 4;
+const END_LOAD: usize = 5;
+const GOODBYE: usize = 6;
+const STATS: usize = 7;
 
 fn to_status(e: Error) -> Status {
     let msg = e.to_string();
@@ -69,8 +110,11 @@ impl Agent for Service {
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloResponse>, Status> {
         let r = req.into_inner();
+        let span = tracing::info_span!("rpc", op = AGENT_OPS[HELLO], engine = %r.engine);
         let session = self
-            .run(move |s| s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine))
+            .run(HELLO, span, move |s| {
+                s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine)
+            })
             .await?;
         let arena = self.state.arena();
         Ok(Response::new(proto::HelloResponse {
@@ -86,8 +130,11 @@ impl Agent for Service {
         req: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupResponse>, Status> {
         let r = req.into_inner();
+        let span = self.span(LOOKUP, r.session, r.keys.len());
         let (prefix_blocks, in_memory) = self
-            .run(move |s| s.lookup(r.session, &keys(&r.keys), r.prefetch))
+            .run(LOOKUP, span, move |s| {
+                s.lookup(r.session, &keys(&r.keys), r.prefetch)
+            })
             .await?;
         Ok(Response::new(proto::LookupResponse {
             prefix_blocks,
@@ -100,8 +147,11 @@ impl Agent for Service {
         req: Request<proto::BeginSaveRequest>,
     ) -> Result<Response<proto::BeginSaveResponse>, Status> {
         let r = req.into_inner();
+        let span = self.span(BEGIN_SAVE, r.session, r.keys.len());
         let g = self
-            .run(move |s| s.begin_save(r.session, &keys(&r.keys)))
+            .run(BEGIN_SAVE, span, move |s| {
+                s.begin_save(r.session, &keys(&r.keys))
+            })
             .await?;
         Ok(Response::new(proto::BeginSaveResponse {
             leases: leases(g),
@@ -113,8 +163,11 @@ impl Agent for Service {
         req: Request<proto::CommitSaveRequest>,
     ) -> Result<Response<proto::CommitSaveResponse>, Status> {
         let r = req.into_inner();
+        let span = self.span(COMMIT_SAVE, r.session, r.leases.len());
         let (stored, deduplicated) = self
-            .run(move |s| s.commit_save(r.session, &r.leases))
+            .run(COMMIT_SAVE, span, move |s| {
+                s.commit_save(r.session, &r.leases)
+            })
             .await?;
         Ok(Response::new(proto::CommitSaveResponse {
             stored,
@@ -128,8 +181,11 @@ impl Agent for Service {
     ) -> Result<Response<proto::BeginLoadResponse>, Status> {
         let r = req.into_inner();
         let budget = Duration::from_millis(r.budget_ms as u64);
+        let span = self.span(BEGIN_LOAD, r.session, r.keys.len());
         let g = self
-            .run(move |s| s.begin_load(r.session, &keys(&r.keys), budget))
+            .run(BEGIN_LOAD, span, move |s| {
+                s.begin_load(r.session, &keys(&r.keys), budget)
+            })
             .await?;
         Ok(Response::new(proto::BeginLoadResponse {
             leases: leases(g),
@@ -141,7 +197,9 @@ impl Agent for Service {
         req: Request<proto::EndLoadRequest>,
     ) -> Result<Response<proto::EndLoadResponse>, Status> {
         let r = req.into_inner();
-        self.run(move |s| s.end_load(r.session, &r.leases)).await?;
+        let span = self.span(END_LOAD, r.session, r.leases.len());
+        self.run(END_LOAD, span, move |s| s.end_load(r.session, &r.leases))
+            .await?;
         Ok(Response::new(proto::EndLoadResponse {}))
     }
 
@@ -150,7 +208,8 @@ impl Agent for Service {
         req: Request<proto::GoodbyeRequest>,
     ) -> Result<Response<proto::GoodbyeResponse>, Status> {
         let r = req.into_inner();
-        self.run(move |s| {
+        let span = self.span(GOODBYE, r.session, 0);
+        self.run(GOODBYE, span, move |s| {
             s.goodbye(r.session);
             Ok(())
         })
@@ -162,7 +221,8 @@ impl Agent for Service {
         &self,
         _req: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let s = self.state.stats();
+        let span = tracing::info_span!("rpc", op = AGENT_OPS[STATS]);
+        let s = self.run(STATS, span, |s| Ok(s.stats())).await?;
         Ok(Response::new(proto::StatsResponse {
             sessions: s.sessions,
             arena_slots: s.arena_slots,

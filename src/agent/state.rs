@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, HistogramSnapshot, OpLatency, StoreStats};
 use crate::policy::InsertInfo;
 use crate::pool::PoolBackend;
 use crate::tier::host::{Commit, HostArena, SlotId};
@@ -23,6 +23,25 @@ use super::AgentConfig;
 
 /// Lookups whose pool-resident blocks wait to be prefetched, at most.
 const PREFETCH_QUEUE: usize = 64;
+
+/// Distinct tenants (engine names) counted one by one; later names are counted together under
+/// [`OTHER_TENANT`], so that engines named after their pid cannot grow the metrics without bound.
+pub const MAX_TENANTS: usize = 64;
+
+/// The tenant label of engines past the first [`MAX_TENANTS`] names.
+pub const OTHER_TENANT: &str = "_other";
+
+/// The agent's RPCs, in the order of their latency histograms (see [`State::observe`]).
+pub const AGENT_OPS: &[&str] = &[
+    "hello",
+    "lookup",
+    "begin_save",
+    "commit_save",
+    "begin_load",
+    "end_load",
+    "goodbye",
+    "stats",
+];
 
 enum LeaseKind {
     /// An arena slot the engine is filling for `key`.
@@ -44,7 +63,63 @@ struct Session {
     token: u64,
     layout_digest: u64,
     engine: String,
+    /// Index into the tenant table.
+    tenant: usize,
     leases: HashSet<u64>,
+}
+
+/// Per-tenant counters. A tenant is the engine name an engine gives when it opens a session
+/// (`HelloRequest.engine`): the agent never sees the cache salt that isolates tenants in the
+/// keys, only the name.
+#[derive(Default)]
+struct Tenants {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    saves: Vec<u64>,
+    loads: Vec<u64>,
+    misses: Vec<u64>,
+}
+
+impl Tenants {
+    fn id(&mut self, engine: &str) -> usize {
+        if let Some(&i) = self.index.get(engine) {
+            return i;
+        }
+        let name = if self.names.len() < MAX_TENANTS {
+            engine
+        } else {
+            OTHER_TENANT
+        };
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len();
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        self.saves.push(0);
+        self.loads.push(0);
+        self.misses.push(0);
+        i
+    }
+}
+
+/// One tenant's usage (see [`AgentStats::tenants`]).
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct TenantStats {
+    /// The engine name (or [`OTHER_TENANT`]).
+    pub tenant: String,
+    /// Sessions open now.
+    pub sessions: u64,
+    /// Arena slots leased now.
+    pub leases: u64,
+    /// Blocks the tenant saved that are in the arena now.
+    pub resident_blocks: u64,
+    /// Blocks saved.
+    pub saves: u64,
+    /// Blocks loaded (from memory or through from the pool).
+    pub loads: u64,
+    /// Blocks asked for and not delivered.
+    pub misses: u64,
 }
 
 /// A granted lease: index of the key in the request, the slot, the lease id.
@@ -87,6 +162,25 @@ pub struct AgentStats {
     pub corrupt: u64,
     /// Leases released because their engine's connection closed.
     pub reclaimed_leases: u64,
+    /// Arena objects evicted to make room.
+    pub evictions: u64,
+    /// Payload bytes of one block object.
+    pub object_bytes: u64,
+    /// Bytes of one arena slot (header and payload, page-aligned).
+    pub slot_bytes: u64,
+    /// Blocks waiting to be written behind to the pool.
+    pub write_queue: u64,
+    /// Bound of the write-behind queue.
+    pub write_queue_capacity: u64,
+    /// Lookups waiting for their blocks to be prefetched.
+    pub prefetch_queue: u64,
+    /// Bound of the prefetch queue.
+    pub prefetch_queue_capacity: u64,
+    /// The pool backend (`embedded`, `servers`, `shared-dir`) and its counters; `None` without
+    /// a pool.
+    pub pool: Option<(String, StoreStats)>,
+    /// Usage per tenant (engine name), in order of first appearance.
+    pub tenants: Vec<TenantStats>,
 }
 
 #[derive(Default)]
@@ -122,6 +216,11 @@ pub struct State {
     prefetch_cv: Condvar,
     prefetcher: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Counters,
+    tenants: Mutex<Tenants>,
+    /// Which tenant saved each key in the arena (pruned of evicted keys when it outgrows the
+    /// arena, and on every stats snapshot).
+    owners: Mutex<HashMap<BlockKey, usize>>,
+    latency: OpLatency,
 }
 
 impl State {
@@ -146,6 +245,9 @@ impl State {
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
             counters: Counters::default(),
+            tenants: Mutex::new(Tenants::default()),
+            owners: Mutex::new(HashMap::new()),
+            latency: OpLatency::new(AGENT_OPS),
         });
         if state.store.is_some() {
             let s = state.clone();
@@ -239,12 +341,14 @@ impl State {
             ));
         }
         let session = self.id();
+        let tenant = self.tenants.lock().id(engine);
         self.sessions.lock().insert(
             session,
             Session {
                 token,
                 layout_digest,
                 engine: engine.to_string(),
+                tenant,
                 leases: HashSet::new(),
             },
         );
@@ -253,10 +357,15 @@ impl State {
     }
 
     fn session_digest(&self, session: u64) -> Result<u64> {
+        self.session_info(session).map(|(digest, _)| digest)
+    }
+
+    /// The session's layout digest and tenant.
+    fn session_info(&self, session: u64) -> Result<(u64, usize)> {
         self.sessions
             .lock()
             .get(&session)
-            .map(|s| s.layout_digest)
+            .map(|s| (s.layout_digest, s.tenant))
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -445,7 +554,7 @@ impl State {
 
     /// Seals and indexes filled slots, and queues them for the pool. Returns (stored, dedup).
     pub fn commit_save(&self, session: u64, leases: &[u64]) -> Result<(u32, u32)> {
-        let digest = self.session_digest(session)?;
+        let (digest, tenant) = self.session_info(session)?;
         let (mut stored, mut dedup) = (0, 0);
         for &lease in leases {
             let Some(kind) = self.take_lease(session, lease) else {
@@ -468,6 +577,7 @@ impl State {
                 Commit::Stored(_) => {
                     stored += 1;
                     self.counters.saves.inc();
+                    self.own(key, tenant);
                     self.enqueue(key);
                 }
                 Commit::AlreadyPresent => dedup += 1,
@@ -475,7 +585,17 @@ impl State {
             // Only now, with the key indexed, stop marking it in flight.
             self.unmark_saving(key, lease);
         }
+        self.tenants.lock().saves[tenant] += stored as u64;
         Ok((stored, dedup))
+    }
+
+    /// Records that `tenant` saved `key`; forgets evicted keys when the map outgrows the arena.
+    fn own(&self, key: BlockKey, tenant: usize) {
+        let mut owners = self.owners.lock();
+        owners.insert(key, tenant);
+        if owners.len() > 2 * self.arena.slots() as usize + 64 {
+            owners.retain(|k, _| self.arena.contains(*k));
+        }
     }
 
     fn enqueue(&self, key: BlockKey) {
@@ -533,7 +653,7 @@ impl State {
         keys: &[BlockKey],
         budget: Duration,
     ) -> Result<Vec<Granted>> {
-        let digest = self.session_digest(session)?;
+        let (digest, tenant) = self.session_info(session)?;
         let deadline = Instant::now() + budget;
         let mut out = Vec::new();
         for (i, &key) in keys.iter().enumerate() {
@@ -572,6 +692,9 @@ impl State {
                 None => self.counters.misses.inc(),
             }
         }
+        let mut t = self.tenants.lock();
+        t.loads[tenant] += out.len() as u64;
+        t.misses[tenant] += (keys.len() - out.len()) as u64;
         Ok(out)
     }
 
@@ -625,14 +748,72 @@ impl State {
         }
     }
 
+    /// Records how long an RPC took (`op` indexes [`AGENT_OPS`]).
+    pub fn observe(&self, op: usize, took: Duration) {
+        self.latency.observe(op, took);
+    }
+
+    /// The RPC latency histograms, by op.
+    pub fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.latency.snapshot()
+    }
+
+    /// Whether the agent is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The pool backend, if any.
+    pub fn pool(&self) -> Option<&Arc<dyn PoolBackend>> {
+        self.store.as_ref()
+    }
+
+    fn tenant_stats(&self) -> Vec<TenantStats> {
+        let t = self.tenants.lock();
+        let mut out: Vec<TenantStats> = t
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| TenantStats {
+                tenant: name.clone(),
+                saves: t.saves[i],
+                loads: t.loads[i],
+                misses: t.misses[i],
+                ..TenantStats::default()
+            })
+            .collect();
+        drop(t);
+        for s in self.sessions.lock().values() {
+            out[s.tenant].sessions += 1;
+            out[s.tenant].leases += s.leases.len() as u64;
+        }
+        let mut owners = self.owners.lock();
+        owners.retain(|k, _| self.arena.contains(*k));
+        for &tenant in owners.values() {
+            out[tenant].resident_blocks += 1;
+        }
+        out
+    }
+
     /// Counter snapshot.
     pub fn stats(&self) -> AgentStats {
         let c = &self.counters;
+        let arena = self.arena.stats();
+        let pool = self
+            .store
+            .as_ref()
+            .map(|s| (s.kind().to_string(), s.stats()));
+        // Each lock taken on its own: the temporaries of the literal below live to its end.
+        let tenants = self.tenant_stats();
+        let sessions = self.sessions.lock().len() as u64;
+        let leases = self.leases.lock().len() as u64;
+        let write_queue = self.queue.lock().len() as u64;
+        let prefetch_queue = self.prefetch.lock().len() as u64;
         AgentStats {
-            sessions: self.sessions.lock().len() as u64,
+            sessions,
             arena_slots: self.arena.slots() as u64,
             arena_used: self.arena.len() as u64,
-            leases: self.leases.lock().len() as u64,
+            leases,
             hits_memory: c.hits_memory.get(),
             hits_pool: c.hits_pool.get(),
             misses: c.misses.get(),
@@ -640,11 +821,19 @@ impl State {
             deduplicated: c.deduplicated.get(),
             pool_writes: c.pool_writes.get(),
             dropped_writes: c.dropped_writes.get(),
-            corrupt: self
-                .store
+            corrupt: pool
                 .as_ref()
-                .map_or(0, |s| s.stats().corrupt.iter().map(|(_, n)| n).sum()),
+                .map_or(0, |(_, s)| s.corrupt.iter().map(|(_, n)| n).sum()),
             reclaimed_leases: c.reclaimed_leases.get(),
+            evictions: arena.evictions,
+            object_bytes: self.arena.payload_len() as u64,
+            slot_bytes: self.arena.slot_len() as u64,
+            write_queue,
+            write_queue_capacity: self.queue_cap as u64,
+            prefetch_queue,
+            prefetch_queue_capacity: PREFETCH_QUEUE as u64,
+            pool,
+            tenants,
         }
     }
 

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
 
 use super::auth;
 use super::proto;
@@ -33,7 +34,7 @@ use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
 use crate::buf::{AlignedBuf, BufPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
-use crate::metrics::{Counter, Gauge, StoreStats};
+use crate::metrics::{Counter, Gauge, HistogramSnapshot, OpLatency, StoreStats};
 use crate::tier::segment::{SegmentStore, SegmentStoreConfig};
 
 /// Configuration of a pool server.
@@ -76,6 +77,20 @@ impl PoolServerConfig {
     }
 }
 
+/// The data-plane ops timed into latency histograms, in order (see [`PoolServer::latency`]).
+pub const POOL_OPS: &[&str] = &["put", "get", "exists", "delete", "stats", "other"];
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Put => 0,
+        Op::Get => 1,
+        Op::Exists => 2,
+        Op::Delete => 3,
+        Op::Stats => 4,
+        _ => 5,
+    }
+}
+
 /// Counters of a pool server (see [`PoolServerStats`]).
 #[derive(Default)]
 struct Counters {
@@ -88,6 +103,7 @@ struct Counters {
     gets: Counter,
     get_hits: Counter,
     cache_hits: Counter,
+    cache_bytes_out: Counter,
     exists: Counter,
     deletes: Counter,
     errors: Counter,
@@ -116,6 +132,10 @@ pub struct PoolServerStats {
     pub get_hits: u64,
     /// Gets served from the DRAM cache.
     pub cache_hits: u64,
+    /// Record bytes served from the DRAM cache.
+    pub cache_bytes_out: u64,
+    /// Bound of the DRAM cache in bytes.
+    pub cache_capacity: u64,
     /// Exists requests.
     pub exists: u64,
     /// Delete requests.
@@ -136,46 +156,29 @@ pub struct PoolServerStats {
     pub store: StoreStats,
 }
 
-/// A byte-bounded LRU of whole records.
+/// A byte-bounded cache of whole records, evicting by the tiers' policy (hit density by
+/// default, see `src/policy/`), so the DRAM in front of the disk keeps what is read again.
 struct Cache {
-    lru: lru::LruCache<BlockKey, Arc<AlignedBuf>>,
-    used: u64,
-    cap: u64,
+    map: crate::policy::WeightedCache<BlockKey, Arc<AlignedBuf>>,
 }
 
 impl Cache {
     fn get(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
-        self.lru.get(key).cloned()
+        self.map.get(key).cloned()
     }
 
     /// Inserts a record; returns what was pushed out (for the caller to recycle).
     fn insert(&mut self, key: BlockKey, rec: Arc<AlignedBuf>) -> Vec<Arc<AlignedBuf>> {
-        let mut out = Vec::new();
         let len = rec.len() as u64;
-        if len > self.cap {
-            return out;
-        }
-        if let Some(old) = self.lru.put(key, rec) {
-            self.used -= old.len() as u64;
-            out.push(old);
-        }
-        self.used += len;
-        while self.used > self.cap {
-            match self.lru.pop_lru() {
-                Some((_, r)) => {
-                    self.used -= r.len() as u64;
-                    out.push(r);
-                }
-                None => break,
-            }
-        }
-        out
+        self.map.insert(key, rec, len)
     }
 
     fn remove(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
-        let r = self.lru.pop(key)?;
-        self.used -= r.len() as u64;
-        Some(r)
+        self.map.remove(key)
+    }
+
+    fn contains(&self, key: &BlockKey) -> bool {
+        self.map.contains(key)
     }
 }
 
@@ -185,7 +188,10 @@ pub struct PoolServer {
     cache: Mutex<Cache>,
     cfg: PoolServerConfig,
     draining: AtomicBool,
+    /// Accepting connections (from the start of `serve` until its shutdown).
+    serving: AtomicBool,
     counters: Counters,
+    latency: OpLatency,
     /// Request and response buffers, reused (see [`BufPool`]).
     bufs: BufPool,
     /// The UCX data plane, once serving (feature `ucx`).
@@ -261,6 +267,7 @@ impl BoundServer {
         });
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
+        server.serving.store(true, Ordering::Relaxed);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -278,6 +285,7 @@ impl BoundServer {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        server.serving.store(false, Ordering::Relaxed);
         tracing::info!("pool server stopping: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -320,13 +328,16 @@ impl PoolServer {
         let server = Arc::new(PoolServer {
             store,
             cache: Mutex::new(Cache {
-                lru: lru::LruCache::unbounded(),
-                used: 0,
-                cap: cfg.cache_bytes,
+                map: crate::policy::WeightedCache::new(
+                    crate::policy::PolicyKind::default(),
+                    cfg.cache_bytes,
+                ),
             }),
             cfg,
             draining: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             counters: Counters::default(),
+            latency: OpLatency::new(POOL_OPS),
             bufs: BufPool::new(256 << 20),
             #[cfg(feature = "ucx")]
             ucx: std::sync::OnceLock::new(),
@@ -371,16 +382,33 @@ impl PoolServer {
             gets: c.gets.get(),
             get_hits: c.get_hits.get(),
             cache_hits: c.cache_hits.get(),
+            cache_bytes_out: c.cache_bytes_out.get(),
+            cache_capacity: self.cfg.cache_bytes,
             exists: c.exists.get(),
             deletes: c.deletes.get(),
             errors: c.errors.get(),
             bad_records: c.bad_records.get(),
             in_flight: c.in_flight.get(),
-            cache_objects: cache.lru.len() as u64,
-            cache_bytes: cache.used,
+            cache_objects: cache.map.len() as u64,
+            cache_bytes: cache.map.weight(),
             draining: self.draining.load(Ordering::Relaxed),
             store: self.store.stats(),
         }
+    }
+
+    /// The request latency histograms, by op ([`POOL_OPS`]).
+    pub fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.latency.snapshot()
+    }
+
+    /// Whether the server is draining (no new writes).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server is accepting connections (serving, not shutting down).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// Stops taking writes (puts answer `Draining`); reads go on. Flushes the store.
@@ -566,7 +594,31 @@ impl PoolServer {
         fail("this pool server does not serve UCX (start it with `kvtier pool --ucx`, built with feature `ucx`)".into())
     }
 
+    /// Serves one request (TCP or UCX) inside a span of its own
+    /// (`pool_request{op, key, bytes}`), timed into the op's latency histogram.
     pub(crate) async fn handle(self: Arc<Self>, f: Frame, body: AlignedBuf) -> (Frame, Body) {
+        let op = op_index(f.op);
+        let span = tracing::info_span!(
+            "pool_request",
+            op = POOL_OPS[op],
+            key = %f.key,
+            bytes = f.body_len,
+            tier = "disk"
+        );
+        let t0 = std::time::Instant::now();
+        let me = self.clone();
+        let (frame, resp) = async move {
+            let r = me.serve_request(f, body).await;
+            tracing::debug!(status = ?r.0.status, "done");
+            r
+        }
+        .instrument(span)
+        .await;
+        self.latency.observe(op, t0.elapsed());
+        (frame, resp)
+    }
+
+    async fn serve_request(self: Arc<Self>, f: Frame, body: AlignedBuf) -> (Frame, Body) {
         let err = |s: &Self, status: Status, msg: String| {
             s.counters.errors.inc();
             let b = msg.into_bytes();
@@ -607,9 +659,13 @@ impl PoolServer {
                 let bypass = f.flags & wire::FLAG_BYPASS_CACHE != 0;
                 if !bypass {
                     if let Some(r) = self.cache.lock().get(&f.key) {
+                        // The store's policy hears of the use too (it decides what survives
+                        // a segment's eviction).
+                        self.store.touch(f.key);
                         self.counters.cache_hits.inc();
                         self.counters.get_hits.inc();
                         let len = record_len_of(&r);
+                        self.counters.cache_bytes_out.add(len as u64);
                         return (Frame::response(&f, Status::Ok, len as u32), Body::Record(r));
                     }
                 }
@@ -653,7 +709,7 @@ impl PoolServer {
                         let cache = self.cache.lock();
                         let out: Vec<u8> = keys
                             .iter()
-                            .map(|k| (cache.lru.contains(k) || self.store.contains(*k)) as u8)
+                            .map(|k| (cache.contains(k) || self.store.contains(*k)) as u8)
                             .collect();
                         drop(cache);
                         (

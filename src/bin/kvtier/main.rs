@@ -1,5 +1,7 @@
 //! The `kvtier` command: one binary with subcommands.
 
+mod daemon;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +19,13 @@ use kvtier::{KvDtype, Namespace, NamespaceParams};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log format: human or json [config log.format, env KVTIER_LOG_FORMAT; default "human"].
+    #[arg(long, global = true, value_name = "FORMAT", display_order = 1000)]
+    log_format: Option<String>,
+    /// Log filter: a level or tracing directives [config log.level, env KVTIER_LOG_LEVEL or
+    /// KVTIER_LOG; default "warn"].
+    #[arg(long, global = true, value_name = "FILTER", display_order = 1000)]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -28,84 +37,17 @@ enum Cmd {
     Keys(KeysArgs),
     /// Replay a request trace through kvtier's tiers and eviction policy (capacity planning).
     Sim(SimArgs),
-    /// Run the node agent with an embedded pool on a local data directory.
-    Up(UpArgs),
+    /// Run the node agent (by default with an embedded pool on a local data directory).
+    #[command(visible_alias = "up")]
+    Agent(daemon::DaemonArgs<daemon::AgentKeys>),
     /// Run a pool server: a segment store on this node's disk served over TCP.
-    Pool(PoolArgs),
-}
-
-#[derive(Args)]
-struct PoolArgs {
-    /// Data-plane address (framed binary protocol over TCP).
-    #[arg(long, default_value = "0.0.0.0:7070")]
-    listen: std::net::SocketAddr,
-    /// Control-plane address (gRPC: health, stats, drain); `none` for no control plane.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    control: String,
-    /// Directory of the segment files (created if missing).
-    #[arg(long, default_value = "kvtier-pool-data")]
-    data: PathBuf,
-    /// Capacity on disk.
-    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
-    capacity: u64,
-    /// Segment file size.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    segment_bytes: u64,
-    /// DRAM cache of hot objects in front of the disk (0: none).
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    cache_bytes: u64,
-    /// File holding the shared secret peers must prove (at least 16 bytes). Without it the
-    /// data plane is open to anyone who can reach the port.
-    #[arg(long)]
-    secret_file: Option<PathBuf>,
-    /// I/O engine: auto, io-uring or psync.
-    #[arg(long, default_value = "auto")]
-    io: String,
-    /// Also serve UCX clients (built with feature `ucx`; UCX_TLS etc. from the environment).
-    #[arg(long)]
-    ucx: bool,
-}
-
-#[derive(Args)]
-struct UpArgs {
-    /// gRPC socket engines connect to (the descriptor socket is this path + ".fd").
-    /// Default: $XDG_RUNTIME_DIR/kvtier/agent.sock, else /tmp/kvtier-$UID/agent.sock.
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Directory of the embedded pool's segment files (created if missing).
-    #[arg(long, default_value = "kvtier-data")]
-    data: PathBuf,
-    /// Host memory shared with engines.
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    arena_bytes: u64,
-    /// Payload bytes of one block object (the engine layout's object size).
-    #[arg(long, default_value = "2MiB", value_parser = parse_size)]
-    object_bytes: u64,
-    /// Capacity of the embedded pool on disk.
-    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
-    pool_bytes: u64,
-    /// Segment file size of the embedded pool.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    segment_bytes: u64,
-    /// Memory only: no pool.
-    #[arg(long)]
-    no_pool: bool,
-    /// Use pool servers instead of the embedded pool: comma-separated `host:port[=weight]`.
-    #[arg(long, value_delimiter = ',')]
-    pool_servers: Vec<String>,
-    /// Copies of each block on pool servers.
-    #[arg(long, default_value_t = 1)]
-    replication: usize,
-    /// File with the pool servers' shared secret.
-    #[arg(long)]
-    pool_secret_file: Option<PathBuf>,
-    /// Transport to pool servers: tcp, or ucx (built with feature `ucx`).
-    #[arg(long, default_value = "tcp")]
-    pool_transport: String,
-    /// Use a directory shared by every node (a parallel file system) instead of the embedded
-    /// pool; `--pool-bytes` bounds it.
-    #[arg(long)]
-    shared_dir: Option<PathBuf>,
+    Pool(daemon::DaemonArgs<daemon::PoolKeys>),
+    /// Check a configuration file, or print the default one.
+    #[command(subcommand)]
+    Config(daemon::ConfigCmd),
+    /// Watch a running agent or pool server (from its /metrics): hit ratio, throughput, usage,
+    /// errors; refreshes in place.
+    Stat(daemon::StatArgs),
 }
 
 #[derive(Args)]
@@ -295,200 +237,46 @@ struct KeysArgs {
 
 /// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB`.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 256KiB, 2MiB, 1GiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        u => {
-            return Err(format!(
-                "unknown size unit `{u}` in `{s}` (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
-        }
-    };
-    Ok((n * mult as f64) as u64)
+    kvtier::ops::config::ByteSize::parse(s).map(|b| b.0)
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    let log = daemon::log_flags(cli.log_format, cli.log_level);
+    // The daemons read the file, the environment and their flags; every other command reads
+    // only the logging keys (environment and flags).
+    let (file, mut flags, sections) = match &cli.cmd {
+        Cmd::Agent(a) => (a.config.clone(), a.flags.clone(), vec!["log", "agent"]),
+        Cmd::Pool(a) => (a.config.clone(), a.flags.clone(), vec!["log", "pool"]),
+        _ => (None, Vec::new(), vec!["log"]),
+    };
+    flags.extend(log);
+    let loaded = daemon::load(file.as_deref(), &flags, &sections)?;
+    let dry_run = match &cli.cmd {
+        Cmd::Agent(a) => a.dry_run,
+        Cmd::Pool(a) => a.dry_run,
+        _ => false,
+    };
+    if dry_run {
+        for w in &loaded.warnings {
+            eprintln!("warning: {w}");
+        }
+        print!("{}", loaded.config.to_toml());
+        return Ok(());
+    }
+    daemon::init_logs(&loaded.config.log, &loaded.warnings);
+    match cli.cmd {
         Cmd::Bench(BenchCmd::Disk(a)) => bench_disk(a),
         Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
         Cmd::Bench(BenchCmd::Abi(a)) => bench_abi(a),
         Cmd::Bench(BenchCmd::Pool(a)) => bench_pool(a),
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
-        Cmd::Up(a) => up(a),
-        Cmd::Pool(a) => pool(a),
+        Cmd::Agent(_) => daemon::agent(loaded),
+        Cmd::Pool(_) => daemon::pool(loaded),
+        Cmd::Config(c) => daemon::config_cmd(c),
+        Cmd::Stat(a) => daemon::stat_cmd(a),
     }
-}
-
-fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) => PathBuf::from(dir).join("kvtier/agent.sock"),
-        None => PathBuf::from(format!("/tmp/kvtier-{}/agent.sock", unsafe {
-            libc::getuid()
-        })),
-    }
-}
-
-fn up(a: UpArgs) -> Result<()> {
-    use kvtier::agent::{self, AgentConfig};
-    use kvtier::tier::host::HostArenaConfig;
-    use kvtier::tier::segment::SegmentStoreConfig;
-    let socket = a.socket.unwrap_or_else(default_socket);
-    use kvtier::pool::{client::PoolClientConfig, placement::Member, shared_dir, PoolSpec};
-    let pool = if a.no_pool {
-        None
-    } else if !a.pool_servers.is_empty() {
-        let members = a
-            .pool_servers
-            .iter()
-            .map(|m| Member::parse(m))
-            .collect::<Result<Vec<_>, _>>()
-            .context("--pool-servers")?;
-        let mut c = PoolClientConfig::new(members);
-        c.replication = a.replication;
-        c.transport = kvtier::pool::client::Transport::parse(&a.pool_transport)
-            .context("--pool-transport")?;
-        if let Some(f) = &a.pool_secret_file {
-            c.secret = Some(kvtier::pool::auth::read_secret(f).context("--pool-secret-file")?);
-        }
-        Some(PoolSpec::Servers(c))
-    } else if let Some(dir) = &a.shared_dir {
-        let mut c = shared_dir::SharedDirConfig::new(dir);
-        c.capacity_bytes = a.pool_bytes;
-        Some(PoolSpec::SharedDir(c))
-    } else {
-        let mut c = SegmentStoreConfig::new(&a.data);
-        c.capacity_bytes = a.pool_bytes;
-        c.segment_bytes = a.segment_bytes;
-        c.create_dir = true;
-        Some(PoolSpec::Embedded(c))
-    };
-    let pool_desc = match &pool {
-        None => "none".to_string(),
-        Some(PoolSpec::Embedded(_)) => format!("{} ({} GiB)", a.data.display(), a.pool_bytes >> 30),
-        Some(PoolSpec::Servers(c)) => format!(
-            "{} server(s), replication {}",
-            c.members.len(),
-            c.replication
-        ),
-        Some(PoolSpec::SharedDir(c)) => format!("shared directory {}", c.dir.display()),
-    };
-    let cfg = AgentConfig {
-        socket: socket.clone(),
-        arena: HostArenaConfig {
-            capacity_bytes: a.arena_bytes,
-            payload_len: a.object_bytes as usize,
-            ..Default::default()
-        },
-        pool,
-        write_queue: 4096,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            eprintln!("kvtier up: shutting down");
-        };
-        println!("kvtier agent: socket {}", socket.display());
-        println!(
-            "kvtier agent: arena {} MiB of {} KiB objects; pool {}",
-            a.arena_bytes >> 20,
-            a.object_bytes >> 10,
-            pool_desc
-        );
-        use std::io::Write;
-        std::io::stdout().flush().ok();
-        agent::run(cfg, shutdown).await?;
-        Ok(())
-    })
-}
-
-fn pool(a: PoolArgs) -> Result<()> {
-    use kvtier::pool::server::{PoolServer, PoolServerConfig};
-    use kvtier::tier::segment::SegmentStoreConfig;
-    let mut store = SegmentStoreConfig::new(&a.data);
-    store.capacity_bytes = a.capacity;
-    store.segment_bytes = a.segment_bytes;
-    store.create_dir = true;
-    store.io = IoMode::parse(&a.io).context("--io")?;
-    let mut cfg = PoolServerConfig::new(a.listen, store);
-    cfg.control = match a.control.as_str() {
-        "none" => None,
-        s => Some(
-            s.parse()
-                .context("--control: an address such as 127.0.0.1:7071, or `none`")?,
-        ),
-    };
-    cfg.cache_bytes = a.cache_bytes;
-    cfg.ucx = a.ucx;
-    if let Some(f) = &a.secret_file {
-        cfg.secret = Some(kvtier::pool::auth::read_secret(f).context("--secret-file")?);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let bound = PoolServer::bind(cfg).await?;
-        println!("kvtier pool: data {}", bound.data_addr());
-        if let Some(c) = bound.control_addr() {
-            println!("kvtier pool: control {c}");
-        }
-        let st = bound.server().stats();
-        println!(
-            "kvtier pool: {} objects recovered in {} ({} MiB of {} MiB)",
-            st.store.objects,
-            a.data.display(),
-            st.store.used_bytes >> 20,
-            st.store.capacity_bytes >> 20
-        );
-        use std::io::Write;
-        std::io::stdout().flush().ok();
-        bound
-            .serve(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-                eprintln!("kvtier pool: shutting down");
-            })
-            .await?;
-        Ok(())
-    })
 }
 
 fn sim(a: SimArgs) -> Result<()> {

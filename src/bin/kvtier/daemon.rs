@@ -1,0 +1,580 @@
+//! The daemons (`kvtier agent`, alias `up`; `kvtier pool`), their flags (one per configuration
+//! key, generated from [`config::KEYS`]), logging, and the operator commands
+//! `kvtier config ...` and `kvtier stat`.
+
+use std::io::{IsTerminal, Write};
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Subcommand};
+use kvtier::ops::config::{self, Config, LogFormat, LogSection, Override};
+use kvtier::ops::{self, probe, stat};
+
+/// Which section a daemon's flags set.
+pub trait Section {
+    /// `agent` or `pool`.
+    const NAME: &'static str;
+}
+
+/// `[agent]`.
+pub struct AgentKeys;
+impl Section for AgentKeys {
+    const NAME: &'static str = "agent";
+}
+
+/// `[pool]`.
+pub struct PoolKeys;
+impl Section for PoolKeys {
+    const NAME: &'static str = "pool";
+}
+
+/// A daemon's arguments: the configuration file, and one flag per key of its section.
+pub struct DaemonArgs<S> {
+    /// `--config FILE` (or `KVTIER_CONFIG`).
+    pub config: Option<PathBuf>,
+    /// `--dry-run`: print the effective configuration and exit.
+    pub dry_run: bool,
+    /// The flags given, as overrides of the file and the environment.
+    pub flags: Vec<Override>,
+    _section: PhantomData<S>,
+}
+
+fn flag_help(k: &config::Key) -> String {
+    let default = match k.default {
+        Some(d) => format!("; default {d}"),
+        None => String::new(),
+    };
+    format!("{} [config {}, env {}{default}]", k.help, k.path(), k.env())
+}
+
+impl<S: Section> Args for DaemonArgs<S> {
+    fn augment_args(cmd: Command) -> Command {
+        let mut cmd = cmd
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .env("KVTIER_CONFIG")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("Configuration file (TOML; `kvtier config default` prints one). Flags and KVTIER_* variables override it."),
+            )
+            .arg(
+                Arg::new("dry-run")
+                    .long("dry-run")
+                    .action(ArgAction::SetTrue)
+                    .help("Check the configuration (file, environment, flags), print it, and exit."),
+            );
+        for k in config::keys_of(S::NAME) {
+            let long = k.flag().trim_start_matches("--").to_string();
+            let mut a = Arg::new(k.name)
+                .long(long)
+                .value_name(k.name.to_ascii_uppercase())
+                .help(flag_help(k));
+            if k.is_switch() {
+                a = a
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true");
+            } else if k.is_list() {
+                a = a.action(ArgAction::Append).value_delimiter(',');
+            }
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl<S: Section> FromArgMatches for DaemonArgs<S> {
+    fn from_arg_matches(m: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let mut flags = Vec::new();
+        for k in config::keys_of(S::NAME) {
+            if m.value_source(k.name) != Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            let values: Vec<String> = m
+                .get_raw(k.name)
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            flags.push(Override {
+                key: k,
+                value: values.join(","),
+                from: format!("flag {}", k.flag()),
+            });
+        }
+        Ok(DaemonArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            dry_run: m.get_flag("dry-run"),
+            flags,
+            _section: PhantomData,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// The global `--log-format` and `--log-level` flags as overrides.
+pub fn log_flags(format: Option<String>, level: Option<String>) -> Vec<Override> {
+    let mut out = Vec::new();
+    for (name, v) in [("format", format), ("level", level)] {
+        if let Some(v) = v {
+            let key = config::keys_of("log")
+                .find(|k| k.name == name)
+                .expect("a log key");
+            out.push(Override {
+                key,
+                value: v,
+                from: format!("flag {}", key.flag()),
+            });
+        }
+    }
+    out
+}
+
+/// Loads the configuration of `sections` from `file`, the environment and `flags`.
+pub fn load(
+    file: Option<&std::path::Path>,
+    flags: &[Override],
+    sections: &[&str],
+) -> Result<config::Loaded> {
+    Ok(Config::load(file, std::env::vars(), flags, sections)?)
+}
+
+/// Sets up logging (to stderr) and logs the configuration's warnings.
+pub fn init_logs(l: &LogSection, warnings: &[String]) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&l.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match l.format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().with_current_span(true).with_span_list(true).init(),
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kvtier/agent.sock"),
+        None => PathBuf::from(format!("/tmp/kvtier-{}/agent.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Binds the metrics endpoint of a daemon and serves it until `stop` says so. A busy address
+/// is an error when the address was configured (`explicit`); at the built-in default it is a
+/// warning, so that several daemons can run on one machine without a configuration.
+async fn metrics_endpoint(
+    who: &str,
+    addr: Option<std::net::SocketAddr>,
+    field: &str,
+    explicit: bool,
+    handler: ops::http::Handler,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let l = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            tracing::warn!(%addr, error = %e, "no metrics endpoint: the default address is taken; set {field}");
+            println!("kvtier {who}: metrics off ({addr}: {e}; set {field})");
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("{field}: cannot listen on {addr}")),
+    };
+    println!("kvtier {who}: metrics http://{}/metrics", l.local_addr()?);
+    tokio::spawn(ops::http::serve(l, handler, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// `kvtier agent` (alias `up`): the node agent.
+pub fn agent(loaded: config::Loaded) -> Result<()> {
+    let explicit = loaded.explicit.contains("agent.metrics_addr");
+    let cfg = loaded.config;
+    use kvtier::agent::{self, AgentConfig};
+    use kvtier::pool::{client::PoolClientConfig, placement::Member, shared_dir, PoolSpec};
+    use kvtier::tier::host::HostArenaConfig;
+    use kvtier::tier::segment::SegmentStoreConfig;
+    let a = cfg.agent.clone();
+    let socket = a.socket.clone().unwrap_or_else(default_socket);
+    let pool = if a.no_pool {
+        None
+    } else if !a.pool_servers.is_empty() {
+        let members = a
+            .pool_servers
+            .iter()
+            .map(|m| Member::parse(m))
+            .collect::<Result<Vec<_>, _>>()
+            .context("agent.pool_servers")?;
+        let mut c = PoolClientConfig::new(members);
+        c.replication = a.replication;
+        c.timeout = Duration::from_millis(a.pool_timeout_ms);
+        c.transport = match a.pool_transport {
+            config::PoolTransport::Tcp => kvtier::pool::client::Transport::Tcp,
+            config::PoolTransport::Ucx => kvtier::pool::client::Transport::Ucx,
+        };
+        if let Some(f) = &a.pool_secret_file {
+            c.secret = Some(kvtier::pool::auth::read_secret(f).context("agent.pool_secret_file")?);
+        }
+        Some(PoolSpec::Servers(c))
+    } else if let Some(dir) = &a.shared_dir {
+        let mut c = shared_dir::SharedDirConfig::new(dir);
+        c.capacity_bytes = a.pool_bytes.0;
+        Some(PoolSpec::SharedDir(c))
+    } else {
+        let mut c = SegmentStoreConfig::new(&a.data);
+        c.capacity_bytes = a.pool_bytes.0;
+        c.segment_bytes = a.segment_bytes.0;
+        c.create_dir = true;
+        Some(PoolSpec::Embedded(c))
+    };
+    let pool_desc = match &pool {
+        None => "none".to_string(),
+        Some(PoolSpec::Embedded(_)) => format!("{} ({})", a.data.display(), a.pool_bytes),
+        Some(PoolSpec::Servers(c)) => format!(
+            "{} server(s), replication {}",
+            c.members.len(),
+            c.replication
+        ),
+        Some(PoolSpec::SharedDir(c)) => format!("shared directory {}", c.dir.display()),
+    };
+    let agent_cfg = AgentConfig {
+        socket: socket.clone(),
+        arena: HostArenaConfig {
+            capacity_bytes: a.arena_bytes.0,
+            payload_len: a.object_bytes.0 as usize,
+            ..Default::default()
+        },
+        pool,
+        write_queue: a.write_queue,
+    };
+    runtime()?.block_on(async move {
+        let bound = agent::bind(&agent_cfg)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let state = bound.state();
+        let readiness = probe::AgentReadiness::new(state.clone(), probe::PoolCheck::for_agent(&a));
+        println!("kvtier agent: socket {}", socket.display());
+        metrics_endpoint(
+            "agent",
+            a.metrics_addr.0,
+            "agent.metrics_addr",
+            explicit,
+            ops::agent_handler(readiness, state),
+            stop_rx,
+        )
+        .await?;
+        println!(
+            "kvtier agent: arena {} of {} objects; pool {}",
+            a.arena_bytes, a.object_bytes, pool_desc
+        );
+        std::io::stdout().flush().ok();
+        bound
+            .serve(async move {
+                signalled().await;
+                eprintln!("kvtier agent: shutting down");
+                let _ = stop_tx.send(true);
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+/// `kvtier pool`: a pool server.
+pub fn pool(loaded: config::Loaded) -> Result<()> {
+    let explicit = loaded.explicit.contains("pool.metrics_addr");
+    let cfg = loaded.config;
+    use kvtier::pool::server::{PoolServer, PoolServerConfig};
+    use kvtier::tier::io::IoMode;
+    use kvtier::tier::segment::SegmentStoreConfig;
+    let p = cfg.pool.clone();
+    let mut store = SegmentStoreConfig::new(&p.data);
+    store.capacity_bytes = p.capacity.0;
+    store.segment_bytes = p.segment_bytes.0;
+    store.create_dir = true;
+    store.io = IoMode::parse(&p.io).context("pool.io")?;
+    let mut scfg = PoolServerConfig::new(p.listen, store);
+    scfg.control = p.control.0;
+    scfg.cache_bytes = p.cache_bytes.0;
+    scfg.ucx = p.ucx;
+    if let Some(f) = &p.secret_file {
+        scfg.secret = Some(kvtier::pool::auth::read_secret(f).context("pool.secret_file")?);
+    }
+    runtime()?.block_on(async move {
+        let bound = PoolServer::bind(scfg).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        println!("kvtier pool: data {}", bound.data_addr());
+        if let Some(c) = bound.control_addr() {
+            println!("kvtier pool: control {c}");
+        }
+        let server = bound.server();
+        metrics_endpoint(
+            "pool",
+            p.metrics_addr.0,
+            "pool.metrics_addr",
+            explicit,
+            ops::pool_handler(server.clone()),
+            stop_rx,
+        )
+        .await?;
+        let st = server.stats();
+        println!(
+            "kvtier pool: {} objects recovered in {} ({} MiB of {} MiB)",
+            st.store.objects,
+            p.data.display(),
+            st.store.used_bytes >> 20,
+            st.store.capacity_bytes >> 20
+        );
+        std::io::stdout().flush().ok();
+        bound
+            .serve(async move {
+                signalled().await;
+                eprintln!("kvtier pool: shutting down");
+                let _ = stop_tx.send(true);
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+/// `kvtier config ...`.
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Check a configuration file as the daemons would load it (with KVTIER_* variables
+    /// applied): unknown fields and bad values are errors naming the field. Unless --offline,
+    /// also resolve and connect to every agent.pool_servers entry (1 s each) and read the
+    /// secret files.
+    Check(CheckArgs),
+    /// Print a configuration file with every key at its default, commented.
+    Default,
+}
+
+/// `kvtier config check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The file.
+    file: PathBuf,
+    /// Check values only: no name resolution, connection or file read.
+    #[arg(long)]
+    offline: bool,
+    /// Sections to check (the daemon's and log). Default: all.
+    #[arg(long, value_delimiter = ',', default_value = "log,agent,pool")]
+    sections: Vec<String>,
+    /// Print the effective configuration (TOML) after the check.
+    #[arg(long)]
+    print: bool,
+}
+
+/// Runs `kvtier config ...`.
+pub fn config_cmd(c: ConfigCmd) -> Result<()> {
+    match c {
+        ConfigCmd::Default => {
+            print!("{}", config::default_file());
+            Ok(())
+        }
+        ConfigCmd::Check(a) => {
+            let sections: Vec<&str> = a.sections.iter().map(String::as_str).collect();
+            for s in &sections {
+                if !config::SECTIONS.contains(s) {
+                    bail!("--sections: `{s}` is not one of log, agent, pool");
+                }
+            }
+            let loaded = load(Some(&a.file), &[], &sections)?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            let cfg = loaded.config;
+            let mut checked = "values";
+            if !a.offline {
+                probe::check_files(&cfg, &sections)?;
+                if sections.contains(&"agent") {
+                    probe::check_pool_servers(&cfg.agent, Duration::from_secs(1))?;
+                }
+                checked = "values, pool servers reachable, secret files readable";
+            }
+            if a.print {
+                print!("{}", cfg.to_toml());
+            }
+            eprintln!(
+                "{}: ok ({}; sections {})",
+                a.file.display(),
+                checked,
+                sections.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `kvtier stat`.
+#[derive(Args)]
+pub struct StatArgs {
+    /// The daemon's metrics address: host:port or http://host:port (the agent's default is
+    /// 127.0.0.1:9464, a pool server's 127.0.0.1:9465).
+    #[arg(default_value = "127.0.0.1:9464")]
+    addr: String,
+    /// Scrape once, print, and exit (counts since start; no rates).
+    #[arg(long)]
+    once: bool,
+    /// JSON instead of the table: the counts by tier, op, queue and tenant, and every series.
+    #[arg(long)]
+    json: bool,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Seconds one scrape may take.
+    #[arg(long, default_value_t = 2.0)]
+    timeout: f64,
+}
+
+/// Runs `kvtier stat`.
+pub fn stat_cmd(a: StatArgs) -> Result<()> {
+    if !(a.interval > 0.0 && a.timeout > 0.0) {
+        bail!("--interval and --timeout must be above zero");
+    }
+    let timeout = Duration::from_secs_f64(a.timeout);
+    if a.once {
+        let s = stat::scrape(&a.addr, timeout)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stat::summary(&a.addr, &s))?
+            );
+        } else {
+            print!("{}", stat::render(&a.addr, &s, None));
+        }
+        return Ok(());
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<stat::Snapshot> = None;
+    loop {
+        let frame = match stat::scrape(&a.addr, timeout) {
+            Ok(s) => {
+                let out = if a.json {
+                    format!("{}\n", serde_json::to_string(&stat::summary(&a.addr, &s))?)
+                } else {
+                    stat::render(&a.addr, &s, prev.as_ref())
+                };
+                prev = Some(s);
+                out
+            }
+            Err(e) => format!("kvtier stat {}: {e} (retrying)\n", a.addr),
+        };
+        let mut out = std::io::stdout().lock();
+        if tty && !a.json {
+            // Redraw in place: home, the frame, then clear what the last frame left below.
+            write!(out, "\x1b[H\x1b[2J{frame}")?;
+            write!(out, "\n(every {} s; Ctrl-C to quit)\n", a.interval)?;
+        } else {
+            write!(out, "{frame}")?;
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(Duration::from_secs_f64(a.interval));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: C,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum C {
+        Agent(DaemonArgs<AgentKeys>),
+        Pool(DaemonArgs<PoolKeys>),
+    }
+
+    #[test]
+    fn every_flag_is_a_key_and_every_key_a_flag() {
+        let cmd = T::command();
+        for (sub, section) in [("agent", "agent"), ("pool", "pool")] {
+            let c = cmd.find_subcommand(sub).unwrap();
+            let flags: Vec<String> = c
+                .get_arguments()
+                .filter(|a| !["config", "dry-run", "help"].contains(&a.get_id().as_str()))
+                .map(|a| format!("--{}", a.get_long().unwrap()))
+                .collect();
+            let keys: Vec<String> = config::keys_of(section).map(|k| k.flag()).collect();
+            assert_eq!(flags, keys, "{sub}");
+        }
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        use clap::Parser;
+        let t = T::try_parse_from([
+            "t",
+            "agent",
+            "--arena-bytes",
+            "48MiB",
+            "--pool-servers",
+            "a:1,b:2",
+            "--pool-servers",
+            "c:3",
+            "--no-pool",
+            "--data",
+            "d",
+        ])
+        .unwrap();
+        let C::Agent(a) = t.cmd else { panic!() };
+        let got: Vec<(String, String)> = a
+            .flags
+            .iter()
+            .map(|o| (o.key.path(), o.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("agent.data".to_string(), "d".to_string()),
+                ("agent.arena_bytes".into(), "48MiB".into()),
+                ("agent.no_pool".into(), "true".into()),
+                ("agent.pool_servers".into(), "a:1,b:2,c:3".into()),
+            ]
+        );
+        let t = T::try_parse_from(["t", "pool", "--ucx=false", "--capacity", "1GiB"]).unwrap();
+        let C::Pool(p) = t.cmd else { panic!() };
+        assert_eq!(p.flags.len(), 2);
+        assert_eq!(p.flags[1].value, "false");
+    }
+}
