@@ -1,6 +1,7 @@
 //! The `kvtier` command: one binary with subcommands.
 
 mod daemon;
+mod opscmd;
 
 use std::path::PathBuf;
 
@@ -44,10 +45,10 @@ enum Cmd {
     Pool(daemon::DaemonArgs<daemon::PoolKeys>),
     /// Check a configuration file, or print the default one.
     #[command(subcommand)]
-    Config(daemon::ConfigCmd),
+    Config(opscmd::ConfigCmd),
     /// Watch a running agent or pool server (from its /metrics): hit ratio, throughput, usage,
     /// errors; refreshes in place.
-    Stat(daemon::StatArgs),
+    Stat(opscmd::StatArgs),
 }
 
 #[derive(Args)]
@@ -274,8 +275,8 @@ fn main() -> Result<()> {
         Cmd::Sim(a) => sim(a),
         Cmd::Agent(_) => daemon::agent(loaded),
         Cmd::Pool(_) => daemon::pool(loaded),
-        Cmd::Config(c) => daemon::config_cmd(c),
-        Cmd::Stat(a) => daemon::stat_cmd(a),
+        Cmd::Config(c) => opscmd::config_cmd(c),
+        Cmd::Stat(a) => opscmd::stat_cmd(a),
     }
 }
 
