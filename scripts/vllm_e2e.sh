@@ -3,19 +3,20 @@
 #   scripts/vllm_e2e.sh [pytest args...]
 # Builds (or reuses) the vLLM venv and the tiny test model in ${KVTIER_CACHE_DIR:-/var/cache/kvtier}
 # (scripts/vllm_setup.sh), and uses the release `kvtier` binary and libkvtier.so from
-# ${CARGO_TARGET_DIR:-target}/release (override with KVTIER_BIN / KVTIER_LIB); builds them if missing.
+# ${CARGO_TARGET_DIR:-target}/release, built (or found up to date) first; KVTIER_BIN + KVTIER_LIB override.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PY="$(scripts/vllm_setup.sh tiny | tail -n 1)"
 CACHE="${KVTIER_CACHE_DIR:-/var/cache/kvtier}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -z "${KVTIER_BIN:-}" ] || [ -z "${KVTIER_LIB:-}" ]; then
+  # Up to date with the checkout (a no-op when nothing changed).
+  echo "vllm_e2e: building the release kvtier binary and libkvtier" >&2
+  cargo build --release -p kvtier -p kvtier-ffi -j2 --target-dir "$TARGET"
+fi
 export KVTIER_BIN="${KVTIER_BIN:-$TARGET/release/kvtier}"
 export KVTIER_LIB="${KVTIER_LIB:-$TARGET/release/libkvtier.so}"
-if [ ! -x "$KVTIER_BIN" ] || [ ! -f "$KVTIER_LIB" ]; then
-  echo "vllm_e2e: building the release kvtier binary and libkvtier" >&2
-  cargo build --release -p kvtier -p kvtier-ffi -j2
-fi
 export KVTIER_VLLM_MODEL="${KVTIER_VLLM_MODEL:-$CACHE/models/tiny-llama}"
 export PYTHONPATH="$ROOT/integrations/python:$ROOT/integrations/vllm${PYTHONPATH:+:$PYTHONPATH}"
 # vLLM offline on the CPU: no hub, its scratch files in one folder, a small KV cache, and the same

@@ -1,6 +1,6 @@
 //! The vLLM connector's end-to-end tests on a real vLLM (CPU backend), run from `cargo test` so
 //! that the README's one test command covers them: `scripts/vllm_e2e.sh` (pytest over
-//! `tests/vllm/`) with this build's `kvtier` binary and libkvtier.
+//! `tests/vllm/`) with the release `kvtier` binary and libkvtier of this target directory.
 //!
 //! Needs the vLLM venv and the tiny model in the cache folder, which `.ci/run` builds
 //! (`scripts/vllm_setup.sh tiny`, reused when present). Without them this test fails and says
@@ -12,32 +12,20 @@ use std::process::Command;
 
 #[test]
 fn vllm_connector_end_to_end() {
-    common::build_ffi();
-    let target = common::lib_dir().parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "-p", "kvtier", "--bin", "kvtier", "--target-dir"])
-        .arg(&target)
-        .status()
-        .unwrap();
-    assert!(built.success(), "building kvtier failed");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let cache = std::env::var("KVTIER_CACHE_DIR").unwrap_or_else(|_| "/var/cache/kvtier".into());
     let venv_ok = std::path::Path::new(&cache).join("vllm-venv/.kvtier-vllm-ok");
     assert!(
         venv_ok.exists(),
         "no vLLM venv at {cache}/vllm-venv: run `bash .ci/run` or `scripts/vllm_setup.sh tiny` first"
     );
+    // The script uses the release `kvtier` and libkvtier of this target directory (building them
+    // when missing; `.ci/run` builds them first), as an engine would get them.
+    let target = common::lib_dir().parent().unwrap().to_path_buf();
     let status = Command::new(root.join("scripts/vllm_e2e.sh"))
-        .env("KVTIER_BIN", common::lib_dir().join("kvtier"))
-        .env("KVTIER_LIB", common::lib_dir().join("libkvtier.so"))
+        .env("CARGO_TARGET_DIR", &target)
         .current_dir(root)
         .status()
         .expect("running scripts/vllm_e2e.sh");
-    assert!(
-        status.success(),
-        "the vLLM end-to-end tests failed ({status})"
-    );
+    assert!(status.success(), "the vLLM end-to-end tests failed ({status})");
 }

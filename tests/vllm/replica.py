@@ -29,7 +29,7 @@ def main() -> None:
 
     kw = {}
     if a.socket:
-        extra = {"socket": a.socket, "load_async": a.load_async, "timeout_ms": 2000, "reconnect_s": 0.5}
+        extra = {"socket": a.socket, "load_async": a.load_async, "timeout_ms": 5000, "reconnect_s": 0.5}
         if a.stats_dir:
             extra["stats_dir"] = a.stats_dir
         kw["kv_transfer_config"] = {
