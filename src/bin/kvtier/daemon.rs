@@ -147,7 +147,13 @@ pub fn load(
     flags: &[Override],
     sections: &[&str],
 ) -> Result<config::Loaded> {
-    Ok(Config::load(file, std::env::vars(), flags, sections)?)
+    // vars() would panic on a variable that is not UTF-8, anyone's: take ours, lossily.
+    let env = std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        k.starts_with("KVTIER_")
+            .then(|| (k, v.to_string_lossy().into_owned()))
+    });
+    Ok(Config::load(file, env, flags, sections)?)
 }
 
 /// Sets up logging (to stderr) and logs the configuration's warnings.
