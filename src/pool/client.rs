@@ -73,6 +73,8 @@ pub struct PoolClientConfig {
     pub down_for: Duration,
     /// Largest response body accepted. Default 64 MiB + a page.
     pub max_body: u32,
+    /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
+    pub buffer_pool_bytes: usize,
 }
 
 impl PoolClientConfig {
@@ -87,6 +89,7 @@ impl PoolClientConfig {
             conns_per_member: 2,
             down_for: Duration::from_secs(1),
             max_body: (64 << 20) + 4096,
+            buffer_pool_bytes: 256 << 20,
         }
     }
 }
@@ -177,15 +180,28 @@ impl PoolClient {
                 connecting: tokio::sync::Mutex::new(()),
             })
             .collect();
+        let bufs = Arc::new(BufPool::new(cfg.buffer_pool_bytes));
         Ok(Arc::new(PoolClient {
             placement,
             cfg,
             members,
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
-            bufs: Arc::new(BufPool::new(256 << 20)),
+            bufs,
             rt,
         }))
+    }
+
+    /// Fills the buffer pool with `n` buffers of `len` bytes, their pages touched, so that a
+    /// burst of gets does not page-fault (benchmarks; a warm client gets there by itself).
+    pub fn prewarm(&self, n: usize, len: usize) {
+        for _ in 0..n {
+            let mut b = AlignedBuf::zeroed(len);
+            for p in b.chunks_mut(crate::buf::ALIGN) {
+                p[0] = 1;
+            }
+            self.bufs.give(b);
+        }
     }
 
     /// Hands a buffer returned by [`get`](Self::get) back for reuse.
