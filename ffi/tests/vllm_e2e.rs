@@ -12,7 +12,9 @@ use std::process::Command;
 
 #[test]
 fn vllm_connector_end_to_end() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     let cache = std::env::var("KVTIER_CACHE_DIR").unwrap_or_else(|_| "/var/cache/kvtier".into());
     let venv_ok = std::path::Path::new(&cache).join("vllm-venv/.kvtier-vllm-ok");
     assert!(
@@ -27,5 +29,8 @@ fn vllm_connector_end_to_end() {
         .current_dir(root)
         .status()
         .expect("running scripts/vllm_e2e.sh");
-    assert!(status.success(), "the vLLM end-to-end tests failed ({status})");
+    assert!(
+        status.success(),
+        "the vLLM end-to-end tests failed ({status})"
+    );
 }
