@@ -114,6 +114,17 @@ enum BenchCmd {
     Abi(AbiArgs),
     /// Pool server put/get over loopback TCP against the disk's ceiling and real peers.
     Pool(PoolBenchArgs),
+    /// Median TTFT under real vLLM (CPU) at 2k/4k/8k tokens: miss, kvtier hit (same and other
+    /// replica), ExampleConnector hit, vLLM's prefix cache. Runs scripts/bench_ttft.sh; every
+    /// argument after `ttft` goes to it (`--sizes 8192 --rounds 5 --extra-tokens 1 --json`).
+    Ttft(TtftArgs),
+}
+
+#[derive(Args)]
+struct TtftArgs {
+    /// Arguments for scripts/bench_ttft.py.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -271,6 +282,7 @@ fn main() -> Result<()> {
         Cmd::Bench(BenchCmd::Keys(a)) => bench_keys(a),
         Cmd::Bench(BenchCmd::Abi(a)) => bench_abi(a),
         Cmd::Bench(BenchCmd::Pool(a)) => bench_pool(a),
+        Cmd::Bench(BenchCmd::Ttft(a)) => bench_ttft(a),
         Cmd::Keys(a) => keys(a),
         Cmd::Sim(a) => sim(a),
         Cmd::Agent(_) => daemon::agent(loaded),
@@ -464,6 +476,28 @@ fn bench_abi(a: AbiArgs) -> Result<()> {
         "lookup, 128 blocks p50 {:.0} us, p99 {:.0} us",
         r.lookup_p50_us, r.lookup_p99_us
     );
+    Ok(())
+}
+
+fn bench_ttft(a: TtftArgs) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::current_exe()?;
+    let lib = exe.with_file_name("libkvtier.so");
+    if !lib.exists() {
+        bail!(
+            "{} is missing: build it beside this binary with `cargo build --release -p kvtier-ffi`",
+            lib.display()
+        );
+    }
+    let status = std::process::Command::new(root.join("scripts/bench_ttft.sh"))
+        .args(&a.args)
+        .env("KVTIER_BIN", &exe)
+        .env("KVTIER_LIB", &lib)
+        .status()
+        .context("running scripts/bench_ttft.sh")?;
+    if !status.success() {
+        bail!("the TTFT bench failed ({status})");
+    }
     Ok(())
 }
 
