@@ -260,13 +260,13 @@ def main() -> int:
                                       for c in cases}}, indent=1))
     else:
         print(f"median TTFT, {a.rounds} rounds ({a.model}), prompts of SIZE+{a.extra_tokens} tokens")
-        print("case            " + "".join(f"{size:>14}" for size in a.sizes))
+        print("case            " + "".join(f"{size:>20}" for size in a.sizes))
         for c in cases:
             row = ""
             for size in a.sizes:
                 v = med[c].get(size)
                 ratio = f" ({v / floor[size]:.2f}x)" if v is not None and size in floor else ""
-                row += f"{(f'{v * 1000:.0f} ms' + ratio) if v is not None else '-':>14}"
+                row += f"{(f'{v * 1000:.0f} ms' + ratio) if v is not None else '-':>20}"
             print(f"{c:<16}{row}")
     return 0
 

@@ -343,7 +343,12 @@ fn another_node_loads_through(pool_flags: &[&str]) {
     assert_eq!(save_all(&mut ca), 256);
     wait_for_pool_writes(&mut ca, 256);
     let b = Agent::start_with(b_dir.path(), pool_flags);
-    let mut cb = AgentClient::connect(b.config()).unwrap();
+    // Every block comes through the pool on the load: give the read-through the time a debug
+    // build on a loaded CI machine needs (the default budget is for serving, not for this).
+    let mut cfg = b.config();
+    cfg.timeout = Duration::from_secs(30);
+    cfg.load_budget = Duration::from_secs(30);
+    let mut cb = AgentClient::connect(cfg).unwrap();
     let keys: Vec<BlockKey> = (0..256).map(key).collect();
     assert_eq!(cb.lookup(&keys, false).unwrap(), (256, 0));
     let d = cb
