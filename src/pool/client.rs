@@ -234,6 +234,7 @@ impl PoolClient {
             .await
             .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
         let _ = sock.set_nodelay(true);
+        wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
         let (mut rd, mut wr) = sock.into_split();
         let (hello, nonce) = read_frame(&mut rd, 64, None)
             .await

@@ -434,6 +434,7 @@ impl PoolServer {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let _ = sock.set_nodelay(true);
+        wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
         self.counters.connections.add(1);
         self.counters.connections_total.inc();
         let (mut rd, mut wr) = sock.into_split();
