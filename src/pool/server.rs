@@ -632,12 +632,28 @@ impl PoolServer {
                     return err(&self, Status::Draining, "the server is draining".into());
                 }
                 let body = Arc::new(body);
-                if let Err(why) = check_record(&body, f.key) {
+                if let Err(why) = check_header(&body, f.key) {
                     self.counters.bad_records.inc();
                     return err(&self, Status::Error, why);
                 }
+                // The payload checksum is computed while the record goes to disk (it is off the
+                // serial path of a put); a record that fails is removed again before the put is
+                // answered. Until then a reader could only find it on disk, and every disk read
+                // verifies the checksum, so no one is ever served those bytes.
                 let (s, b) = (self.clone(), body.clone());
-                let res = tokio::task::spawn_blocking(move || s.store.put_record(&b)).await;
+                let write = tokio::task::spawn_blocking(move || s.store.put_record(&b));
+                let b = body.clone();
+                let check = tokio::task::spawn_blocking(move || check_record(&b, f.key));
+                let (res, checked) = tokio::join!(write, check);
+                let checked = checked.unwrap_or_else(|e| Err(format!("check task failed: {e}")));
+                if let Err(why) = checked {
+                    if matches!(res, Ok(Ok(()))) {
+                        self.store.remove(f.key);
+                    }
+                    self.counters.bad_records.inc();
+                    self.recycle(body);
+                    return err(&self, Status::Error, why);
+                }
                 match res {
                     Ok(Ok(())) => {
                         // Write-around: the DRAM cache holds what is read (most blocks are
@@ -754,6 +770,23 @@ fn record_len_of(r: &AlignedBuf) -> usize {
         .map(|h| h.record_len())
         .unwrap_or(r.len())
         .min(r.len())
+}
+
+/// A put's header must be valid, of the frame's key, and say the body's length.
+fn check_header(body: &[u8], key: BlockKey) -> std::result::Result<(), String> {
+    let h = BlockHeader::decode(body)
+        .map_err(|v| format!("the record failed verification: {}", v.as_str()))?;
+    if h.key() != key {
+        return Err("the record failed verification: wrong_key".into());
+    }
+    if h.record_len() != body.len() {
+        return Err(format!(
+            "a put body is one page-aligned record of {} bytes, got {}",
+            h.record_len(),
+            body.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A put's body must be one whole, valid record of the frame's key.
