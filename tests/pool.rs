@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier::block::BlockObject;
 use kvtier::buf::AlignedBuf;
 use kvtier::pool::client::{PoolClient, PoolClientConfig};
 use kvtier::pool::placement::Member;
@@ -24,16 +23,7 @@ fn key(i: u64) -> BlockKey {
 }
 
 fn record(i: u64) -> Arc<AlignedBuf> {
-    let mut o = BlockObject::new(PAYLOAD).unwrap();
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for b in o.payload_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    o.seal(key(i), 7, 0);
-    Arc::new(o.into_record())
+    Arc::new(common::test_object(i, PAYLOAD, key(i), 7).into_record())
 }
 
 fn client(members: &[String], replication: usize, secret: Option<&[u8]>) -> Arc<PoolClient> {

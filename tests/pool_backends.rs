@@ -25,16 +25,7 @@ fn key(i: u64) -> BlockKey {
 }
 
 fn object(i: u64) -> BlockObject {
-    let mut o = BlockObject::new(PAYLOAD).unwrap();
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for b in o.payload_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    o.seal(key(i), 3, 0);
-    o
+    common::test_object(i, PAYLOAD, key(i), 3)
 }
 
 fn get(b: &dyn PoolBackend, i: u64) -> Option<AlignedBuf> {

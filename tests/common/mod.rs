@@ -96,3 +96,22 @@ pub fn start_server_with(
         stderr,
     }
 }
+
+/// A test block object of `payload` bytes: pseudo-random bytes from `i`, sealed under `key`.
+pub fn test_object(
+    i: u64,
+    payload: usize,
+    key: kvtier::BlockKey,
+    layout: u64,
+) -> kvtier::block::BlockObject {
+    let mut o = kvtier::block::BlockObject::new(payload).unwrap();
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in o.payload_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    o.seal(key, layout, 0);
+    o
+}
