@@ -379,6 +379,19 @@ fn send_frame(
     Ok(())
 }
 
+/// Removes the entries whose request completed, with its final status.
+fn completed<T>(pending: &mut Vec<(*mut c_void, T)>) -> Vec<(T, sys::ucs_status_t)> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < pending.len() {
+        match check(pending[i].0) {
+            None => i += 1,
+            Some(st) => done.push((pending.swap_remove(i).1, st)),
+        }
+    }
+    done
+}
+
 fn reap(inflight: &mut Vec<(*mut c_void, Keep)>) -> bool {
     let before = inflight.len();
     inflight.retain(|(req, _)| check(*req).is_none());
@@ -478,7 +491,7 @@ fn server_loop(
     let mut eps: HashMap<u32, sys::ucp_ep_h> = HashMap::new();
     let mut next_cid = 1u32;
     let mut inflight: Vec<(*mut c_void, Keep)> = Vec::new();
-    let mut bodies: Vec<(*mut c_void, u32, Frame, AlignedBuf)> = Vec::new();
+    let mut bodies: Vec<(*mut c_void, (u32, Frame, AlignedBuf))> = Vec::new();
     let bufs = BufPool::new(64 << 20);
     let dispatch = |cid: u32, f: Frame, body: AlignedBuf| {
         let (s, tx, bell) = (server.clone(), tx.clone(), bell.clone());
@@ -535,7 +548,7 @@ fn server_loop(
                             let mut buf = bufs.take(f.body_len as usize);
                             match w.recv_body(&mut buf, tag(cid, f.id, true)) {
                                 Ok(Posted::Done) => dispatch(cid, f, buf),
-                                Ok(Posted::Pending(req)) => bodies.push((req, cid, f, buf)),
+                                Ok(Posted::Pending(req)) => bodies.push((req, (cid, f, buf))),
                                 Err(e) => {
                                     tracing::warn!(client = cid, error = %e, "UCX receive failed")
                                 }
@@ -555,19 +568,12 @@ fn server_loop(
                 }
             }
         }
-        let mut i = 0;
-        while i < bodies.len() {
-            match check(bodies[i].0) {
-                None => i += 1,
-                Some(st) => {
-                    busy = true;
-                    let (_, cid, f, buf) = bodies.swap_remove(i);
-                    if st == sys::UCS_OK as sys::ucs_status_t {
-                        dispatch(cid, f, buf);
-                    } else {
-                        tracing::warn!(client = cid, error = %ucx_err("receiving a body", st), "dropping a request");
-                    }
-                }
+        for ((cid, f, buf), st) in completed(&mut bodies) {
+            busy = true;
+            if st == sys::UCS_OK as sys::ucs_status_t {
+                dispatch(cid, f, buf);
+            } else {
+                tracing::warn!(client = cid, error = %ucx_err("receiving a body", st), "dropping a request");
             }
         }
         if !busy {
@@ -700,7 +706,7 @@ fn client_loop(
     bufs: Arc<BufPool>,
 ) {
     let mut inflight: Vec<(*mut c_void, Keep)> = Vec::new();
-    let mut bodies: Vec<(*mut c_void, Frame, AlignedBuf)> = Vec::new();
+    let mut bodies: Vec<(*mut c_void, (Frame, AlignedBuf))> = Vec::new();
     let fail = |why: String| {
         dead.store(true, Ordering::Relaxed);
         for (_, tx) in pending.lock().drain() {
@@ -748,7 +754,7 @@ fn client_loop(
                             let mut buf = bufs.take(f.body_len as usize);
                             match w.recv_body(&mut buf, tag(cid, f.id, true)) {
                                 Ok(Posted::Done) => deliver(f, buf),
-                                Ok(Posted::Pending(req)) => bodies.push((req, f, buf)),
+                                Ok(Posted::Pending(req)) => bodies.push((req, (f, buf))),
                                 Err(e) => fail(e.to_string()),
                             }
                         }
@@ -761,19 +767,12 @@ fn client_loop(
                 }
             }
         }
-        let mut i = 0;
-        while i < bodies.len() {
-            match check(bodies[i].0) {
-                None => i += 1,
-                Some(st) => {
-                    busy = true;
-                    let (_, f, buf) = bodies.swap_remove(i);
-                    if st == sys::UCS_OK as sys::ucs_status_t {
-                        deliver(f, buf);
-                    } else {
-                        fail(ucx_err("receiving a body", st).to_string());
-                    }
-                }
+        for ((f, buf), st) in completed(&mut bodies) {
+            busy = true;
+            if st == sys::UCS_OK as sys::ucs_status_t {
+                deliver(f, buf);
+            } else {
+                fail(ucx_err("receiving a body", st).to_string());
             }
         }
         if dead.load(Ordering::Relaxed) && inflight.is_empty() {
