@@ -126,16 +126,33 @@ fn replicated_objects_survive_a_killed_server_which_recovers_and_serves_again() 
         served
     });
     assert_eq!(served, expect_on_victim);
-    // And the first client reaches it again (after its down mark expires).
-    std::thread::sleep(Duration::from_millis(1100));
-    let c2 = c.clone();
-    c.block(async move {
-        for i in 0..50 {
-            assert!(c2.get(key(i), true).await.unwrap().is_some());
+    // The first client, which marked the server down when it died, writes to it again: a new
+    // object placed on it reaches both replicas (bounded wait for the down mark to lapse).
+    let fresh = (N..N + 1000)
+        .find(|&i| c.placement().replicas(key(i)).contains(&victim))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c2 = c.clone();
+        let stored = c.block(async move { c2.put(record(fresh)).await }).unwrap();
+        if stored == 2 {
+            break;
         }
-    });
-    for (m, cs) in [(&c, c.client_stats()), (&alone, alone.client_stats())] {
-        let _ = m;
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server never took writes again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a2 = alone.clone();
+    let back = alone
+        .block(async move { a2.get(key(fresh), true).await })
+        .unwrap();
+    assert_eq!(
+        &back.expect("on the restarted server")[..],
+        &record(fresh)[..]
+    );
+    for cs in [c.client_stats(), alone.client_stats()] {
         assert_eq!(
             cs.corrupt, 0,
             "no read returned bytes failing their checksum"

@@ -307,6 +307,11 @@ impl BoundServer {
 impl PoolServer {
     /// Opens (and recovers) the store and binds both listeners.
     pub async fn bind(cfg: PoolServerConfig) -> Result<BoundServer> {
+        if cfg.ucx && cfg!(not(feature = "ucx")) {
+            return Err(Error::invalid(
+                "this kvtier was built without UCX; rebuild with `--features ucx` (needs libucx-dev)",
+            ));
+        }
         if let Some(s) = &cfg.secret {
             if s.is_empty() {
                 return Err(Error::invalid("the pool secret is empty"));
@@ -342,11 +347,7 @@ impl PoolServer {
             #[cfg(feature = "ucx")]
             ucx: std::sync::OnceLock::new(),
         });
-        if server.cfg.ucx && cfg!(not(feature = "ucx")) {
-            return Err(Error::invalid(
-                "this kvtier was built without UCX; rebuild with `--features ucx` (needs libucx-dev)",
-            ));
-        }
+
         Ok(BoundServer {
             server,
             data,
