@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,17 +33,35 @@ class Agent:
     def start(self) -> "Agent":
         assert self.proc is None
         log = open(self.log_path, "a")
+        start_at = log.tell()  # this start's lines only (the log is kept across restarts)
         # 4 MiB segments: a few blocks each, so a test's blocks span sealed and unsealed segments.
         self.proc = subprocess.Popen(
             [self.binary, "up", "--socket", self.socket, "--data", self.data, "--arena-bytes", "256MiB",
-             "--object-bytes", str(self.object_bytes), "--pool-bytes", "1GiB", "--segment-bytes", "4MiB"],
+             "--object-bytes", str(self.object_bytes), "--pool-bytes", "1GiB", "--segment-bytes", "4MiB",
+             "--metrics-addr", "127.0.0.1:0"],
             stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while not os.path.exists(self.socket + ".fd") or not os.path.exists(self.socket):
+        # Ready when the agent's /readyz says so (serving, pool open): the socket files exist a
+        # moment before the agent answers, and an engine that connects in that moment starts
+        # its first request without kvtier.
+        deadline = time.time() + 60
+        url = None
+        while True:
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"kvtier agent did not start; see {self.log_path}")
+                raise RuntimeError(f"kvtier agent did not become ready; see {self.log_path}")
+            if url is None:
+                with open(self.log_path, errors="replace") as f:
+                    f.seek(start_at)
+                    for line in f:
+                        if line.startswith("kvtier agent: metrics http://"):
+                            url = line.split("metrics ", 1)[1].strip().replace("/metrics", "/readyz")
+            if url is not None:
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as r:
+                        if r.status == 200:
+                            return self
+                except OSError:
+                    pass
             time.sleep(0.05)
-        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         """SIGTERM: the agent drains its write-behind queue to the pool before it exits."""
