@@ -263,6 +263,8 @@ pub mod names {
     /// Pool server: puts refused because the record failed verification (checksum, header,
     /// key).
     pub const POOL_BAD_RECORDS: &str = "kvtier_pool_bad_records_total";
+    /// Pool server: puts whose body was streamed to disk while it arrived.
+    pub const POOL_STREAMED_PUTS: &str = "kvtier_pool_streamed_puts_total";
     /// Pool server: requests that failed (I/O, no space, draining).
     pub const POOL_ERRORS: &str = "kvtier_pool_errors_total";
     /// Pool server: whether it is draining (1) or taking writes (0).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kvtier::buf::AlignedBuf;
 use kvtier::pool::client::{PoolClient, PoolClientConfig};
 use kvtier::pool::placement::Member;
-use kvtier::pool::wire::{Frame, Op, HEADER_LEN};
+use kvtier::pool::wire::{Frame, Op, Status, HEADER_LEN};
 use kvtier::BlockKey;
 
 use common::{start_server, Server};
@@ -301,4 +301,149 @@ fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A record of `payload` bytes for key `i`, as a put body.
+fn big_record(i: u64, payload: usize) -> Arc<AlignedBuf> {
+    Arc::new(common::test_object(i, payload, key(i), 7).into_record())
+}
+
+/// Sends a put of `body` under `k` on a raw connection and reads the answer: (status, text).
+fn raw_put(s: &mut TcpStream, id: u64, k: BlockKey, body: &[u8]) -> (Status, String) {
+    s.write_all(&Frame::request(Op::Put, id, k, body.len() as u32).encode())
+        .unwrap();
+    s.write_all(body).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    let f = Frame::decode(&h, 1 << 20).unwrap();
+    assert_eq!(f.id, id);
+    let mut text = vec![0u8; f.body_len as usize];
+    s.read_exact(&mut text).unwrap();
+    (f.status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[test]
+fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 64 KiB chunks: a 900 KB record crosses in 14 of them.
+    let flags = ["--stream-chunk", "64KiB", "--stall-timeout-ms", "300"];
+    let server = common::start_server_with(&data, "127.0.0.1:0", None, &flags);
+    let addr = server.addr.clone();
+    let c = client(std::slice::from_ref(&addr), 1, None);
+    const BIG: usize = 900_000;
+    // Good records, streamed, from 8 requests in flight on one client.
+    let c2 = c.clone();
+    c.block(async move {
+        let mut puts = tokio::task::JoinSet::new();
+        for i in 0..24u64 {
+            let c = c2.clone();
+            puts.spawn(async move { c.put(big_record(i, BIG)).await });
+        }
+        while let Some(r) = puts.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), 1);
+        }
+        for i in 0..24u64 {
+            let want = big_record(i, BIG);
+            for bypass in [true, false] {
+                let got = c2.get(key(i), bypass).await.unwrap().expect("stored");
+                assert!(
+                    got[..want.len()] == want[..],
+                    "object {i} came back different"
+                );
+            }
+        }
+    });
+    // A record failing its checksum, and one under the wrong key: refused, nothing stored,
+    // and the same connection goes on (the rest of each body was read and dropped).
+    let mut s = raw_connect_open(&addr);
+    let good = big_record(100, BIG);
+    let mut bad = AlignedBuf::zeroed(good.len());
+    bad.copy_from_slice(&good);
+    bad[BIG / 2] ^= 1;
+    let (st, why) = raw_put(&mut s, 1, key(100), &bad);
+    assert_eq!(st, Status::Error);
+    assert!(why.contains("checksum"), "{why}");
+    let (st, why) = raw_put(&mut s, 2, key(101), &good);
+    assert_eq!(st, Status::Error);
+    assert!(why.contains("wrong_key"), "{why}");
+    let (st, why) = raw_put(&mut s, 3, key(100), &good);
+    assert_eq!((st, why.as_str()), (Status::Ok, ""));
+    // A body cut off half-way, and one that stalls: the connection is closed with a reason.
+    let cut = big_record(200, BIG);
+    let mut s = raw_connect_open(&addr);
+    s.write_all(&Frame::request(Op::Put, 1, key(200), cut.len() as u32).encode())
+        .unwrap();
+    s.write_all(&cut[..BIG / 2]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(s), "cut body");
+    let stall = big_record(201, BIG);
+    let mut s = raw_connect_open(&addr);
+    s.write_all(&Frame::request(Op::Put, 1, key(201), stall.len() as u32).encode())
+        .unwrap();
+    s.write_all(&stall[..BIG / 3]).unwrap();
+    let t0 = Instant::now();
+    assert!(closed_by_server(s), "stalled body");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "closed after the stall timeout"
+    );
+    let c2 = c.clone();
+    c.block(async move {
+        for (i, want) in [(100, true), (101, false), (200, false), (201, false)] {
+            assert_eq!(
+                c2.get(key(i), true).await.unwrap().is_some(),
+                want,
+                "object {i}"
+            );
+        }
+    });
+    let st = stats(&c, 0);
+    assert_eq!(st["bad_records"].as_u64(), Some(2), "{st}");
+    // Every one of those bodies took the streaming path.
+    assert_eq!(st["streamed_puts"].as_u64(), Some(24 + 5), "{st}");
+    assert_eq!(st["store"]["objects"].as_u64(), Some(25), "{st}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = server.stderr.lock().clone();
+        if log.contains("truncated frame") && log.contains("stalled for more than") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing reasons in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Killed and restarted on its directory: exactly the good records come back.
+    drop(c);
+    drop(server);
+    let server = common::start_server_with(&data, "127.0.0.1:0", None, &flags);
+    let c = client(std::slice::from_ref(&server.addr), 1, None);
+    let c2 = c.clone();
+    c.block(async move {
+        for i in (0..24u64).chain([100]) {
+            let want = big_record(i, BIG);
+            let got = c2.get(key(i), true).await.unwrap().expect("recovered");
+            assert!(
+                got[..want.len()] == want[..],
+                "object {i} came back different"
+            );
+        }
+        for i in [101, 200, 201] {
+            assert!(c2.get(key(i), true).await.unwrap().is_none(), "object {i}");
+        }
+    });
+    assert_eq!(stats(&c, 0)["store"]["objects"].as_u64(), Some(25));
+}
+
+/// Connects to a server without a secret (an empty proof).
+fn raw_connect_open(addr: &str) -> TcpStream {
+    let (mut s, _) = raw_connect(addr);
+    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 0).encode())
+        .unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(Frame::decode(&h, 0).unwrap().op, Op::Auth);
+    s
 }

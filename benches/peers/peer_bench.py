@@ -777,6 +777,9 @@ def main():
             "get_errors": len(get_err),
             "put_wall_s": round(put_wall, 4),
             "get_wall_s": round(get_wall, 4),
+            # Every request's latency, so percentiles can be pooled over rounds.
+            "put_latencies_us": [round(x, 1) for x in put_lat],
+            "get_latencies_us": [round(x, 1) for x in get_lat],
             "verify": "after-phase" if hold else "inline",
         }
         if barrier is not None:  # lm:// PUT is unacknowledged: see LMCache.put_barrier

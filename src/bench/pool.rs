@@ -34,10 +34,17 @@ pub struct PoolBenchOptions {
     pub concurrency: Vec<usize>,
     /// Bytes per phase (objects = bytes / size, at least 8).
     pub total_bytes: u64,
+    /// Rounds per size and concurrency: every phase (the raw disk, kvtier's, each peer's) runs
+    /// once per round, in turn, so all see the same moments of a noisy machine; medians are
+    /// reported.
+    pub rounds: usize,
     /// A running pool server (`host:port`) instead of one started by the bench.
     pub pool: Option<String>,
     /// Its secret, if it needs one.
     pub secret: Option<Vec<u8>>,
+    /// The client's transport: TCP, or UCX (the server started by the bench then serves
+    /// both; build with feature `ucx`).
+    pub transport: crate::pool::client::Transport,
     /// The `kvtier` executable that serves the embedded pool (`kvtier pool`).
     pub server_exe: PathBuf,
     /// Peers to run the same workload against: `mooncake`, `lmcache`, `redis`.
@@ -68,8 +75,10 @@ pub struct PoolBenchRow {
     pub p99_us: f64,
     /// Objects moved.
     pub objects: usize,
-    /// Objects whose bytes were checked equal (gets).
+    /// Objects whose bytes were checked equal (gets), over all rounds.
     pub verified: usize,
+    /// GB/s of each round (`gbps` is their median).
+    pub rounds: Vec<f64>,
 }
 
 /// Result of `kvtier bench pool`.
@@ -116,6 +125,11 @@ fn start_server(
     use std::io::BufRead;
     let mut child = Command::new(&opts.server_exe)
         .args(["pool", "--listen", "127.0.0.1:0", "--control", "none"])
+        .args(if opts.transport == crate::pool::client::Transport::Ucx {
+            &["--ucx"][..]
+        } else {
+            &[]
+        })
         .arg("--data")
         .arg(data)
         .args([
@@ -258,6 +272,7 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
     };
     let mut cfg = PoolClientConfig::new(vec![Member { addr, weight: 1.0 }]);
     cfg.secret = opts.secret.clone();
+    cfg.transport = opts.transport;
     cfg.timeout = Duration::from_secs(30);
     // One client with as many connections as requests in flight, as the peers get (LMCache: one
     // connector per request in flight; Redis: a pool of that many connections).
@@ -265,33 +280,9 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
     cfg.buffer_pool_bytes = (opts.total_bytes as usize) * 2 + (256 << 20);
     let client = PoolClient::new(cfg)?;
     let mut rows = Vec::new();
-    #[allow(clippy::too_many_arguments)]
-    fn row(
-        system: &str,
-        op: &str,
-        size: usize,
-        conc: usize,
-        g: f64,
-        mut lat: Vec<f64>,
-        n: usize,
-        verified: usize,
-    ) -> PoolBenchRow {
-        PoolBenchRow {
-            system: system.into(),
-            op: op.into(),
-            size,
-            concurrency: conc,
-            gbps: g,
-            p50_us: pct(&mut lat, 0.5),
-            p99_us: pct(&mut lat, 0.99),
-            objects: n,
-            verified,
-        }
-    }
     let mut skipped = Vec::new();
     for (si, &size) in opts.sizes.iter().enumerate() {
         let n = ((opts.total_bytes / size as u64) as usize).max(8);
-        let payload = (n * size) as u64;
         // A handful of distinct payloads, resealed per key (so each object is unique).
         let base: Vec<Arc<AlignedBuf>> = (0..4)
             .map(|j| {
@@ -302,123 +293,173 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
             })
             .collect::<Result<_>>()?;
         for &conc in &opts.concurrency {
-            let tag = format!("{} KiB x{n}, {conc} in flight", size >> 10);
-            if opts.pool.is_none() {
-                progress(&format!("{tag}: raw O_DIRECT write/read"));
-                let (w, r, wl, rl) = raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
-                rows.push(row("disk", "raw_write", size, conc, w, wl, n, 0));
-                rows.push(row("disk", "raw_read", size, conc, r, rl, n, 0));
-            }
-            let round = (si * 100 + conc) as u64;
-            let records: Arc<Vec<Arc<AlignedBuf>>> = Arc::new(
-                (0..n)
-                    .map(|i| {
-                        let mut o = BlockObject::from_record(
-                            {
-                                let mut b = AlignedBuf::zeroed(base[i % 4].len());
-                                b.copy_from_slice(&base[i % 4]);
-                                b
-                            },
-                            None,
-                            None,
-                        )?;
-                        o.seal(key(size, i + (round as usize) * 1_000_000), 0, 0);
-                        Ok(Arc::new(o.into_record()))
-                    })
-                    .collect::<Result<_>>()?,
-            );
-            let k = move |i: usize| key(size, i + (round as usize) * 1_000_000);
-            progress(&format!("{tag}: put"));
-            let (c, recs) = (client.clone(), records.clone());
-            let (d, lat) = run_ops(&client, n, conc, move |i| {
-                let (c, r) = (c.clone(), recs[i].clone());
-                async move { c.put(r).await.map(|_| ()) }
-            })?;
-            rows.push(row(
-                "kvtier",
-                "put",
-                size,
-                conc,
-                gbps(payload, d),
-                lat,
-                n,
-                0,
-            ));
-            for (op, bypass) in [("get_disk", true), ("get_cached", false)] {
-                if !bypass {
-                    // Bring every object into the server's DRAM cache (write-around: reads fill it).
-                    progress(&format!("{tag}: warming the DRAM cache"));
-                    let c = client.clone();
-                    client.block(async move {
-                        for i in 0..n {
-                            if let Ok(Some(b)) = c.get(k(i), false).await {
-                                c.recycle(b);
+            // Per phase, in order of first appearance: (system, op, GB/s per round, latencies,
+            // verified objects).
+            let mut acc: Vec<(String, String, Vec<f64>, Vec<f64>, usize)> = Vec::new();
+            let mut add = |sys: &str, op: &str, g: f64, lat: Vec<f64>, verified: usize| match acc
+                .iter_mut()
+                .find(|a| a.0 == sys && a.1 == op)
+            {
+                Some(a) => {
+                    a.2.push(g);
+                    a.3.extend(lat);
+                    a.4 += verified;
+                }
+                None => acc.push((sys.into(), op.into(), vec![g], lat, verified)),
+            };
+            for round in 0..opts.rounds.max(1) {
+                let tag = format!(
+                    "{} KiB x{n}, {conc} in flight, round {}/{}",
+                    size >> 10,
+                    round + 1,
+                    opts.rounds.max(1)
+                );
+                if opts.pool.is_none() {
+                    progress(&format!("{tag}: raw O_DIRECT write/read"));
+                    let (w, r, wl, rl) =
+                        raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
+                    add("disk", "raw_write", w, wl, 0);
+                    add("disk", "raw_read", r, rl, 0);
+                }
+                let base_key = ((si * 100 + conc) * 100 + round) * 1_000_000;
+                for (op, g, lat, verified) in
+                    kvtier_round(&client, &base, size, n, conc, base_key, &tag, &mut progress)?
+                {
+                    add("kvtier", op, g, lat, verified);
+                }
+                for peer in &opts.peers {
+                    if skipped.iter().any(|(p, _)| p == peer) {
+                        continue;
+                    }
+                    progress(&format!("{tag}: peer {peer}"));
+                    match run_peer(opts, peer, size, n, conc) {
+                        Ok(rs) => {
+                            for r in rs {
+                                add(peer, &r.op, r.gbps, r.latencies, r.verified);
                             }
                         }
-                    });
-                }
-                progress(&format!("{tag}: {op}"));
-                // As the peers do: every byte is compared after the timed phase (the client
-                // itself verifies each record's checksum inside it), into buffers whose pages
-                // are already mapped.
-                client.prewarm(n, crate::block::record_len(size));
-                let got: Arc<parking_lot::Mutex<Vec<Option<AlignedBuf>>>> =
-                    Arc::new(parking_lot::Mutex::new((0..n).map(|_| None).collect()));
-                let (c, g) = (client.clone(), got.clone());
-                let (d, lat) = run_ops(&client, n, conc, move |i| {
-                    let (c, g) = (c.clone(), g.clone());
-                    async move {
-                        let b = c.get(k(i), bypass).await?.ok_or_else(|| {
-                            Error::corrupt(format!("bench object {i} missing from the pool"))
-                        })?;
-                        g.lock()[i] = Some(b);
-                        Ok(())
+                        Err(e) => {
+                            progress(&format!("peer {peer} skipped: {e}"));
+                            skipped.push((peer.clone(), e.to_string()));
+                        }
                     }
-                })?;
-                let len = crate::block::record_len(size);
-                let mut verified = 0;
-                for (i, b) in got.lock().drain(..).enumerate() {
-                    let b = b.expect("every get stored its buffer");
-                    if b[..len] != records[i][..len] {
-                        return Err(Error::corrupt(format!(
-                            "bench object {i} read back different bytes"
-                        )));
-                    }
-                    verified += 1;
-                    client.recycle(b);
                 }
-                rows.push(row(
-                    "kvtier",
+            }
+            for (sys, op, per_round, mut lat, verified) in acc {
+                rows.push(PoolBenchRow {
+                    system: sys,
                     op,
                     size,
-                    conc,
-                    gbps(payload, d),
-                    lat,
-                    n,
+                    concurrency: conc,
+                    gbps: super::median(&per_round),
+                    p50_us: pct(&mut lat, 0.5),
+                    p99_us: pct(&mut lat, 0.99),
+                    objects: n,
                     verified,
-                ));
-            }
-            // Free the pool's cache for the next configuration.
-            let c = client.clone();
-            client.block(async move {
-                for i in 0..n {
-                    let _ = c.delete(k(i)).await;
-                }
-            });
-            drop(records);
-            for peer in &opts.peers {
-                progress(&format!("{tag}: peer {peer}"));
-                match run_peer(opts, peer, size, n, conc) {
-                    Ok(rs) => rows.extend(rs),
-                    Err(e) => {
-                        progress(&format!("peer {peer} skipped: {e}"));
-                        skipped.push((peer.clone(), e.to_string()));
-                    }
-                }
+                    rounds: per_round,
+                });
             }
         }
     }
     Ok(PoolBenchReport { rows, skipped })
+}
+
+/// One round of kvtier's phases on `n` objects of `size` bytes, `conc` in flight: `put`,
+/// `get_disk`, `get_cached`, each as (op, GB/s, latencies in µs, objects verified); the objects
+/// are deleted after.
+#[allow(clippy::too_many_arguments)]
+fn kvtier_round(
+    client: &Arc<PoolClient>,
+    base: &[Arc<AlignedBuf>],
+    size: usize,
+    n: usize,
+    conc: usize,
+    base_key: usize,
+    tag: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<(&'static str, f64, Vec<f64>, usize)>> {
+    let payload = (n * size) as u64;
+    let records: Arc<Vec<Arc<AlignedBuf>>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                let mut b = AlignedBuf::zeroed(base[i % base.len()].len());
+                b.copy_from_slice(&base[i % base.len()]);
+                let mut o = BlockObject::from_record(b, None, None)?;
+                o.seal(key(size, base_key + i), 0, 0);
+                Ok(Arc::new(o.into_record()))
+            })
+            .collect::<Result<_>>()?,
+    );
+    let k = move |i: usize| key(size, base_key + i);
+    let mut out = Vec::new();
+    progress(&format!("{tag}: put"));
+    let (c, recs) = (client.clone(), records.clone());
+    let (d, lat) = run_ops(client, n, conc, move |i| {
+        let (c, r) = (c.clone(), recs[i].clone());
+        async move { c.put(r).await.map(|_| ()) }
+    })?;
+    out.push(("put", gbps(payload, d), lat, 0));
+    for (op, bypass) in [("get_disk", true), ("get_cached", false)] {
+        if !bypass {
+            // Bring every object into the server's DRAM cache (write-around: reads fill it).
+            progress(&format!("{tag}: warming the DRAM cache"));
+            let c = client.clone();
+            client.block(async move {
+                for i in 0..n {
+                    if let Ok(Some(b)) = c.get(k(i), false).await {
+                        c.recycle(b);
+                    }
+                }
+            });
+        }
+        progress(&format!("{tag}: {op}"));
+        // As the peers do: every byte is compared after the timed phase (the client itself
+        // verifies each record's checksum inside it), into buffers whose pages are already
+        // mapped.
+        client.prewarm(n, crate::block::record_len(size));
+        let got: Arc<parking_lot::Mutex<Vec<Option<AlignedBuf>>>> =
+            Arc::new(parking_lot::Mutex::new((0..n).map(|_| None).collect()));
+        let (c, g) = (client.clone(), got.clone());
+        let (d, lat) = run_ops(client, n, conc, move |i| {
+            let (c, g) = (c.clone(), g.clone());
+            async move {
+                let b = c.get(k(i), bypass).await?.ok_or_else(|| {
+                    Error::corrupt(format!("bench object {i} missing from the pool"))
+                })?;
+                g.lock()[i] = Some(b);
+                Ok(())
+            }
+        })?;
+        let len = crate::block::record_len(size);
+        let mut verified = 0;
+        for (i, b) in got.lock().drain(..).enumerate() {
+            let b = b.expect("every get stored its buffer");
+            if b[..len] != records[i][..len] {
+                return Err(Error::corrupt(format!(
+                    "bench object {i} read back different bytes"
+                )));
+            }
+            verified += 1;
+            client.recycle(b);
+        }
+        out.push((op, gbps(payload, d), lat, verified));
+    }
+    // Free the pool's cache for the next round.
+    let c = client.clone();
+    client.block(async move {
+        for i in 0..n {
+            let _ = c.delete(k(i)).await;
+        }
+    });
+    Ok(out)
+}
+
+/// A peer's phase: op, GB/s, latencies (two points: its p50 and p99), verified objects.
+struct PeerRow {
+    op: String,
+    gbps: f64,
+    latencies: Vec<f64>,
+    verified: usize,
 }
 
 /// Runs one peer through `benches/peers/peer_bench.py` in its venv; rows `put` and `get`.
@@ -428,7 +469,7 @@ fn run_peer(
     size: usize,
     n: usize,
     conc: usize,
-) -> Result<Vec<PoolBenchRow>> {
+) -> Result<Vec<PeerRow>> {
     let python = opts.peers_venvs.join(peer).join("bin/python");
     if !python.exists() {
         return Err(Error::new(
@@ -480,25 +521,14 @@ fn run_peer(
         )));
     }
     let verified = v["verified"].as_u64().unwrap_or(0) as usize;
-    let mk = |op: &str, g: f64, p50: f64, p99: f64, ver: usize| PoolBenchRow {
-        system: peer.to_string(),
+    let mk = |op: &str, ver: usize| PeerRow {
         op: op.into(),
-        size,
-        concurrency: v["concurrency"].as_u64().unwrap_or(conc as u64) as usize,
-        gbps: g,
-        p50_us: p50,
-        p99_us: p99,
-        objects: n,
+        gbps: f(&format!("{op}_gbps")),
+        latencies: v[format!("{op}_latencies_us")]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_else(|| vec![f(&format!("{op}_p50_us")), f(&format!("{op}_p99_us"))]),
         verified: ver,
     };
-    Ok(vec![
-        mk("put", f("put_gbps"), f("put_p50_us"), f("put_p99_us"), 0),
-        mk(
-            "get",
-            f("get_gbps"),
-            f("get_p50_us"),
-            f("get_p99_us"),
-            verified,
-        ),
-    ])
+    Ok(vec![mk("put", 0), mk("get", verified)])
 }

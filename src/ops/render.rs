@@ -385,6 +385,12 @@ pub fn pool_page(s: &PoolServerStats, hists: &[(&'static str, HistogramSnapshot)
         s.bad_records,
     );
     w.counter(
+        n::POOL_STREAMED_PUTS,
+        "Puts whose body was written to disk chunk by chunk while it arrived (pool.stream_chunk).",
+        &[],
+        s.streamed_puts,
+    );
+    w.counter(
         n::POOL_ERRORS,
         "Requests that failed (I/O, no space, draining).",
         &[],

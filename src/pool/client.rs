@@ -405,6 +405,13 @@ impl PoolClient {
         f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(f.id, tx);
+        // The connection's reader marks it dead before it fails the calls pending on it (under
+        // the same lock): a call registered after that would wait for its deadline instead of
+        // going on to the next replica.
+        if conn.dead.load(Ordering::Relaxed) {
+            conn.pending.lock().remove(&f.id);
+            return Err(unavailable(addr, "connection lost"));
+        }
         if conn.out.send((f, rec, bytes)).await.is_err() {
             conn.pending.lock().remove(&f.id);
             return Err(unavailable(addr, "connection closed"));

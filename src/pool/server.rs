@@ -37,6 +37,8 @@ use crate::key::BlockKey;
 use crate::metrics::{Counter, Gauge, HistogramSnapshot, OpLatency, StoreStats};
 use crate::tier::segment::{SegmentStore, SegmentStoreConfig};
 
+mod stream;
+
 /// Configuration of a pool server.
 #[derive(Debug, Clone)]
 pub struct PoolServerConfig {
@@ -58,6 +60,13 @@ pub struct PoolServerConfig {
     pub auth_timeout: Duration,
     /// Also serve UCX clients (feature `ucx`). Default `false`.
     pub ucx: bool,
+    /// Puts of at least two chunks of this many bytes are streamed to disk chunk by chunk
+    /// while their bodies arrive (see `server/stream.rs`); 0 reads every body whole first.
+    /// A multiple of 4 KiB. Default 1 MiB.
+    pub stream_chunk: usize,
+    /// Longest wait for the next chunk of a streamed put's body before the connection is
+    /// closed. Default 10 s.
+    pub stall_timeout: Duration,
 }
 
 impl PoolServerConfig {
@@ -73,6 +82,8 @@ impl PoolServerConfig {
             max_in_flight: 64,
             auth_timeout: Duration::from_secs(5),
             ucx: false,
+            stream_chunk: 1 << 20,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +111,7 @@ struct Counters {
     bad_frames: Counter,
     auth_failures: Counter,
     puts: Counter,
+    streamed_puts: Counter,
     gets: Counter,
     get_hits: Counter,
     cache_hits: Counter,
@@ -126,6 +138,8 @@ pub struct PoolServerStats {
     pub auth_failures: u64,
     /// Put requests.
     pub puts: u64,
+    /// Of those, puts whose body was streamed to disk as it arrived (`stream_chunk`).
+    pub streamed_puts: u64,
     /// Get requests.
     pub gets: u64,
     /// Gets that found the key (cache or disk).
@@ -317,6 +331,12 @@ impl PoolServer {
                 return Err(Error::invalid("the pool secret is empty"));
             }
         }
+        if cfg.stream_chunk % crate::buf::ALIGN != 0 {
+            return Err(Error::invalid(format!(
+                "stream_chunk is {} bytes; it is a multiple of 4 KiB (or 0: no streaming)",
+                cfg.stream_chunk
+            )));
+        }
         let store_cfg = cfg.store.clone();
         let store = tokio::task::spawn_blocking(move || SegmentStore::open(store_cfg))
             .await
@@ -380,6 +400,7 @@ impl PoolServer {
             bad_frames: c.bad_frames.get(),
             auth_failures: c.auth_failures.get(),
             puts: c.puts.get(),
+            streamed_puts: c.streamed_puts.get(),
             gets: c.gets.get(),
             get_hits: c.get_hits.get(),
             cache_hits: c.cache_hits.get(),
@@ -516,12 +537,42 @@ impl PoolServer {
         let mut ucx_client: Option<u32> = None;
         loop {
             let next = tokio::select! {
-                r = read_frame(&mut rd, self.cfg.max_body, Some(&self.bufs)) => r,
+                r = read_header(&mut rd, self.cfg.max_body) => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let (frame, body) = match next {
-                Ok(x) => x,
+            let frame = match next {
+                Ok(f) => f,
                 Err(ReadError::Closed) => break,
+                Err(e) => {
+                    self.reject(peer, &e.to_string(), false);
+                    break;
+                }
+            };
+            if self.streams(&frame) {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                self.counters.in_flight.add(1);
+                match self.receive_put(frame, &mut rd).await {
+                    Ok(finish) => {
+                        let (s, tx) = (self.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let resp = finish.await;
+                            s.counters.in_flight.sub(1);
+                            let _ = tx.send(resp).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        self.counters.in_flight.sub(1);
+                        self.reject(peer, &e.to_string(), false);
+                        break;
+                    }
+                }
+            }
+            let body = match read_body(&mut rd, &frame, Some(&self.bufs)).await {
+                Ok(b) => b,
                 Err(e) => {
                     self.reject(peer, &e.to_string(), false);
                     break;
@@ -633,7 +684,7 @@ impl PoolServer {
                     return err(&self, Status::Draining, "the server is draining".into());
                 }
                 let body = Arc::new(body);
-                if let Err(why) = check_header(&body, f.key) {
+                if let Err(why) = check_header(&body, f.key, None) {
                     self.counters.bad_records.inc();
                     return err(&self, Status::Error, why);
                 }
@@ -774,20 +825,26 @@ fn record_len_of(r: &AlignedBuf) -> usize {
 }
 
 /// A put's header must be valid, of the frame's key, and say the body's length.
-fn check_header(body: &[u8], key: BlockKey) -> std::result::Result<(), String> {
+/// Checks a put's record header (in the first bytes of `body`) against the frame's key and
+/// the body's length (`len`, or `body.len()` when the body is whole).
+fn check_header(
+    body: &[u8],
+    key: BlockKey,
+    len: Option<usize>,
+) -> std::result::Result<BlockHeader, String> {
     let h = BlockHeader::decode(body)
         .map_err(|v| format!("the record failed verification: {}", v.as_str()))?;
     if h.key() != key {
         return Err("the record failed verification: wrong_key".into());
     }
-    if h.record_len() != body.len() {
+    let len = len.unwrap_or(body.len());
+    if h.record_len() != len {
         return Err(format!(
-            "a put body is one page-aligned record of {} bytes, got {}",
+            "a put body is one page-aligned record of {} bytes, got {len}",
             h.record_len(),
-            body.len()
         ));
     }
-    Ok(())
+    Ok(h)
 }
 
 /// A put's body must be one whole, valid record of the frame's key.
@@ -835,20 +892,38 @@ pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
     max_body: u32,
     bufs: Option<&BufPool>,
 ) -> std::result::Result<(Frame, AlignedBuf), ReadError> {
+    let f = read_header(rd, max_body).await?;
+    let body = read_body(rd, &f, bufs).await?;
+    Ok((f, body))
+}
+
+/// Reads and checks one frame header. A clean close before it is [`ReadError::Closed`];
+/// inside it, an error.
+pub(crate) async fn read_header<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max_body: u32,
+) -> std::result::Result<Frame, ReadError> {
     let mut h = [0u8; HEADER_LEN];
-    // A clean close between frames is not an error; inside a header it is.
     let n = rd.read(&mut h).await.map_err(ReadError::Io)?;
     if n == 0 {
         return Err(ReadError::Closed);
     }
     rd.read_exact(&mut h[n..]).await.map_err(ReadError::Io)?;
-    let f = Frame::decode(&h, max_body).map_err(ReadError::Frame)?;
+    Frame::decode(&h, max_body).map_err(ReadError::Frame)
+}
+
+/// Reads the body of `f` into a page-aligned buffer (from `bufs` when given).
+pub(crate) async fn read_body<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    f: &Frame,
+    bufs: Option<&BufPool>,
+) -> std::result::Result<AlignedBuf, ReadError> {
     let mut body = match bufs {
         Some(p) if f.body_len > 0 => p.take(f.body_len as usize),
         _ => AlignedBuf::zeroed(f.body_len as usize),
     };
     rd.read_exact(&mut body).await.map_err(ReadError::Io)?;
-    Ok((f, body))
+    Ok(body)
 }
 
 /// The gRPC control plane.

@@ -337,6 +337,8 @@ pub fn pool(loaded: config::Loaded) -> Result<()> {
     scfg.control = p.control.0;
     scfg.cache_bytes = p.cache_bytes.0;
     scfg.ucx = p.ucx;
+    scfg.stream_chunk = p.stream_chunk.0 as usize;
+    scfg.stall_timeout = Duration::from_millis(p.stall_timeout_ms);
     if let Some(f) = &p.secret_file {
         scfg.secret = Some(kvtier::pool::auth::read_secret(f).context("pool.secret_file")?);
     }

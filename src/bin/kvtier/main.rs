@@ -138,15 +138,23 @@ struct PoolBenchArgs {
     /// Requests in flight, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     concurrency: Vec<usize>,
-    /// Bytes per phase.
+    /// Bytes per phase and round.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     total: u64,
+    /// Rounds: each phase (raw disk, kvtier, every peer) runs once per round, in turn, and
+    /// medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Measure a running pool server (`host:port`) instead of starting one.
     #[arg(long)]
     pool: Option<String>,
     /// Its shared secret file.
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// The client's transport: tcp, or ucx (built with feature `ucx`; the bench's server then
+    /// serves UCX too; pick UCX's transports with `UCX_TLS`).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
     /// Peers to run beside kvtier (each started by the bench on loopback): mooncake, lmcache,
     /// redis. Their venvs come from scripts/setup_peers.sh.
     #[arg(long, value_delimiter = ',')]
@@ -508,6 +516,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
         sizes: a.sizes.iter().map(|&s| s as usize).collect(),
         concurrency: a.concurrency,
         total_bytes: a.total,
+        rounds: a.rounds,
         pool: a.pool,
         secret: a
             .secret_file
@@ -515,6 +524,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
             .map(kvtier::pool::auth::read_secret)
             .transpose()?,
         server_exe: std::env::current_exe()?,
+        transport: kvtier::pool::client::Transport::parse(&a.transport)?,
         peers: a.peers,
         peers_script: root.join("benches/peers/peer_bench.py"),
         peers_venvs: a.peers_venvs,
@@ -580,6 +590,27 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
             }
             if !parts.is_empty() {
                 println!("{} KiB, {c} in flight: {}", size >> 10, parts.join(", "));
+            }
+        }
+    }
+    // Against the disk's ceiling: the best raw figure at any concurrency, per size.
+    let best = |sys: &str, op: &str, size: usize| {
+        r.rows
+            .iter()
+            .filter(|x| x.system == sys && x.op == op && x.size == size)
+            .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
+            .map(|x| (x.gbps, x.concurrency))
+    };
+    for &size in &opts.sizes {
+        for (ours, raw) in [("put", "raw_write"), ("get_disk", "raw_read")] {
+            if let (Some((a, ca)), Some((b, cb))) =
+                (best("kvtier", ours, size), best("disk", raw, size))
+            {
+                println!(
+                    "{} KiB: best {ours} {a:.2} GB/s ({ca} in flight) / disk ceiling {raw} {b:.2} GB/s ({cb} in flight) = {:.2}",
+                    size >> 10,
+                    a / b
+                );
             }
         }
     }

@@ -114,6 +114,10 @@ pub struct PoolSection {
     pub segment_bytes: ByteSize,
     /// Default: `1 GiB`.
     pub cache_bytes: ByteSize,
+    /// Default: `1 MiB`.
+    pub stream_chunk: ByteSize,
+    /// Default: `10000`.
+    pub stall_timeout_ms: u64,
     /// Default: none.
     pub secret_file: Option<PathBuf>,
     /// Default: `auto`.
@@ -133,6 +137,8 @@ impl Default for PoolSection {
             capacity: ByteSize(16 << 30),
             segment_bytes: ByteSize(64 << 20),
             cache_bytes: ByteSize(1 << 30),
+            stream_chunk: ByteSize(1 << 20),
+            stall_timeout_ms: 10_000,
             secret_file: None,
             io: "auto".into(),
             ucx: false,
@@ -201,6 +207,8 @@ setters!(
         capacity,
         segment_bytes,
         cache_bytes,
+        stream_chunk,
+        stall_timeout_ms,
         secret_file,
         io,
         ucx,

@@ -155,6 +155,18 @@ impl PoolSection {
                 ),
             ));
         }
+        if self.stream_chunk.0 % 4096 != 0 || self.stream_chunk.0 > 64 << 20 {
+            return Err(field_error(
+                "pool.stream_chunk",
+                format!(
+                    "{} is not a multiple of 4 KiB up to 64 MiB (0 turns streaming off)",
+                    self.stream_chunk
+                ),
+            ));
+        }
+        if self.stall_timeout_ms == 0 {
+            return Err(field_error("pool.stall_timeout_ms", "0; at least 1"));
+        }
         crate::tier::io::IoMode::parse(&self.io).map_err(|_| {
             field_error(
                 "pool.io",

@@ -185,6 +185,30 @@ impl Segment {
         })
     }
 
+    /// Ends one reserved write; seals the segment when it was the last of a closed segment.
+    pub fn finish_write(&self, io: &dyn IoEngine) {
+        let mut st = self.state.lock();
+        st.inflight -= 1;
+        if st.closed && st.inflight == 0 {
+            self.seal(io, &mut st);
+        }
+    }
+
+    /// Writes the sealed header once (a failure leaves it unsealed: verified in full on
+    /// recovery, slower and still correct).
+    pub fn seal(&self, io: &dyn IoEngine, st: &mut SegState) {
+        if st.sealed {
+            return;
+        }
+        let records = self.keys.lock().len() as u64;
+        match self.write_seal(io, st.end, records) {
+            Ok(()) => st.sealed = true,
+            Err(e) => {
+                tracing::warn!(segment = %self.path.display(), error = %e, "could not seal segment")
+            }
+        }
+    }
+
     /// Writes the sealed header: recovery will trust record headers up to `end`.
     pub fn write_seal(&self, io: &dyn IoEngine, end: u64, records: u64) -> std::io::Result<()> {
         io.write_at(

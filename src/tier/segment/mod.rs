@@ -175,6 +175,95 @@ pub struct SegmentStore {
     counters: Counters,
 }
 
+/// The extent of one record being written in parts: see [`SegmentStore::reserve_record`].
+pub struct RecordSlot {
+    seg: Arc<Segment>,
+    off: u64,
+    len: usize,
+    io: Arc<dyn IoEngine>,
+    /// Bytes written by successful parts.
+    written: AtomicU64,
+    finished: AtomicBool,
+    failed: AtomicBool,
+}
+
+impl RecordSlot {
+    /// The record's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a slot holds at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes `bytes` (a page-aligned buffer of whole pages) at byte `at` (page-aligned) of
+    /// the record. Parts may go from any thread, in any order; a record is committed once
+    /// every byte was written once.
+    pub fn write_part(&self, at: usize, bytes: &[u8]) -> std::io::Result<()> {
+        if self.finished.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "this record was already committed or abandoned",
+            ));
+        }
+        if at % ALIGN != 0
+            || bytes.len() % ALIGN != 0
+            || bytes.as_ptr() as usize % ALIGN != 0
+            || at + bytes.len() > self.len
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a record part is whole, page-aligned pages inside the record: {} bytes at {at} of a {}-byte record",
+                    bytes.len(),
+                    self.len
+                ),
+            ));
+        }
+        match self
+            .io
+            .write_at(&self.seg.file, bytes, self.off + at as u64)
+        {
+            Ok(()) => {
+                self.written
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl RecordSlot {
+    /// Ends the reservation once (true the first time).
+    fn finish(&self) -> bool {
+        let first = !self.finished.swap(true, Ordering::Relaxed);
+        if first {
+            self.seg.finish_write(self.io.as_ref());
+        }
+        first
+    }
+}
+
+impl Drop for RecordSlot {
+    /// A slot neither committed nor abandoned is abandoned: its header, if written, is zeroed
+    /// (one page write: the abandon paths do this themselves, off any async thread).
+    fn drop(&mut self) {
+        if !self.finished.load(Ordering::Relaxed) {
+            if self.written.load(Ordering::Relaxed) > 0 {
+                let _ = self
+                    .io
+                    .write_at(&self.seg.file, &AlignedBuf::zeroed(ALIGN), self.off);
+            }
+            self.finish();
+        }
+    }
+}
+
 /// What [`SegmentStore::open`] found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RecoveryReport {
@@ -345,14 +434,19 @@ impl SegmentStore {
         }
     }
 
-    fn append(&self, record: &[u8], key: BlockKey, origin: Origin) -> Result<()> {
-        let len = record.len() as u64;
-        if len > self.cfg.segment_bytes - ALIGN as u64 || len % ALIGN as u64 != 0 {
+    fn check_len(&self, len: u64) -> Result<()> {
+        if len > self.cfg.segment_bytes - ALIGN as u64 || len % ALIGN as u64 != 0 || len == 0 {
             return Err(Error::invalid(format!(
                 "record of {len} bytes does not fit a {}-byte segment (or is not page-aligned); raise `segment_bytes`",
                 self.cfg.segment_bytes
             )));
         }
+        Ok(())
+    }
+
+    fn append(&self, record: &[u8], key: BlockKey, origin: Origin) -> Result<()> {
+        let len = record.len() as u64;
+        self.check_len(len)?;
         let (seg, off, victim) = self.reserve(len)?;
         let mut res = self.io.write_at(&seg.file, record, off);
         if res.is_ok() && self.cfg.durability == Durability::Synced {
@@ -372,8 +466,17 @@ impl SegmentStore {
                 Error::io("writing a record", e).with_context("segment", seg.path.display())
             );
         }
+        self.index_record(seg.id, off, len, key, origin);
+        if let Some(v) = victim {
+            self.drop_segment(v, origin == Origin::Put && self.cfg.second_chance);
+        }
+        Ok(())
+    }
+
+    /// Points the index at a record now on disk.
+    fn index_record(&self, seg: u64, off: u64, len: u64, key: BlockKey, origin: Origin) {
         let loc = Loc {
-            seg: seg.id,
+            seg,
             off,
             len: len as u32,
             hot: AtomicBool::new(false),
@@ -390,10 +493,79 @@ impl SegmentStore {
         }
         self.counters.puts.inc();
         self.counters.bytes_in.add(len);
+    }
+
+    /// Reserves the extent of one record of `len` bytes (page-aligned), to be written in parts
+    /// ([`RecordSlot::write_part`], from any thread, in any order) while its bytes arrive (a
+    /// pool server streams a put from the socket to the disk this way), then committed with
+    /// [`commit_record`](Self::commit_record) or given up with
+    /// [`abandon_record`](Self::abandon_record). Nothing finds the record before it is
+    /// committed. Dropping the slot without either abandons it.
+    pub fn reserve_record(&self, len: usize) -> Result<RecordSlot> {
+        self.check_len(len as u64)?;
+        let (seg, off, victim) = self.reserve(len as u64)?;
+        let slot = RecordSlot {
+            seg,
+            off,
+            len,
+            io: self.io.clone(),
+            written: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        };
         if let Some(v) = victim {
-            self.drop_segment(v, origin == Origin::Put && self.cfg.second_chance);
+            self.drop_segment(v, self.cfg.second_chance);
         }
+        Ok(slot)
+    }
+
+    /// Makes a reserved record findable under `key`, once every byte of it has been written
+    /// (each byte once) and the caller has verified its payload (the store checks the header
+    /// on every read, and the payload checksum on every read too). Syncs per `durability`.
+    pub fn commit_record(&self, slot: &RecordSlot, key: BlockKey) -> Result<()> {
+        let written = slot.written.load(Ordering::Relaxed);
+        if slot.failed.load(Ordering::Relaxed)
+            || slot.finished.load(Ordering::Relaxed)
+            || written != slot.len as u64
+        {
+            self.abandon_record(slot);
+            return Err(Error::invalid(format!(
+                "a record slot is committed once, after all of its {} bytes were written ({written} were, a part failed: {})",
+                slot.len,
+                slot.failed.load(Ordering::Relaxed)
+            )));
+        }
+        let seg = slot.seg.clone();
+        if self.cfg.durability == Durability::Synced {
+            if let Err(e) = self.io.sync(&seg.file) {
+                self.counters.write_errors.inc();
+                self.abandon_record(slot);
+                return Err(
+                    Error::io("syncing a record", e).with_context("segment", seg.path.display())
+                );
+            }
+        }
+        let (off, len) = (slot.off, slot.len as u64);
+        seg.keys.lock().push((key, off));
+        seg.live_bytes.fetch_add(len, Ordering::Relaxed);
+        slot.finish();
+        self.index_record(seg.id, off, len, key, Origin::Put);
         Ok(())
+    }
+
+    /// Gives up a reserved record (a part failed, its bytes never all arrived, or they
+    /// failed verification): nothing is indexed, and its first page is zeroed (best effort)
+    /// so that recovery never finds a header there.
+    pub fn abandon_record(&self, slot: &RecordSlot) {
+        if slot.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = self
+            .io
+            .write_at(&slot.seg.file, &AlignedBuf::zeroed(ALIGN), slot.off);
+        if slot.finish() && slot.failed.load(Ordering::Relaxed) {
+            self.counters.write_errors.inc();
+        }
     }
 
     /// Reserves `len` bytes in the active segment, rolling to a new one when it is full.
@@ -453,34 +625,14 @@ impl SegmentStore {
         st.closed = true;
         st.end = end;
         if st.inflight == 0 {
-            self.seal(seg, &mut st);
+            seg.seal(self.io.as_ref(), &mut st);
         }
     }
 
     fn finish_write(&self, seg: &Arc<Segment>) {
-        let mut st = seg.state.lock();
-        st.inflight -= 1;
-        if st.closed && st.inflight == 0 {
-            self.seal(seg, &mut st);
-        }
+        seg.finish_write(self.io.as_ref());
     }
 
-    fn seal(&self, seg: &Segment, st: &mut file::SegState) {
-        if st.sealed {
-            return;
-        }
-        let records = seg.keys.lock().len() as u64;
-        match seg.write_seal(self.io.as_ref(), st.end, records) {
-            Ok(()) => st.sealed = true,
-            // Unsealed segments are verified in full on recovery: slower, still correct.
-            Err(e) => {
-                tracing::warn!(segment = %seg.path.display(), error = %e, "could not seal segment")
-            }
-        }
-    }
-
-    /// The oldest segment with no write in flight (never the active one), removed from the map
-    /// and unlinked. Readers holding it keep reading the unlinked file.
     fn pick_victim(&self, exclude: Option<u64>) -> Option<Arc<Segment>> {
         let mut segs = self.segments.write();
         let id = segs.iter().find_map(|(id, s)| {

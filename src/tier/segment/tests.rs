@@ -481,3 +481,107 @@ fn a_full_disk_fails_puts_clearly_and_keeps_serving_reads() {
     store.put(&obj(1000)).unwrap();
     assert!(check(&store, 1000));
 }
+
+/// Writes object `i` into a reserved slot in parts of `part` bytes, in reverse order (parts
+/// may go in any order), leaving out the part at `skip`.
+fn write_parts(store: &SegmentStore, i: u64, part: usize, skip: Option<usize>) -> RecordSlot {
+    let o = obj(i);
+    let rec = o.record();
+    let slot = store.reserve_record(rec.len()).unwrap();
+    let starts: Vec<usize> = (0..rec.len()).step_by(part).collect();
+    for &at in starts.iter().rev() {
+        if Some(at) == skip {
+            continue;
+        }
+        let end = (at + part).min(rec.len());
+        let mut b = AlignedBuf::zeroed(end - at);
+        b.copy_from_slice(&rec[at..end]);
+        slot.write_part(at, &b).unwrap();
+    }
+    slot
+}
+
+#[test]
+fn records_written_in_parts_exist_once_committed_and_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 8)).unwrap();
+    store.put(&obj(1)).unwrap();
+    let slot = write_parts(&store, 2, 8192, None);
+    assert!(
+        !store.contains(key(2)),
+        "nothing finds a record before it is committed"
+    );
+    assert!(store.get(key(2)).unwrap().is_none());
+    store.commit_record(&slot, key(2)).unwrap();
+    assert!(check(&store, 2));
+    // Committing again, or writing after the commit, is refused.
+    assert!(store.commit_record(&slot, key(2)).is_err());
+    assert!(slot.write_part(4096, &AlignedBuf::zeroed(4096)).is_err());
+    store.put(&obj(3)).unwrap();
+    drop(store);
+    let store = SegmentStore::open(cfg(d.path(), 8)).unwrap();
+    assert!(check(&store, 1) && check(&store, 2) && check(&store, 3));
+    assert_eq!(store.len(), 3);
+}
+
+#[test]
+fn abandoned_or_incomplete_records_are_never_found_even_after_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 8)).unwrap();
+    // Every part written, then abandoned (say its checksum failed on the way in).
+    let abandoned = write_parts(&store, 1, 4096, None);
+    store.abandon_record(&abandoned);
+    // A part missing: the commit is refused and the record abandoned.
+    let partial = write_parts(&store, 2, 4096, Some(8192));
+    let e = store.commit_record(&partial, key(2)).unwrap_err();
+    assert!(e.to_string().contains("were written"), "{e}");
+    // Dropped without a word (a task that died): abandoned too, and the segment still seals.
+    drop(write_parts(&store, 3, 4096, None));
+    store.put(&obj(4)).unwrap();
+    for i in 1..=3 {
+        assert!(store.get(key(i)).unwrap().is_none(), "object {i} was found");
+    }
+    assert!(check(&store, 4));
+    // Fill the segment so it closes: it must seal (no reservation left open).
+    for i in 10..30 {
+        store.put(&obj(i)).unwrap();
+    }
+    assert!(store.detail().segments >= 2);
+    drop(store);
+    let store = SegmentStore::open_with_io(cfg(d.path(), 8), Arc::new(Psync))
+        .map(|(s, report)| {
+            assert_eq!(
+                report.unsealed, 1,
+                "only the active segment is unsealed: {report:?}"
+            );
+            s
+        })
+        .unwrap();
+    for i in 1..=3 {
+        assert!(
+            store.get(key(i)).unwrap().is_none(),
+            "object {i} was recovered"
+        );
+    }
+    assert!(check(&store, 4) && check(&store, 10) && check(&store, 29));
+}
+
+#[test]
+fn record_parts_outside_the_record_or_unaligned_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 8)).unwrap();
+    let len = obj(1).record().len();
+    let slot = store.reserve_record(len).unwrap();
+    let page = AlignedBuf::zeroed(4096);
+    for (at, bytes) in [(100, &page[..]), (len, &page[..]), (0, &page[..100])] {
+        let e = slot.write_part(at, bytes).unwrap_err();
+        assert!(e.to_string().contains("a record part"), "{e}");
+    }
+    assert!(store.reserve_record(1000).is_err(), "not page-aligned");
+    assert!(store.reserve_record(0).is_err());
+    assert!(
+        store.reserve_record(1 << 30).is_err(),
+        "larger than a segment"
+    );
+    store.abandon_record(&slot);
+}

@@ -1,0 +1,269 @@
+//! Streamed puts: a large put's body goes to disk while it is still crossing the socket.
+//!
+//! Read whole and then written, a 4 MiB put costs the socket time plus the disk time. Here the
+//! record's extent is reserved in the segment store when the header arrives
+//! ([`SegmentStore::reserve_record`](crate::tier::segment::SegmentStore::reserve_record));
+//! the body is read in chunks (`stream_chunk`, 1 MiB by default), each chunk is written to its
+//! place with O_DIRECT on a blocking thread while the next one is read, and a hasher thread
+//! checksums the payload as the chunks come. When the last chunk is in, what is left is the
+//! last write and the end of the hash; then the record is indexed. Until then nothing can
+//! find it; a record that fails its checksum, a part that fails to write, or a connection
+//! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
+//! not find its header either), and after a crash mid-write recovery verifies the unsealed
+//! segment's records in full.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{check_header, op_index, Body, PoolServer, ReadError};
+use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
+use crate::buf::AlignedBuf;
+use crate::error::{Error, ErrorKind};
+use crate::pool::wire::{Frame, Op, Status};
+use crate::tier::segment::{Durability, RecordSlot};
+
+/// The rest of a streamed put, run as its own task: it answers the request.
+pub(crate) type Finish = Pin<Box<dyn Future<Output = (Frame, Body)> + Send>>;
+
+/// One chunk's write: the chunk comes back to be reused.
+type Part = JoinHandle<(Arc<AlignedBuf>, io::Result<()>)>;
+
+/// Reads exactly `buf.len()` bytes, each call bounded by `limit` (a peer that stalls inside a
+/// body must not hold a reserved extent for ever).
+async fn read_part<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<(), ReadError> {
+    match tokio::time::timeout(limit, rd.read_exact(buf)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ReadError::Io(e)),
+        Err(_) => Err(ReadError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("a put's body stalled for more than {limit:?}"),
+        ))),
+    }
+}
+
+impl PoolServer {
+    /// Whether the body of `f` is streamed to disk as it arrives (a put of at least two
+    /// chunks while taking writes) rather than read whole first.
+    pub(super) fn streams(&self, f: &Frame) -> bool {
+        f.op == Op::Put
+            && self.cfg.stream_chunk > 0
+            && f.body_len as usize >= 2 * self.cfg.stream_chunk
+            && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Reads the body of the put `f` from `rd`, chunk by chunk, each written to disk while
+    /// the next one arrives. Returns the rest of the request (the last writes, the checksum,
+    /// the header page, the answer) to run as a task of its own, so the connection's next
+    /// frame is read meanwhile; or the error that ends the connection (it ended or stalled
+    /// inside the body). A record refused for its header or for lack of space has its body
+    /// read and dropped, and is answered with the reason.
+    pub(super) async fn receive_put<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        f: Frame,
+        rd: &mut R,
+    ) -> Result<Finish, ReadError> {
+        let t0 = Instant::now();
+        self.counters.puts.inc();
+        self.counters.streamed_puts.inc();
+        let len = f.body_len as usize;
+        let chunk = self.cfg.stream_chunk;
+        let limit = self.cfg.stall_timeout;
+        // Reserve the extent while the first chunk crosses the socket.
+        let s = self.clone();
+        let reserve = tokio::task::spawn_blocking(move || s.store.reserve_record(len));
+        let mut first = self.bufs.take(chunk);
+        read_part(rd, &mut first, limit).await?;
+        let header = match check_header(&first, f.key, Some(len)) {
+            Ok(h) => h,
+            Err(why) => {
+                // A reservation made meanwhile is abandoned when it is dropped.
+                drop(reserve);
+                self.skip_body(rd, len - chunk, first).await?;
+                self.counters.bad_records.inc();
+                return Ok(self.answered(f, t0, Status::Error, why));
+            }
+        };
+        let slot = match reserve.await {
+            Ok(Ok(slot)) => Arc::new(slot),
+            Ok(Err(e)) => {
+                self.skip_body(rd, len - chunk, first).await?;
+                let status = if e.kind() == ErrorKind::NoSpace {
+                    Status::NoSpace
+                } else {
+                    Status::Error
+                };
+                return Ok(self.answered(f, t0, status, e.to_string()));
+            }
+            Err(e) => {
+                self.skip_body(rd, len - chunk, first).await?;
+                return Ok(self.answered(f, t0, Status::Error, format!("put task failed: {e}")));
+            }
+        };
+        let (to_hash, hashed) = std::sync::mpsc::channel::<Arc<AlignedBuf>>();
+        let hasher = tokio::task::spawn_blocking(move || payload_matches(&header, len, hashed));
+        let write = |at: usize, c: Arc<AlignedBuf>| -> Part {
+            let slot = slot.clone();
+            tokio::task::spawn_blocking(move || {
+                let res = slot.write_part(at, &c);
+                (c, res)
+            })
+        };
+        let first = Arc::new(first);
+        let _ = to_hash.send(first.clone());
+        let mut parts = vec![write(0, first.clone())];
+        let mut at = chunk;
+        while at < len {
+            let n = chunk.min(len - at);
+            let mut c = self.bufs.take(n);
+            if let Err(e) = read_part(rd, &mut c, limit).await {
+                // The connection ends; the extent is abandoned once its writes are done.
+                drop(to_hash);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.settle(parts).await;
+                    me.abandon(slot).await;
+                    me.counters.errors.inc();
+                });
+                return Err(e);
+            }
+            let c = Arc::new(c);
+            let _ = to_hash.send(c.clone());
+            parts.push(write(at, c));
+            at += n;
+        }
+        drop(to_hash);
+        let me = self.clone();
+        Ok(Box::pin(async move {
+            let failed = me.settle(parts).await;
+            let matches = hasher.await.unwrap_or(false);
+            let (status, why) = if !matches {
+                me.counters.bad_records.inc();
+                (
+                    Status::Error,
+                    "the record failed verification: checksum".to_string(),
+                )
+            } else if let Some(e) = failed {
+                (Status::Error, format!("writing a record: {e}"))
+            } else {
+                // Indexing is memory work, unless each put is synced.
+                let (s, sl) = (me.clone(), slot.clone());
+                let commit = move || s.store.commit_record(&sl, f.key);
+                let res = if me.cfg.store.durability == Durability::Synced {
+                    tokio::task::spawn_blocking(commit)
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Error::new(ErrorKind::Io, format!("put task failed: {e}")))
+                        })
+                } else {
+                    commit()
+                };
+                match res {
+                    Ok(()) => (Status::Ok, String::new()),
+                    Err(e) => (Status::Error, e.to_string()),
+                }
+            };
+            me.recycle(first);
+            if status != Status::Ok {
+                me.abandon(slot).await;
+                return me.refusal(f, t0, status, why);
+            }
+            // Write-around, as for a put read whole: an older cached copy is replaced.
+            if let Some(old) = me.cache.lock().remove(&f.key) {
+                me.recycle(old);
+            }
+            me.latency.observe(op_index(Op::Put), t0.elapsed());
+            (Frame::response(&f, Status::Ok, 0), Body::Empty)
+        }))
+    }
+
+    /// Waits for every chunk write, gives the chunks back, and returns the first failure.
+    async fn settle(&self, parts: Vec<Part>) -> Option<String> {
+        let mut failed = None;
+        for p in parts {
+            match p.await {
+                Ok((c, res)) => {
+                    if let Err(e) = res {
+                        failed.get_or_insert(e.to_string());
+                    }
+                    self.recycle(c);
+                }
+                Err(e) => {
+                    failed.get_or_insert(format!("write task failed: {e}"));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Abandons a record (a page write: on a blocking thread).
+    async fn abandon(self: &Arc<Self>, slot: Arc<RecordSlot>) {
+        let s = self.clone();
+        let _ = tokio::task::spawn_blocking(move || s.store.abandon_record(&slot)).await;
+    }
+
+    /// Reads and drops `left` more body bytes (a refused put's), reusing `buf`.
+    async fn skip_body<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        mut left: usize,
+        mut buf: AlignedBuf,
+    ) -> Result<(), ReadError> {
+        while left > 0 {
+            let n = left.min(buf.len());
+            read_part(rd, &mut buf[..n], self.cfg.stall_timeout).await?;
+            left -= n;
+        }
+        self.bufs.give(buf);
+        Ok(())
+    }
+
+    /// An error answer to a streamed put, counted and timed like any request's.
+    fn refusal(&self, f: Frame, t0: Instant, status: Status, why: String) -> (Frame, Body) {
+        self.counters.errors.inc();
+        self.latency.observe(op_index(Op::Put), t0.elapsed());
+        tracing::debug!(key = %f.key, ?status, reason = %why, "streamed put refused");
+        let b = why.into_bytes();
+        (Frame::response(&f, status, b.len() as u32), Body::Bytes(b))
+    }
+
+    /// [`refusal`](Self::refusal), as the rest of a request.
+    fn answered(&self, f: Frame, t0: Instant, status: Status, why: String) -> Finish {
+        let resp = self.refusal(f, t0, status, why);
+        Box::pin(std::future::ready(resp))
+    }
+}
+
+/// Hashes the payload of a `len`-byte record from its chunks, in order, as they arrive;
+/// true when every byte came and the checksum is the header's.
+fn payload_matches(
+    h: &BlockHeader,
+    len: usize,
+    chunks: std::sync::mpsc::Receiver<Arc<AlignedBuf>>,
+) -> bool {
+    let (start, end) = (
+        BLOCK_HEADER_LEN,
+        BLOCK_HEADER_LEN + h.payload_len() as usize,
+    );
+    let mut hasher = Xxh3::new();
+    let mut at = 0;
+    for c in chunks {
+        let (lo, hi) = (start.max(at), end.min(at + c.len()));
+        if lo < hi {
+            hasher.update(&c[lo - at..hi - at]);
+        }
+        at += c.len();
+    }
+    at == len && hasher.digest() == h.payload_checksum()
+}
