@@ -293,19 +293,14 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
             })
             .collect::<Result<_>>()?;
         for &conc in &opts.concurrency {
-            // Per phase, in order of first appearance: (system, op, GB/s per round, latencies,
-            // verified objects).
-            let mut acc: Vec<(String, String, Vec<f64>, Vec<f64>, usize)> = Vec::new();
-            let mut add = |sys: &str, op: &str, g: f64, lat: Vec<f64>, verified: usize| match acc
+            // Per (system, op), in order of first appearance: every round's measurement.
+            let mut acc: Vec<(String, Vec<Measured>)> = Vec::new();
+            let mut add = |sys: &str, m: Measured| match acc
                 .iter_mut()
-                .find(|a| a.0 == sys && a.1 == op)
+                .find(|a| a.0 == sys && a.1[0].op == m.op)
             {
-                Some(a) => {
-                    a.2.push(g);
-                    a.3.extend(lat);
-                    a.4 += verified;
-                }
-                None => acc.push((sys.into(), op.into(), vec![g], lat, verified)),
+                Some(a) => a.1.push(m),
+                None => acc.push((sys.into(), vec![m])),
             };
             for round in 0..opts.rounds.max(1) {
                 let tag = format!(
@@ -318,14 +313,13 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                     progress(&format!("{tag}: raw O_DIRECT write/read"));
                     let (w, r, wl, rl) =
                         raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
-                    add("disk", "raw_write", w, wl, 0);
-                    add("disk", "raw_read", r, rl, 0);
+                    add("disk", Measured::new("raw_write", w, wl, 0));
+                    add("disk", Measured::new("raw_read", r, rl, 0));
                 }
                 let base_key = ((si * 100 + conc) * 100 + round) * 1_000_000;
-                for (op, g, lat, verified) in
-                    kvtier_round(&client, &base, size, n, conc, base_key, &tag, &mut progress)?
+                for m in kvtier_round(&client, &base, size, n, conc, base_key, &tag, &mut progress)?
                 {
-                    add("kvtier", op, g, lat, verified);
+                    add("kvtier", m);
                 }
                 for peer in &opts.peers {
                     if skipped.iter().any(|(p, _)| p == peer) {
@@ -334,8 +328,8 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                     progress(&format!("{tag}: peer {peer}"));
                     match run_peer(opts, peer, size, n, conc) {
                         Ok(rs) => {
-                            for r in rs {
-                                add(peer, &r.op, r.gbps, r.latencies, r.verified);
+                            for m in rs {
+                                add(peer, m);
                             }
                         }
                         Err(e) => {
@@ -345,17 +339,19 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                     }
                 }
             }
-            for (sys, op, per_round, mut lat, verified) in acc {
+            for (system, ms) in acc {
+                let per_round: Vec<f64> = ms.iter().map(|m| m.gbps).collect();
+                let mut lat: Vec<f64> = ms.iter().flat_map(|m| m.latencies.clone()).collect();
                 rows.push(PoolBenchRow {
-                    system: sys,
-                    op,
+                    system,
+                    op: ms[0].op.clone(),
                     size,
                     concurrency: conc,
                     gbps: super::median(&per_round),
                     p50_us: pct(&mut lat, 0.5),
                     p99_us: pct(&mut lat, 0.99),
                     objects: n,
-                    verified,
+                    verified: ms.iter().map(|m| m.verified).sum(),
                     rounds: per_round,
                 });
             }
@@ -377,7 +373,7 @@ fn kvtier_round(
     base_key: usize,
     tag: &str,
     progress: &mut impl FnMut(&str),
-) -> Result<Vec<(&'static str, f64, Vec<f64>, usize)>> {
+) -> Result<Vec<Measured>> {
     let payload = (n * size) as u64;
     let records: Arc<Vec<Arc<AlignedBuf>>> = Arc::new(
         (0..n)
@@ -398,7 +394,7 @@ fn kvtier_round(
         let (c, r) = (c.clone(), recs[i].clone());
         async move { c.put(r).await.map(|_| ()) }
     })?;
-    out.push(("put", gbps(payload, d), lat, 0));
+    out.push(Measured::new("put", gbps(payload, d), lat, 0));
     for (op, bypass) in [("get_disk", true), ("get_cached", false)] {
         if !bypass {
             // Bring every object into the server's DRAM cache (write-around: reads fill it).
@@ -442,7 +438,7 @@ fn kvtier_round(
             verified += 1;
             client.recycle(b);
         }
-        out.push((op, gbps(payload, d), lat, verified));
+        out.push(Measured::new(op, gbps(payload, d), lat, verified));
     }
     // Free the pool's cache for the next round.
     let c = client.clone();
@@ -454,12 +450,23 @@ fn kvtier_round(
     Ok(out)
 }
 
-/// A peer's phase: op, GB/s, latencies (two points: its p50 and p99), verified objects.
-struct PeerRow {
+/// One phase of one round: op, GB/s, every request's latency (µs), objects verified.
+struct Measured {
     op: String,
     gbps: f64,
     latencies: Vec<f64>,
     verified: usize,
+}
+
+impl Measured {
+    fn new(op: &str, gbps: f64, latencies: Vec<f64>, verified: usize) -> Self {
+        Measured {
+            op: op.into(),
+            gbps,
+            latencies,
+            verified,
+        }
+    }
 }
 
 /// Runs one peer through `benches/peers/peer_bench.py` in its venv; rows `put` and `get`.
@@ -469,7 +476,7 @@ fn run_peer(
     size: usize,
     n: usize,
     conc: usize,
-) -> Result<Vec<PeerRow>> {
+) -> Result<Vec<Measured>> {
     let python = opts.peers_venvs.join(peer).join("bin/python");
     if !python.exists() {
         return Err(Error::new(
@@ -521,7 +528,7 @@ fn run_peer(
         )));
     }
     let verified = v["verified"].as_u64().unwrap_or(0) as usize;
-    let mk = |op: &str, ver: usize| PeerRow {
+    let mk = |op: &str, ver: usize| Measured {
         op: op.into(),
         gbps: f(&format!("{op}_gbps")),
         latencies: v[format!("{op}_latencies_us")]

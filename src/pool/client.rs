@@ -75,6 +75,10 @@ pub struct PoolClientConfig {
     pub max_body: u32,
     /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
     pub buffer_pool_bytes: usize,
+    /// Send records of 256 KiB and more over TCP without copying them (`vmsplice` and
+    /// `splice`, see [`super::splice`]); falls back to copying where the kernel refuses.
+    /// Default true.
+    pub splice: bool,
 }
 
 impl PoolClientConfig {
@@ -90,6 +94,7 @@ impl PoolClientConfig {
             down_for: Duration::from_secs(1),
             max_body: (64 << 20) + 4096,
             buffer_pool_bytes: 256 << 20,
+            splice: true,
         }
     }
 }
@@ -303,14 +308,26 @@ impl PoolClient {
                 "this kvtier was built without UCX; rebuild with `--features ucx` or use the tcp transport",
             ));
         }
-        // Writer: frames in the order calls were made.
+        // Writer: frames in the order calls were made. Large records are spliced (their pages
+        // handed to the kernel, not copied: see `super::splice`).
         let (p2, d2) = (pending.clone(), dead.clone());
+        let pipe = if self.cfg.splice {
+            super::splice::SplicePipe::new().ok()
+        } else {
+            None
+        };
         self.rt.spawn(async move {
             while let Some((f, rec, bytes)) = rx.recv().await {
                 let res = async {
                     wr.write_all(&f.encode()).await?;
                     if let Some(r) = rec {
-                        wr.write_all(&r[..f.body_len as usize]).await?;
+                        let body = &r[..f.body_len as usize];
+                        match &pipe {
+                            Some(p) if body.len() >= super::splice::SPLICE_MIN => {
+                                p.send(wr.as_ref(), body).await?
+                            }
+                            _ => wr.write_all(body).await?,
+                        }
                     }
                     wr.write_all(&bytes).await
                 }

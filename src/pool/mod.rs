@@ -17,6 +17,7 @@ pub mod client;
 pub mod placement;
 pub mod server;
 pub mod shared_dir;
+pub mod splice;
 #[cfg(feature = "ucx")]
 pub mod ucx;
 pub mod wire;
