@@ -3,7 +3,8 @@
 //! LMCache's server, Redis) that the bench starts itself through `benches/peers/peer_bench.py`.
 //!
 //! Phases per object size and concurrency: `raw_write` / `raw_read` (O_DIRECT on the pool's
-//! disk, same sizes and concurrency), `put` (acknowledged once on disk), `get_disk` (cache
+//! disk, same sizes and concurrency; with `--beside-tcp` also `raw_write_beside_tcp`, the same
+//! writes while loopback TCP traffic runs, a reference only), `put` (acknowledged once on disk), `get_disk` (cache
 //! bypassed: read from NVMe), `get_cached` (records resident in the server's DRAM cache, after
 //! an untimed pass that reads them in). Every get checks every byte against what was put.
 
@@ -42,6 +43,9 @@ pub struct PoolBenchOptions {
     pub pool: Option<String>,
     /// Its secret, if it needs one.
     pub secret: Option<Vec<u8>>,
+    /// Also measure raw writes while loopback TCP traffic runs beside them
+    /// (`raw_write_beside_tcp`): a reference for what a network-fed writer can get here.
+    pub beside_tcp: bool,
     /// The client's transport: TCP, or UCX (the server started by the bench then serves
     /// both; build with feature `ucx`).
     pub transport: crate::pool::client::Transport,
@@ -204,6 +208,53 @@ fn key(size: usize, i: usize) -> BlockKey {
     BlockKey::from_u128(((size as u128) << 64) | (i as u128 + 1))
 }
 
+/// Streams bytes over a loopback TCP connection (one thread sending 4 MiB writes, one
+/// receiving) until `stop`: the network half of a put, without the put.
+fn loopback_traffic(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("binding the loopback traffic socket", e))?;
+    let addr = l
+        .local_addr()
+        .map_err(|e| Error::io("loopback traffic", e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut buf = vec![0u8; 4 << 20];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+        let mut c = std::net::TcpStream::connect(addr)
+            .map_err(|e| Error::io("connecting the loopback traffic socket", e))?;
+        let buf = vec![7u8; 4 << 20];
+        while !stop.load(Ordering::Relaxed) {
+            c.write_all(&buf)
+                .map_err(|e| Error::io("sending loopback traffic", e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Raw O_DIRECT writes of `n` records of `record` bytes, `conc` threads, while loopback TCP
+/// traffic runs beside them: what the disk gives a writer whose bytes cross the same machine's
+/// network stack (on these 2-core machines the two compete). A reference, not the ceiling.
+fn raw_write_beside_tcp(
+    dir: &std::path::Path,
+    n: usize,
+    record: usize,
+    conc: usize,
+) -> Result<(f64, Vec<f64>)> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let traffic = s.spawn(|| loopback_traffic(&stop));
+        let res = raw_disk_phases(dir, n, record, conc, false);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        traffic.join().expect("traffic thread")?;
+        res.map(|(w, _, wl, _)| (w, wl))
+    })
+}
+
 /// Raw O_DIRECT write then read of `n` records of `record` bytes, `conc` threads: the disk's
 /// ceiling for the same bytes.
 fn raw_disk(
@@ -211,6 +262,17 @@ fn raw_disk(
     n: usize,
     record: usize,
     conc: usize,
+) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
+    raw_disk_phases(dir, n, record, conc, true)
+}
+
+/// Raw O_DIRECT writes (and then reads, when `read`).
+fn raw_disk_phases(
+    dir: &std::path::Path,
+    n: usize,
+    record: usize,
+    conc: usize,
+    read: bool,
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
     let io = IoMode::Auto.build()?;
     let path = dir.join("raw");
@@ -240,6 +302,12 @@ fn raw_disk(
     };
     let dw = run(true)?;
     let wl = lat.lock().clone();
+    if !read {
+        drop(f);
+        let _ = std::fs::remove_file(&path);
+        let payload = (n * (record - HEADER_LEN)) as u64;
+        return Ok((gbps(payload, dw), 0.0, wl, Vec::new()));
+    }
     let dr = run(false)?;
     let rl = lat.lock().clone();
     drop(f);
@@ -315,6 +383,16 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                         raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
                     add("disk", Measured::new("raw_write", w, wl, 0));
                     add("disk", Measured::new("raw_read", r, rl, 0));
+                    if opts.beside_tcp {
+                        progress(&format!("{tag}: raw O_DIRECT write beside loopback TCP"));
+                        let (w, wl) = raw_write_beside_tcp(
+                            &scratch,
+                            n,
+                            crate::block::record_len(size),
+                            conc,
+                        )?;
+                        add("disk", Measured::new("raw_write_beside_tcp", w, wl, 0));
+                    }
                 }
                 let base_key = ((si * 100 + conc) * 100 + round) * 1_000_000;
                 for m in kvtier_round(&client, &base, size, n, conc, base_key, &tag, &mut progress)?

@@ -151,6 +151,10 @@ struct PoolBenchArgs {
     /// Its shared secret file.
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Also measure raw O_DIRECT writes while loopback TCP traffic runs beside them: what a
+    /// writer whose bytes cross this machine's network stack can get from the disk.
+    #[arg(long)]
+    beside_tcp: bool,
     /// The client's transport: tcp, or ucx (built with feature `ucx`; the bench's server then
     /// serves UCX too; pick UCX's transports with `UCX_TLS`).
     #[arg(long, default_value = "tcp")]
@@ -525,6 +529,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
             .transpose()?,
         server_exe: std::env::current_exe()?,
         transport: kvtier::pool::client::Transport::parse(&a.transport)?,
+        beside_tcp: a.beside_tcp,
         peers: a.peers,
         peers_script: root.join("benches/peers/peer_bench.py"),
         peers_venvs: a.peers_venvs,
@@ -570,6 +575,11 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
                 "put/raw_write",
                 find("kvtier", "put", *size, c),
                 find("disk", "raw_write", *size, c),
+            );
+            ratio(
+                "put/raw_write_beside_tcp",
+                find("kvtier", "put", *size, c),
+                find("disk", "raw_write_beside_tcp", *size, c),
             );
             ratio(
                 "get_disk/raw_read",
