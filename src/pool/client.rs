@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::placement::{Member, Placement};
 use super::server::{read_frame, ReadError};
 use super::wire::{self, Frame, Op, Status};
-use super::{auth, verify_record, PoolBackend};
+use super::{auth, verify_record_hashed, PoolBackend};
 use crate::block::BlockHeader;
 use crate::buf::{AlignedBuf, BufPool};
 use crate::error::{Error, ErrorKind, Result};
@@ -99,7 +99,9 @@ impl PoolClientConfig {
     }
 }
 
-type Reply = std::result::Result<(Frame, AlignedBuf), String>;
+/// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
+/// reader computed it on the way in (see [`read_answer`]).
+type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
 
 /// One multiplexed connection.
 struct Conn {
@@ -344,10 +346,10 @@ impl PoolClient {
         let bufs = self.bufs.clone();
         self.rt.spawn(async move {
             loop {
-                match read_frame(&mut rd, max, Some(&bufs)).await {
-                    Ok((f, body)) => {
+                match read_answer(&mut rd, max, &bufs).await {
+                    Ok((f, body, hash)) => {
                         if let Some(tx) = p3.lock().remove(&f.id) {
-                            let _ = tx.send(Ok((f, body)));
+                            let _ = tx.send(Ok((f, body, hash)));
                         }
                     }
                     Err(e) => {
@@ -413,10 +415,24 @@ impl PoolClient {
     async fn call(
         &self,
         m: usize,
-        mut f: Frame,
+        f: Frame,
         rec: Option<Arc<AlignedBuf>>,
         bytes: Vec<u8>,
     ) -> Result<(Frame, AlignedBuf)> {
+        self.call_hashed(m, f, rec, bytes)
+            .await
+            .map(|(f, body, _)| (f, body))
+    }
+
+    /// [`call`](Self::call), with the payload hash of a record answer when it was computed
+    /// on the way in.
+    async fn call_hashed(
+        &self,
+        m: usize,
+        mut f: Frame,
+        rec: Option<Arc<AlignedBuf>>,
+        bytes: Vec<u8>,
+    ) -> Result<(Frame, AlignedBuf, Option<u64>)> {
         let addr = &self.placement.members()[m].addr;
         let conn = self.conn(m).await?;
         f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -531,9 +547,9 @@ impl PoolClient {
                 let mut last_err = None;
                 for m in self.placement.replicas(key) {
                     let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
-                    match self.call(m, f, None, Vec::new()).await {
-                        Ok((f, body)) if f.status == Status::Ok => {
-                            match verify_record(&body, key) {
+                    match self.call_hashed(m, f, None, Vec::new()).await {
+                        Ok((f, body, hash)) if f.status == Status::Ok => {
+                            match verify_record_hashed(&body, key, hash) {
                                 Ok(_) => return Ok(Some(body)),
                                 Err(v) => {
                                     self.recycle(body);
@@ -542,8 +558,8 @@ impl PoolClient {
                                 }
                             }
                         }
-                        Ok((f, _)) if f.status == Status::NotFound => {}
-                        Ok((f, body)) => {
+                        Ok((f, _, _)) if f.status == Status::NotFound => {}
+                        Ok((f, body, _)) => {
                             self.counters.replica_failures.inc();
                             last_err = Some(unavailable(
                                 &self.placement.members()[m].addr,
@@ -799,5 +815,120 @@ impl PoolBackend for Arc<PoolClient> {
             bytes_out: c.bytes_out,
             ..StoreStats::default()
         }
+    }
+}
+
+/// Answers of at least this many bytes have their record payload hashed while they arrive.
+const HASH_WHILE_READING: usize = 256 << 10;
+
+/// Reads one answer. A get's record of [`HASH_WHILE_READING`] bytes or more is checksummed
+/// while the rest of it crosses the socket, so verifying it costs no time after its last
+/// byte: returns the payload's xxh3-64 then (`None` otherwise, or when the first bytes are
+/// not a record header: the caller's verification then says why).
+async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max_body: u32,
+    bufs: &BufPool,
+) -> std::result::Result<(Frame, AlignedBuf, Option<u64>), ReadError> {
+    use crate::block::HEADER_LEN as RECORD_HEADER;
+    let f = super::server::read_header(rd, max_body).await?;
+    let len = f.body_len as usize;
+    if f.op != Op::Get || f.status != Status::Ok || len < HASH_WHILE_READING {
+        let body = super::server::read_body(rd, &f, Some(bufs)).await?;
+        return Ok((f, body, None));
+    }
+    let mut body = bufs.take(len);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    // The payload's byte range, once the header has arrived; how far it has been hashed.
+    let mut payload: Option<Option<(usize, usize)>> = None;
+    let (mut at, mut hashed) = (0, 0);
+    while at < len {
+        let n = rd.read(&mut body[at..]).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        at += n;
+        if payload.is_none() && at >= RECORD_HEADER {
+            payload = Some(
+                BlockHeader::decode(&body[..RECORD_HEADER])
+                    .ok()
+                    .and_then(|h| {
+                        let end = RECORD_HEADER + h.payload_len() as usize;
+                        (end <= len).then_some((RECORD_HEADER, end))
+                    }),
+            );
+            hashed = RECORD_HEADER;
+        }
+        if let Some(Some((_, end))) = payload {
+            let upto = at.min(end);
+            if upto > hashed {
+                hasher.update(&body[hashed..upto]);
+                hashed = upto;
+            }
+        }
+    }
+    let hash = match payload {
+        Some(Some((_, end))) if hashed == end => Some(hasher.digest()),
+        _ => None,
+    };
+    Ok((f, body, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::BlockObject;
+    use tokio::io::AsyncWriteExt;
+
+    /// A get answer carrying `record`, written in uneven pieces into a pipe-like stream.
+    async fn answer_hash(record: &[u8], key: BlockKey) -> (AlignedBuf, Option<u64>) {
+        let (mut tx, mut rx) = tokio::io::duplex(64 << 10);
+        let f = Frame::response(
+            &Frame::request(Op::Get, 7, key, 0),
+            Status::Ok,
+            record.len() as u32,
+        );
+        let bytes = [&f.encode()[..], record].concat();
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(33_333) {
+                tx.write_all(piece).await.unwrap();
+            }
+        });
+        let (g, body, hash) = read_answer(&mut rx, 64 << 20, &BufPool::new(0))
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!((g.id, g.body_len as usize), (7, record.len()));
+        (body, hash)
+    }
+
+    #[tokio::test]
+    async fn record_answers_are_hashed_on_the_way_in_and_bad_bytes_fail() {
+        let key = BlockKey::from_u128(42);
+        let mut o = BlockObject::new(1_000_000).unwrap();
+        o.payload_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i * 31 / 7) as u8);
+        o.seal(key, 0, 0);
+        let good = o.into_record();
+        let (body, hash) = answer_hash(&good, key).await;
+        assert!(body[..] == good[..]);
+        assert!(hash.is_some(), "a large record is hashed while it is read");
+        assert!(verify_record_hashed(&body, key, hash).is_ok());
+        // One flipped payload byte: the hash computed on the way in gives it away.
+        let mut bad = AlignedBuf::zeroed(good.len());
+        bad.copy_from_slice(&good);
+        bad[600_000] ^= 0x10;
+        let (body, hash) = answer_hash(&bad, key).await;
+        assert_eq!(
+            verify_record_hashed(&body, key, hash).unwrap_err(),
+            crate::block::VerifyError::PayloadChecksum
+        );
+        // Not a record at all: no hash, and verification says why.
+        let junk = vec![9u8; 300_000];
+        let (body, hash) = answer_hash(&junk, key).await;
+        assert_eq!(hash, None);
+        assert!(verify_record_hashed(&body, key, hash).is_err());
     }
 }

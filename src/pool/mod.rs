@@ -113,6 +113,16 @@ pub fn verify_record(
     record: &[u8],
     key: BlockKey,
 ) -> std::result::Result<BlockHeader, crate::block::VerifyError> {
+    verify_record_hashed(record, key, None)
+}
+
+/// [`verify_record`], given the xxh3-64 of the payload already computed (while the record
+/// was read from a socket, say) as `payload_hash`; `None` computes it.
+pub fn verify_record_hashed(
+    record: &[u8],
+    key: BlockKey,
+    payload_hash: Option<u64>,
+) -> std::result::Result<BlockHeader, crate::block::VerifyError> {
     use crate::block::{VerifyError, HEADER_LEN};
     let h = BlockHeader::decode(record)?;
     if h.key() != key {
@@ -120,6 +130,10 @@ pub fn verify_record(
     }
     let end = HEADER_LEN + h.payload_len() as usize;
     let payload = record.get(HEADER_LEN..end).ok_or(VerifyError::Length)?;
-    h.verify_payload(payload)?;
+    match payload_hash {
+        Some(x) if x != h.payload_checksum() => return Err(VerifyError::PayloadChecksum),
+        Some(_) => {}
+        None => h.verify_payload(payload)?,
+    }
     Ok(h)
 }

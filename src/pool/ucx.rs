@@ -592,7 +592,10 @@ fn server_loop(
 type Outgoing = (Frame, Option<Arc<AlignedBuf>>, Vec<u8>);
 type Pending = Arc<
     parking_lot::Mutex<
-        HashMap<u64, oneshot::Sender<std::result::Result<(Frame, AlignedBuf), String>>>,
+        HashMap<
+            u64,
+            oneshot::Sender<std::result::Result<(Frame, AlignedBuf, Option<u64>), String>>,
+        >,
     >,
 >;
 
@@ -715,7 +718,7 @@ fn client_loop(
     };
     let deliver = |f: Frame, body: AlignedBuf| {
         if let Some(tx) = pending.lock().remove(&f.id) {
-            let _ = tx.send(Ok((f, body)));
+            let _ = tx.send(Ok((f, body, None)));
         }
     };
     loop {
