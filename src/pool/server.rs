@@ -208,9 +208,20 @@ pub struct PoolServer {
     latency: OpLatency,
     /// Request and response buffers, reused (see [`BufPool`]).
     bufs: BufPool,
+    /// TCP puts received and not yet answered (a put is streamed only when it is alone).
+    puts_in_flight: std::sync::atomic::AtomicUsize,
     /// The UCX data plane, once serving (feature `ucx`).
     #[cfg(feature = "ucx")]
     ucx: std::sync::OnceLock<super::ucx::UcxServer>,
+}
+
+/// Counts a TCP put in [`PoolServer::puts_in_flight`] until it is answered (dropped).
+struct PutTicket(Arc<PoolServer>);
+
+impl Drop for PutTicket {
+    fn drop(&mut self) {
+        self.0.puts_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A bound server: its addresses are known (ports chosen) before it serves.
@@ -364,6 +375,7 @@ impl PoolServer {
             counters: Counters::default(),
             latency: OpLatency::new(POOL_OPS),
             bufs: BufPool::new(256 << 20),
+            puts_in_flight: Default::default(),
             #[cfg(feature = "ucx")]
             ucx: std::sync::OnceLock::new(),
         });
@@ -548,7 +560,15 @@ impl PoolServer {
                     break;
                 }
             };
-            if self.streams(&frame) {
+            // Puts in flight on this server (TCP), this one included until it is answered.
+            let (ticket, others) = match frame.op {
+                Op::Put => {
+                    let others = self.puts_in_flight.fetch_add(1, Ordering::Relaxed);
+                    (Some(PutTicket(self.clone())), others)
+                }
+                _ => (None, 0),
+            };
+            if self.streams(&frame, others) {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
@@ -560,7 +580,7 @@ impl PoolServer {
                             let resp = finish.await;
                             s.counters.in_flight.sub(1);
                             let _ = tx.send(resp).await;
-                            drop(permit);
+                            drop((permit, ticket));
                         });
                         continue;
                     }
@@ -594,7 +614,7 @@ impl PoolServer {
                 let resp = s.clone().handle(frame, body).await;
                 s.counters.in_flight.sub(1);
                 let _ = tx.send(resp).await;
-                drop(permit);
+                drop((permit, ticket));
             });
         }
         // Let requests already started finish and their answers go out.
