@@ -218,6 +218,8 @@ pub mod names {
     pub const FALLBACKS: &str = "kvtier_fallbacks_total";
     /// Time to serve a request, by op (histogram, seconds).
     pub const REQUEST_SECONDS: &str = "kvtier_request_duration_seconds";
+    /// Agent: time its calls to its pool backend took, by op (histogram, seconds).
+    pub const POOL_CALL_SECONDS: &str = "kvtier_pool_call_duration_seconds";
     /// Entries waiting in a queue, by queue.
     pub const QUEUE_DEPTH: &str = "kvtier_queue_depth";
     /// Bound of a queue, by queue.

@@ -263,6 +263,8 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
     let pool_t = [("tier", "pool")];
     let ta = [("tenant", "tenant-a")];
     let op = |o: &'static str| [("op", o)];
+    // The agents' own view of their calls to the pool servers.
+    let call = |o: &'static str| [("op", o), ("backend", "servers")];
     d.check(
         "agent A",
         &[
@@ -308,6 +310,17 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
                 2.0,
             ),
             ("kvtier_request_duration_seconds_count", &op("stats"), 0.0),
+            (
+                "kvtier_pool_call_duration_seconds_count",
+                &call("put"),
+                16.0,
+            ),
+            ("kvtier_pool_call_duration_seconds_count", &call("get"), 4.0),
+            (
+                "kvtier_pool_call_duration_seconds_count",
+                &call("exists"),
+                17.0,
+            ),
             ("kvtier_tenant_sessions", &ta, 1.0),
             ("kvtier_tenant_saved_blocks_total", &ta, 16.0),
             ("kvtier_tenant_loaded_blocks_total", &ta, 16.0),
@@ -339,6 +352,17 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
                 2.0,
             ),
             ("kvtier_tenant_loaded_blocks_total", &tb, 32.0),
+            ("kvtier_pool_call_duration_seconds_count", &call("put"), 0.0),
+            (
+                "kvtier_pool_call_duration_seconds_count",
+                &call("get"),
+                16.0,
+            ),
+            (
+                "kvtier_pool_call_duration_seconds_count",
+                &call("exists"),
+                0.0,
+            ),
             // blocks read through from the pool belong to no tenant
             ("kvtier_tenant_used_bytes", &tb, 0.0),
         ],
@@ -610,7 +634,7 @@ fn the_readme_documents_every_key_and_metric() {
     };
     let h = [("lookup", HistogramSnapshot::default())];
     let pages = [
-        render::agent_page(&agent, &h),
+        render::agent_page(&agent, &h, &[("get", HistogramSnapshot::default())]),
         render::pool_page(&Default::default(), &h),
     ];
     for page in pages {

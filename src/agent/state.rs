@@ -31,6 +31,10 @@ pub const MAX_TENANTS: usize = 64;
 /// The tenant label of engines past the first [`MAX_TENANTS`] names.
 pub const OTHER_TENANT: &str = "_other";
 
+/// The agent's calls to its pool backend, in the order of their latency histograms (see
+/// [`State::pool_latency`]).
+pub const POOL_CALLS: &[&str] = &["put", "get", "exists"];
+
 /// The agent's RPCs, in the order of their latency histograms (see [`State::observe`]).
 pub const AGENT_OPS: &[&str] = &[
     "hello",
@@ -221,6 +225,16 @@ pub struct State {
     /// arena, and on every stats snapshot).
     owners: Mutex<HashMap<BlockKey, usize>>,
     latency: OpLatency,
+    /// Latency of calls to the pool backend, by [`POOL_CALLS`].
+    pool_latency: OpLatency,
+}
+
+/// Times `f` into `hists[op]`.
+fn timed<T>(hists: &OpLatency, op: usize, f: impl FnOnce() -> T) -> T {
+    let t0 = std::time::Instant::now();
+    let r = f();
+    hists.observe(op, t0.elapsed());
+    r
 }
 
 impl State {
@@ -248,6 +262,7 @@ impl State {
             tenants: Mutex::new(Tenants::default()),
             owners: Mutex::new(HashMap::new()),
             latency: OpLatency::new(AGENT_OPS),
+            pool_latency: OpLatency::new(POOL_CALLS),
         });
         if state.store.is_some() {
             let s = state.clone();
@@ -440,8 +455,12 @@ impl State {
             if self.arena.touch(k) {
                 in_memory += 1;
             } else if let Some(store) = &self.store {
-                let (start, has) =
-                    in_pool.get_or_insert_with(|| (i, store.contains_many(&keys[i..])));
+                let (start, has) = in_pool.get_or_insert_with(|| {
+                    (
+                        i,
+                        timed(&self.pool_latency, 2, || store.contains_many(&keys[i..])),
+                    )
+                });
                 if !has[i - *start] {
                     break;
                 }
@@ -494,7 +513,7 @@ impl State {
         let slot = self.arena.reserve_slot().ok()?;
         // SAFETY: the slot was just reserved by us and nobody else references it.
         let buf = unsafe { self.arena.slot_bytes_mut(slot) };
-        match store.get_into_slice(key, buf) {
+        match timed(&self.pool_latency, 1, || store.get_into_slice(key, buf)) {
             Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
                 self.arena.commit_record(slot, key, InsertInfo::default());
                 Some(())
@@ -628,14 +647,14 @@ impl State {
                     self.queue_cv.wait_for(&mut q, Duration::from_millis(200));
                 }
             };
-            if store.contains(key) {
+            if timed(&self.pool_latency, 2, || store.contains(key)) {
                 continue;
             }
             // Straight from the shared arena slot to disk (the slot is a page-aligned record),
             // sealed first: the checksum is computed here, off the engine's save path.
             if let Some(slot) = self.arena.get(key) {
                 self.arena.seal(slot.id(), key);
-                match store.put_record(slot.record()) {
+                match timed(&self.pool_latency, 0, || store.put_record(slot.record())) {
                     Ok(()) => self.counters.pool_writes.inc(),
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "write-behind to the pool failed (a future miss)")
@@ -756,6 +775,15 @@ impl State {
     /// The RPC latency histograms, by op.
     pub fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         self.latency.snapshot()
+    }
+
+    /// The latency histograms of calls to the pool backend, by op ([`POOL_CALLS`]); empty
+    /// without a pool.
+    pub fn pool_latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        match self.store {
+            Some(_) => self.pool_latency.snapshot(),
+            None => Vec::new(),
+        }
     }
 
     /// Whether the agent is shutting down.

@@ -32,11 +32,16 @@ fn latency(w: &mut Writer, help: &str, hists: &[(&'static str, HistogramSnapshot
 
 /// The agent's page.
 pub fn agent(state: &State) -> String {
-    agent_page(&state.stats(), &state.latency())
+    agent_page(&state.stats(), &state.latency(), &state.pool_latency())
 }
 
-/// The agent's page from snapshots.
-pub fn agent_page(s: &AgentStats, hists: &[(&'static str, HistogramSnapshot)]) -> String {
+/// The agent's page from snapshots: its stats, its RPC latency histograms, and those of its
+/// calls to the pool backend.
+pub fn agent_page(
+    s: &AgentStats,
+    hists: &[(&'static str, HistogramSnapshot)],
+    pool_calls: &[(&'static str, HistogramSnapshot)],
+) -> String {
     let mut w = Writer::new();
     build_info(&mut w, "agent");
     let backend = s.pool.as_ref().map_or("none", |(k, _)| k.as_str());
@@ -192,6 +197,16 @@ pub fn agent_page(s: &AgentStats, hists: &[(&'static str, HistogramSnapshot)]) -
         s.prefetch_queue_capacity as f64,
     );
     latency(&mut w, "Time the agent took to serve an RPC, by op.", hists);
+    if let Some((kind, _)) = &s.pool {
+        for (op, h) in pool_calls {
+            w.histogram(
+                n::POOL_CALL_SECONDS,
+                "Time the agent's calls to its pool backend took (write-behind puts, read-through gets, exists), by op and backend.",
+                &[("op", op), ("backend", kind)],
+                h,
+            );
+        }
+    }
     fn tenant(t: &crate::agent::TenantStats) -> [(&str, &str); 1] {
         [("tenant", t.tenant.as_str())]
     }

@@ -450,7 +450,7 @@ mod tests {
             h.observe(Duration::from_micros(40));
         }
         h.observe(Duration::from_millis(3));
-        let page = super::super::render::agent_page(&s, &[("lookup", h.snapshot())]);
+        let page = super::super::render::agent_page(&s, &[("lookup", h.snapshot())], &[]);
         Snapshot {
             samples: prom::parse(&page).unwrap(),
             at: Instant::now(),
