@@ -9,6 +9,48 @@ use serde::Serialize;
 
 use crate::block::VerifyError;
 
+/// Why the process took a slower path than asked for, counted process-wide (exported as
+/// `kvtier_fallbacks_total{kind}` by both daemons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// io_uring could not be set up (`io = auto`): psync instead.
+    UringToPsync,
+    /// The file system refused O_DIRECT (tmpfs, some FUSE mounts): buffered I/O instead.
+    DirectToBuffered,
+    /// No pipe for zero-copy sends to pool servers: records are copied into the socket.
+    SpliceToCopy,
+}
+
+impl Fallback {
+    /// Every kind, in export order.
+    pub const ALL: [Fallback; 3] = [
+        Fallback::UringToPsync,
+        Fallback::DirectToBuffered,
+        Fallback::SpliceToCopy,
+    ];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::UringToPsync => "io_uring_to_psync",
+            Fallback::DirectToBuffered => "direct_to_buffered",
+            Fallback::SpliceToCopy => "splice_to_copy",
+        }
+    }
+
+    /// Counts one.
+    pub fn count(self) {
+        FALLBACKS[self as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many so far in this process.
+    pub fn total(self) -> u64 {
+        FALLBACKS[self as usize].load(Ordering::Relaxed)
+    }
+}
+
+static FALLBACKS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -301,6 +343,32 @@ pub struct StoreStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallbacks_are_counted_by_kind_and_exported_on_both_pages() {
+        let before = Fallback::SpliceToCopy.total();
+        Fallback::SpliceToCopy.count();
+        assert_eq!(Fallback::SpliceToCopy.total(), before + 1);
+        let pages = [
+            crate::ops::render::pool_page(&Default::default(), &[]),
+            crate::ops::render::agent_page(&Default::default(), &[], &[]),
+        ];
+        for page in pages {
+            let samples = crate::ops::prom::parse(&page).unwrap();
+            for f in Fallback::ALL {
+                let s = samples
+                    .iter()
+                    .find(|s| {
+                        s.name == names::FALLBACKS
+                            && s.labels.get("kind").map(String::as_str) == Some(f.as_str())
+                    })
+                    .unwrap_or_else(|| panic!("{} missing:\n{page}", f.as_str()));
+                if f == Fallback::SpliceToCopy {
+                    assert!(s.value >= 1.0);
+                }
+            }
+        }
+    }
     use std::time::Duration;
 
     #[test]

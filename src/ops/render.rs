@@ -22,6 +22,14 @@ fn build_info(w: &mut Writer, role: &str) {
         &[("role", role), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
+    for f in crate::metrics::Fallback::ALL {
+        w.counter(
+            n::FALLBACKS,
+            "Times this process took a slower path than configured, by kind.",
+            &[("kind", f.as_str())],
+            f.total(),
+        );
+    }
 }
 
 fn latency(w: &mut Writer, help: &str, hists: &[(&'static str, HistogramSnapshot)]) {

@@ -314,7 +314,12 @@ impl PoolClient {
         // handed to the kernel, not copied: see `super::splice`).
         let (p2, d2) = (pending.clone(), dead.clone());
         let pipe = if self.cfg.splice {
-            super::splice::SplicePipe::new().ok()
+            super::splice::SplicePipe::new()
+                .inspect_err(|e| {
+                    crate::metrics::Fallback::SpliceToCopy.count();
+                    tracing::debug!(error = %e, "no pipe for zero-copy sends; copying records");
+                })
+                .ok()
         } else {
             None
         };

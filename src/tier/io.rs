@@ -184,6 +184,7 @@ impl IoMode {
                 Ok(u) => Ok(std::sync::Arc::new(u)),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable; falling back to psync");
+                    crate::metrics::Fallback::UringToPsync.count();
                     Ok(std::sync::Arc::new(Psync))
                 }
             },
@@ -215,6 +216,7 @@ pub fn open_file(
                     // The failed O_DIRECT open may have created the file.
                     let _ = std::fs::remove_file(path);
                 }
+                crate::metrics::Fallback::DirectToBuffered.count();
             }
             Err(e) => return Err(e),
         }
