@@ -18,7 +18,7 @@
 //!   replication, authentication), the shared-directory backend, and the [`pool::PoolBackend`]
 //!   trait the agent writes behind to.
 //! - [`sim`]: `kvtier sim`, trace replay for capacity planning.
-//! - [`bench`]: the measurement programs behind `kvtier bench ...`.
+//! - [`bench`](mod@bench): the measurement programs behind `kvtier bench ...`.
 //! - [`ops`]: operating the daemons: the TOML configuration, `/metrics`, `/healthz` and
 //!   `/readyz`, readiness, `kvtier stat`.
 //! - `gpu` (feature `cuda`): the CUDA copy engine.

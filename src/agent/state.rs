@@ -777,7 +777,7 @@ impl State {
         self.latency.snapshot()
     }
 
-    /// The latency histograms of calls to the pool backend, by op ([`POOL_CALLS`]); empty
+    /// The latency histograms of calls to the pool backend, by op (`put`, `get`, `exists`); empty
     /// without a pool.
     pub fn pool_latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         match self.store {
