@@ -17,7 +17,8 @@ pub enum Fallback {
     UringToPsync,
     /// The file system refused O_DIRECT (tmpfs, some FUSE mounts): buffered I/O instead.
     DirectToBuffered,
-    /// No pipe for zero-copy sends to pool servers: records are copied into the socket.
+    /// Zero-copy sends to pool servers unavailable (no pipe, or `vmsplice` refused, as by
+    /// some seccomp profiles): records are copied into the socket.
     SpliceToCopy,
 }
 

@@ -313,7 +313,7 @@ impl PoolClient {
         // Writer: frames in the order calls were made. Large records are spliced (their pages
         // handed to the kernel, not copied: see `super::splice`).
         let (p2, d2) = (pending.clone(), dead.clone());
-        let pipe = if self.cfg.splice {
+        let mut pipe = if self.cfg.splice {
             super::splice::SplicePipe::new()
                 .inspect_err(|e| {
                     crate::metrics::Fallback::SpliceToCopy.count();
@@ -329,11 +329,20 @@ impl PoolClient {
                     wr.write_all(&f.encode()).await?;
                     if let Some(r) = rec {
                         let body = &r[..f.body_len as usize];
-                        match &pipe {
+                        let spliced = match &pipe {
                             Some(p) if body.len() >= super::splice::SPLICE_MIN => {
                                 p.send(wr.as_ref(), body).await?
                             }
-                            _ => wr.write_all(body).await?,
+                            _ => false,
+                        };
+                        if !spliced {
+                            if pipe.is_some() && body.len() >= super::splice::SPLICE_MIN {
+                                // Refused (a seccomp profile, say): copy from now on.
+                                crate::metrics::Fallback::SpliceToCopy.count();
+                                tracing::debug!("vmsplice refused; copying records");
+                                pipe = None;
+                            }
+                            wr.write_all(body).await?;
                         }
                     }
                     wr.write_all(&bytes).await

@@ -64,10 +64,23 @@ impl SplicePipe {
     }
 
     /// Sends `bytes` on `sock` without copying them (see the module's note on when the
-    /// memory may change again). An error leaves the connection unusable.
-    pub async fn send(&self, sock: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    /// memory may change again). `Ok(false)`: the kernel (or a seccomp profile) refuses
+    /// `vmsplice` and nothing was sent; copy instead. An error leaves the connection unusable.
+    pub async fn send(&self, sock: &TcpStream, mut bytes: &[u8]) -> io::Result<bool> {
+        let mut first = true;
         while !bytes.is_empty() {
             let n = self.map(&bytes[..bytes.len().min(self.cap)]);
+            if first && n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL)
+                ) {
+                    return Ok(false);
+                }
+                return Err(e);
+            }
+            first = false;
             // "More is coming" only while it is: on the last piece it would hold the final
             // segment back (corked) for up to 200 ms.
             let more = if bytes.len() > n.max(0) as usize {
@@ -113,7 +126,7 @@ impl SplicePipe {
             }
             bytes = &bytes[n as usize..];
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -139,8 +152,8 @@ mod tests {
         let s = TcpStream::connect(addr).await.unwrap();
         let pipe = SplicePipe::new().unwrap();
         // Twice, unaligned, so pages are mapped part-way and the pipe is reused.
-        pipe.send(&s, &body[3..2_000_001]).await.unwrap();
-        pipe.send(&s, &body[2_000_001..]).await.unwrap();
+        assert!(pipe.send(&s, &body[3..2_000_001]).await.unwrap());
+        assert!(pipe.send(&s, &body[2_000_001..]).await.unwrap());
         drop(s);
         let got = reader.await.unwrap();
         assert_eq!(got.len(), expect.len() - 3);
