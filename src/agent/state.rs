@@ -24,6 +24,10 @@ use super::AgentConfig;
 /// Lookups whose pool-resident blocks wait to be prefetched, at most.
 const PREFETCH_QUEUE: usize = 64;
 
+/// Blocks read through from the pool at once (a load's or a prefetch's window): a remote pool
+/// fetches them concurrently instead of one round trip after another.
+const READ_THROUGH_BATCH: usize = 8;
+
 /// Distinct tenants (engine names) counted one by one; later names are counted together under
 /// [`OTHER_TENANT`], so that engines named after their pid cannot grow the metrics without bound.
 pub const MAX_TENANTS: usize = 64;
@@ -496,33 +500,58 @@ impl State {
                         .wait_for(&mut q, Duration::from_millis(200));
                 }
             };
-            for k in chain {
-                if self.read_through(k).is_none() {
+            // In windows, stopping at the first block the pool does not have (the rest of a
+            // chain is useless without it).
+            for window in chain.chunks(READ_THROUGH_BATCH) {
+                if !self.read_through_many(window).iter().all(|&b| b) {
                     break;
                 }
             }
         }
     }
 
-    /// Reads `key` from the pool into a new arena slot; `Some` when it is now in memory.
-    fn read_through(&self, key: BlockKey) -> Option<()> {
-        if self.arena.contains(key) {
-            return Some(());
-        }
-        let store = self.store.as_ref()?;
-        let slot = self.arena.reserve_slot().ok()?;
-        // SAFETY: the slot was just reserved by us and nobody else references it.
-        let buf = unsafe { self.arena.slot_bytes_mut(slot) };
-        match timed(&self.pool_latency, 1, || store.get_into_slice(key, buf)) {
-            Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
-                self.arena.commit_record(slot, key, InsertInfo::default());
-                Some(())
-            }
-            _ => {
-                self.arena.abandon_slot(slot);
-                None
+    /// Reads `keys` from the pool into new arena slots, all at once; for each key, whether it
+    /// is now in memory.
+    fn read_through_many(&self, keys: &[BlockKey]) -> Vec<bool> {
+        let mut out: Vec<bool> = keys.iter().map(|&k| self.arena.contains(k)).collect();
+        let Some(store) = self.store.as_ref() else {
+            return out;
+        };
+        let mut slots = Vec::new();
+        for (j, _) in keys.iter().enumerate().filter(|(j, _)| !out[*j]) {
+            match self.arena.reserve_slot() {
+                Ok(s) => slots.push((j, s)),
+                Err(_) => break, // every slot pinned: the rest are misses
             }
         }
+        if slots.is_empty() {
+            return out;
+        }
+        let mut reqs: Vec<(BlockKey, &mut [u8])> = slots
+            .iter()
+            // SAFETY: each slot was just reserved by us, they are distinct, and nobody else
+            // references them until they are committed or abandoned below.
+            .map(|&(j, s)| (keys[j], unsafe { self.arena.slot_bytes_mut(s) }))
+            .collect();
+        let t0 = Instant::now();
+        let got = store.get_many_into(&mut reqs);
+        drop(reqs);
+        // Each block waited for the whole batch.
+        let took = t0.elapsed();
+        for _ in 0..slots.len() {
+            self.pool_latency.observe(1, took);
+        }
+        for ((j, slot), r) in slots.into_iter().zip(got) {
+            match r {
+                Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
+                    self.arena
+                        .commit_record(slot, keys[j], InsertInfo::default());
+                    out[j] = true;
+                }
+                _ => self.arena.abandon_slot(slot),
+            }
+        }
+        out
     }
 
     /// Leases slots for the keys not stored or in flight. A full arena (every slot pinned)
@@ -675,11 +704,19 @@ impl State {
         let (digest, tenant) = self.session_info(session)?;
         let deadline = Instant::now() + budget;
         let mut out = Vec::new();
+        // Blocks read through from the pool by this call, a window at a time (each window's
+        // blocks are pinned below before the next window's reads can evict anything).
+        let mut from_pool_at = vec![false; keys.len()];
         for (i, &key) in keys.iter().enumerate() {
-            let mut from_pool = false;
-            if !self.arena.contains(key) && Instant::now() < deadline {
-                from_pool = self.read_through(key).is_some();
+            if i % READ_THROUGH_BATCH == 0 && Instant::now() < deadline {
+                let window = &keys[i..(i + READ_THROUGH_BATCH).min(keys.len())];
+                let before: Vec<bool> = window.iter().map(|&k| self.arena.contains(k)).collect();
+                let after = self.read_through_many(window);
+                for (j, (b, a)) in before.into_iter().zip(after).enumerate() {
+                    from_pool_at[i + j] = a && !b;
+                }
             }
+            let from_pool = from_pool_at[i];
             let granted = self.arena.get(key).and_then(|r| {
                 if self.arena.slot_digest(r.id()) != digest {
                     return None; // another layout's object: never hand it to this engine

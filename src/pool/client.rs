@@ -761,6 +761,26 @@ async fn futures_join_all<F: std::future::Future>(
         .collect()
 }
 
+impl PoolClient {
+    /// Copies a fetched record into the caller's buffer (the record buffer is reused).
+    fn copy_out(&self, got: Option<AlignedBuf>, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
+        let Some(rec) = got else {
+            return Ok(None);
+        };
+        let h = BlockHeader::decode(&rec).map_err(Error::from)?;
+        let len = h.record_len().min(rec.len());
+        if buf.len() < len {
+            return Err(Error::invalid(format!(
+                "read buffer of {} bytes for a {len}-byte record",
+                buf.len()
+            )));
+        }
+        buf[..len].copy_from_slice(&rec[..len]);
+        self.recycle(rec);
+        Ok(Some(h))
+    }
+}
+
 /// The agent's view: blocking calls on the client's runtime, each within the deadline.
 impl PoolBackend for Arc<PoolClient> {
     fn kind(&self) -> &'static str {
@@ -787,20 +807,40 @@ impl PoolBackend for Arc<PoolClient> {
 
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
         let c = self.clone();
-        let Some(rec) = self.block(async move { c.get(key, false).await })? else {
-            return Ok(None);
-        };
-        let h = BlockHeader::decode(&rec).map_err(Error::from)?;
-        let len = h.record_len().min(rec.len());
-        if buf.len() < len {
-            return Err(Error::invalid(format!(
-                "read buffer of {} bytes for a {len}-byte record",
-                buf.len()
-            )));
-        }
-        buf[..len].copy_from_slice(&rec[..len]);
-        self.recycle(rec);
-        Ok(Some(h))
+        let got = self.block(async move { c.get(key, false).await })?;
+        self.copy_out(got, buf)
+    }
+
+    /// Every get at once (each with its own deadline), then copied into its buffer.
+    fn get_many_into(
+        &self,
+        reqs: &mut [(BlockKey, &mut [u8])],
+    ) -> Vec<Result<Option<BlockHeader>>> {
+        let keys: Vec<BlockKey> = reqs.iter().map(|r| r.0).collect();
+        let c = self.clone();
+        let got: Vec<Result<Option<AlignedBuf>>> = self.block(async move {
+            let n = keys.len();
+            let mut set = tokio::task::JoinSet::new();
+            for (i, k) in keys.into_iter().enumerate() {
+                let c = c.clone();
+                set.spawn(async move { (i, c.get(k, false).await) });
+            }
+            let mut out: Vec<Option<Result<Option<AlignedBuf>>>> = (0..n).map(|_| None).collect();
+            while let Some(r) = set.join_next().await {
+                if let Ok((i, v)) = r {
+                    out[i] = Some(v);
+                }
+            }
+            out.into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| Err(Error::new(ErrorKind::Io, "a pool get task failed")))
+                })
+                .collect()
+        });
+        reqs.iter_mut()
+            .zip(got)
+            .map(|((_, buf), r)| self.copy_out(r?, buf))
+            .collect()
     }
 
     fn contains(&self, key: BlockKey) -> bool {

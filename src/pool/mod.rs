@@ -51,6 +51,17 @@ pub trait PoolBackend: Send + Sync {
     /// length). `None` on a miss, including a record that failed verification.
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>>;
 
+    /// [`get_into_slice`](Self::get_into_slice) for several keys, each into its own buffer;
+    /// remote backends fetch them all at once. One result per request, in order.
+    fn get_many_into(
+        &self,
+        reqs: &mut [(BlockKey, &mut [u8])],
+    ) -> Vec<Result<Option<BlockHeader>>> {
+        reqs.iter_mut()
+            .map(|(k, b)| self.get_into_slice(*k, b))
+            .collect()
+    }
+
     /// Whether `key` is stored (may be stale by the time it is read: a later get can miss).
     fn contains(&self, key: BlockKey) -> bool;
 
