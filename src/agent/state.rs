@@ -233,13 +233,21 @@ pub struct State {
     pool_latency: OpLatency,
 }
 
-/// Times `f` into `hists[op]`.
-fn timed<T>(hists: &OpLatency, op: usize, f: impl FnOnce() -> T) -> T {
+/// Times `f`, a call about `blocks` blocks, into `hists[op]`: once per block (each waited
+/// for the whole call), so the counts are blocks whatever the batching.
+fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) -> T {
     let t0 = std::time::Instant::now();
     let r = f();
-    hists.observe(op, t0.elapsed());
+    let took = t0.elapsed();
+    for _ in 0..blocks {
+        hists.observe(op, took);
+    }
     r
 }
+
+/// Blocks written behind to the pool at once, at most (one batched existence check, then the
+/// missing ones put concurrently by a remote pool).
+const WRITE_BEHIND_BATCH: usize = 8;
 
 impl State {
     /// Creates the arena and opens the store, and starts the write-behind worker.
@@ -462,7 +470,9 @@ impl State {
                 let (start, has) = in_pool.get_or_insert_with(|| {
                     (
                         i,
-                        timed(&self.pool_latency, 2, || store.contains_many(&keys[i..])),
+                        timed(&self.pool_latency, 2, keys.len() - i, || {
+                            store.contains_many(&keys[i..])
+                        }),
                     )
                 });
                 if !has[i - *start] {
@@ -533,14 +543,9 @@ impl State {
             // references them until they are committed or abandoned below.
             .map(|&(j, s)| (keys[j], unsafe { self.arena.slot_bytes_mut(s) }))
             .collect();
-        let t0 = Instant::now();
-        let got = store.get_many_into(&mut reqs);
+        let n = reqs.len();
+        let got = timed(&self.pool_latency, 1, n, || store.get_many_into(&mut reqs));
         drop(reqs);
-        // Each block waited for the whole batch.
-        let took = t0.elapsed();
-        for _ in 0..slots.len() {
-            self.pool_latency.observe(1, took);
-        }
         for ((j, slot), r) in slots.into_iter().zip(got) {
             match r {
                 Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
@@ -664,11 +669,13 @@ impl State {
             return;
         };
         loop {
-            let key = {
+            // What is queued, up to a batch.
+            let keys: Vec<BlockKey> = {
                 let mut q = self.queue.lock();
                 loop {
-                    if let Some(k) = q.pop_front() {
-                        break k;
+                    if !q.is_empty() {
+                        let n = q.len().min(WRITE_BEHIND_BATCH);
+                        break q.drain(..n).collect();
                     }
                     if self.stopping.load(Ordering::Relaxed) {
                         return;
@@ -676,14 +683,30 @@ impl State {
                     self.queue_cv.wait_for(&mut q, Duration::from_millis(200));
                 }
             };
-            if timed(&self.pool_latency, 2, || store.contains(key)) {
+            let stored = timed(&self.pool_latency, 2, keys.len(), || {
+                store.contains_many(&keys)
+            });
+            // Straight from the shared arena slots to the pool (each slot is a page-aligned
+            // record, pinned meanwhile), sealed first: the checksum is computed here, off the
+            // engine's save path.
+            let slots: Vec<_> = keys
+                .iter()
+                .zip(stored)
+                .filter(|(_, stored)| !stored)
+                .filter_map(|(&k, _)| self.arena.get(k).map(|s| (k, s)))
+                .collect();
+            if slots.is_empty() {
                 continue;
             }
-            // Straight from the shared arena slot to disk (the slot is a page-aligned record),
-            // sealed first: the checksum is computed here, off the engine's save path.
-            if let Some(slot) = self.arena.get(key) {
-                self.arena.seal(slot.id(), key);
-                match timed(&self.pool_latency, 0, || store.put_record(slot.record())) {
+            for (k, s) in &slots {
+                self.arena.seal(s.id(), *k);
+            }
+            let records: Vec<&[u8]> = slots.iter().map(|(_, s)| s.record()).collect();
+            let results = timed(&self.pool_latency, 0, records.len(), || {
+                store.put_many(&records)
+            });
+            for ((key, _), r) in slots.iter().zip(results) {
+                match r {
                     Ok(()) => self.counters.pool_writes.inc(),
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "write-behind to the pool failed (a future miss)")

@@ -805,6 +805,53 @@ impl PoolBackend for Arc<PoolClient> {
         })
     }
 
+    /// Every record copied out (the caller's memory may be reused once this returns), then
+    /// all put at once.
+    fn put_many(&self, records: &[&[u8]]) -> Vec<Result<()>> {
+        let copies: Vec<Result<AlignedBuf>> = records
+            .iter()
+            .map(|record| {
+                let h = BlockHeader::decode(record).map_err(Error::from)?;
+                let len = h.record_len().min(record.len());
+                let mut buf = self.bufs.take(len);
+                buf.copy_from_slice(&record[..len]);
+                Ok(buf)
+            })
+            .collect();
+        let c = self.clone();
+        self.block(async move {
+            let n = copies.len();
+            let mut out: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+            let mut set = tokio::task::JoinSet::new();
+            for (i, b) in copies.into_iter().enumerate() {
+                match b {
+                    Err(e) => out[i] = Some(Err(e)),
+                    Ok(b) => {
+                        let c = c.clone();
+                        set.spawn(async move {
+                            let buf = Arc::new(b);
+                            let r = c.put(buf.clone()).await.map(|_| ());
+                            if let Ok(b) = Arc::try_unwrap(buf) {
+                                c.recycle(b);
+                            }
+                            (i, r)
+                        });
+                    }
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                if let Ok((i, v)) = r {
+                    out[i] = Some(v);
+                }
+            }
+            out.into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| Err(Error::new(ErrorKind::Io, "a pool put task failed")))
+                })
+                .collect()
+        })
+    }
+
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
         let c = self.clone();
         let got = self.block(async move { c.get(key, false).await })?;

@@ -47,6 +47,12 @@ pub trait PoolBackend: Send + Sync {
     /// Stores a complete, sealed, page-aligned record (header, payload, padding).
     fn put_record(&self, record: &[u8]) -> Result<()>;
 
+    /// [`put_record`](Self::put_record) for several records; remote backends send them all
+    /// at once. One result per record, in order.
+    fn put_many(&self, records: &[&[u8]]) -> Vec<Result<()>> {
+        records.iter().map(|r| self.put_record(r)).collect()
+    }
+
     /// Reads and verifies the record of `key` into `buf` (page-aligned, at least the record's
     /// length). `None` on a miss, including a record that failed verification.
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>>;
