@@ -368,9 +368,16 @@ fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind(
     let (st, why) = raw_put(&mut s, 1, key(100), &bad);
     assert_eq!(st, Status::Error);
     assert!(why.contains("checksum"), "{why}");
+    let used = || stats(&c, 0)["store"]["used_bytes"].as_u64().unwrap();
+    let before = used();
     let (st, why) = raw_put(&mut s, 2, key(101), &good);
     assert_eq!(st, Status::Error);
     assert!(why.contains("wrong_key"), "{why}");
+    assert_eq!(
+        used(),
+        before,
+        "a record refused for its header takes no space"
+    );
     let (st, why) = raw_put(&mut s, 3, key(100), &good);
     assert_eq!((st, why.as_str()), (Status::Ok, ""));
     // A body cut off half-way, and one that stalls: the connection is closed with a reason.

@@ -313,6 +313,10 @@ impl PoolClient {
         // Writer: frames in the order calls were made. Large records are spliced (their pages
         // handed to the kernel, not copied: see `super::splice`).
         let (p2, d2) = (pending.clone(), dead.clone());
+        // Spliced records, kept alive until their answer arrives (the kernel reads their pages
+        // until the server has read them, even if the caller gave up on the put meanwhile).
+        let held: Arc<Mutex<HashMap<u64, Arc<AlignedBuf>>>> = Default::default();
+        let (h2, h3) = (held.clone(), held.clone());
         let mut pipe = if self.cfg.splice {
             super::splice::SplicePipe::new()
                 .inspect_err(|e| {
@@ -331,7 +335,12 @@ impl PoolClient {
                         let body = &r[..f.body_len as usize];
                         let spliced = match &pipe {
                             Some(p) if body.len() >= super::splice::SPLICE_MIN => {
-                                p.send(wr.as_ref(), body).await?
+                                h2.lock().insert(f.id, r.clone());
+                                let sent = p.send(wr.as_ref(), body).await?;
+                                if !sent {
+                                    h2.lock().remove(&f.id);
+                                }
+                                sent
                             }
                             _ => false,
                         };
@@ -362,11 +371,14 @@ impl PoolClient {
             loop {
                 match read_answer(&mut rd, max, &bufs).await {
                     Ok((f, body, hash)) => {
+                        h3.lock().remove(&f.id);
                         if let Some(tx) = p3.lock().remove(&f.id) {
                             let _ = tx.send(Ok((f, body, hash)));
                         }
                     }
                     Err(e) => {
+                        // The connection is gone: no one will read those pages any more.
+                        h3.lock().clear();
                         d3.store(true, Ordering::Relaxed);
                         for (_, tx) in p3.lock().drain() {
                             let _ = tx.send(Err(format!("connection lost: {e}")));

@@ -342,10 +342,10 @@ impl PoolServer {
                 return Err(Error::invalid("the pool secret is empty"));
             }
         }
-        if cfg.stream_chunk % crate::buf::ALIGN != 0 {
+        let c = cfg.stream_chunk;
+        if c != 0 && (c % crate::buf::ALIGN != 0 || c < 64 << 10) {
             return Err(Error::invalid(format!(
-                "stream_chunk is {} bytes; it is a multiple of 4 KiB (or 0: no streaming)",
-                cfg.stream_chunk
+                "stream_chunk is {c} bytes; it is a multiple of 4 KiB of at least 64 KiB (or 0: no streaming)"
             )));
         }
         let store_cfg = cfg.store.clone();

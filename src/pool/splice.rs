@@ -5,10 +5,11 @@
 //!
 //! The kernel reads the pages after [`SplicePipe::send`] returns (until the peer has read the
 //! bytes, and until they are acknowledged). The pool client only sends this way a record that
-//! nobody can change before the server answers (it is behind an `Arc`, and the server answers
-//! a put only after reading its whole body), and every record carries a checksum the server
-//! verifies: bytes changed in flight (a caller that gave up on a timed-out put and reused its
-//! buffer, then a retransmission) make a put that is refused, never a wrong record.
+//! nobody can change before the server answers: it is behind an `Arc`, the connection keeps a
+//! clone until the answer arrives or the connection is gone (even when the caller gave up on
+//! the put), and the server answers a put only after reading its whole body. And every record
+//! carries a checksum the server verifies: bytes changed in flight would make a put that is
+//! refused, never a wrong record.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -155,11 +155,12 @@ impl PoolSection {
                 ),
             ));
         }
-        if self.stream_chunk.0 % 4096 != 0 || self.stream_chunk.0 > 64 << 20 {
+        let c = self.stream_chunk.0;
+        if c != 0 && (c % 4096 != 0 || !(64 << 10..=64 << 20).contains(&c)) {
             return Err(field_error(
                 "pool.stream_chunk",
                 format!(
-                    "{} is not a multiple of 4 KiB up to 64 MiB (0 turns streaming off)",
+                    "{} is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)",
                     self.stream_chunk
                 ),
             ));

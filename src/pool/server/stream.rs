@@ -29,7 +29,7 @@ use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind};
 use crate::pool::wire::{Frame, Op, Status};
-use crate::tier::segment::{Durability, RecordSlot};
+use crate::tier::segment::RecordSlot;
 
 /// The rest of a streamed put, run as its own task: it answers the request.
 pub(crate) type Finish = Pin<Box<dyn Future<Output = (Frame, Body)> + Send>>;
@@ -87,22 +87,20 @@ impl PoolServer {
         let len = f.body_len as usize;
         let chunk = self.cfg.stream_chunk;
         let limit = self.cfg.stall_timeout;
-        // Reserve the extent while the first chunk crosses the socket.
-        let s = self.clone();
-        let reserve = tokio::task::spawn_blocking(move || s.store.reserve_record(len));
         let mut first = self.bufs.take(chunk);
         read_part(rd, &mut first, limit).await?;
         let header = match check_header(&first, f.key, Some(len)) {
             Ok(h) => h,
             Err(why) => {
-                // A reservation made meanwhile is abandoned when it is dropped.
-                drop(reserve);
                 self.skip_body(rd, len - chunk, first).await?;
                 self.counters.bad_records.inc();
                 return Ok(self.answered(f, t0, Status::Error, why));
             }
         };
-        let slot = match reserve.await {
+        // Space is taken (a segment may roll, and another be evicted) only for a record whose
+        // header checks out.
+        let s = self.clone();
+        let slot = match tokio::task::spawn_blocking(move || s.store.reserve_record(len)).await {
             Ok(Ok(slot)) => Arc::new(slot),
             Ok(Err(e)) => {
                 self.skip_body(rd, len - chunk, first).await?;
@@ -129,9 +127,17 @@ impl PoolServer {
         };
         let first = Arc::new(first);
         let _ = to_hash.send(first.clone());
-        let mut parts = vec![write(0, first.clone())];
+        let mut parts = std::collections::VecDeque::from([write(0, first.clone())]);
+        // Chunk writes of this put in flight, at most; past that the reader waits for the
+        // oldest (bounding the blocking threads one large put can take).
+        const WRITES_IN_FLIGHT: usize = 8;
+        let mut failed: Option<String> = None;
         let mut at = chunk;
         while at < len {
+            if parts.len() >= WRITES_IN_FLIGHT {
+                let oldest = parts.pop_front().expect("not empty");
+                self.settle_one(oldest, &mut failed).await;
+            }
             let n = chunk.min(len - at);
             let mut c = self.bufs.take(n);
             if let Err(e) = read_part(rd, &mut c, limit).await {
@@ -139,7 +145,7 @@ impl PoolServer {
                 drop(to_hash);
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.settle(parts).await;
+                    me.settle(parts, &mut failed).await;
                     me.abandon(slot).await;
                     me.counters.errors.inc();
                 });
@@ -147,13 +153,13 @@ impl PoolServer {
             }
             let c = Arc::new(c);
             let _ = to_hash.send(c.clone());
-            parts.push(write(at, c));
+            parts.push_back(write(at, c));
             at += n;
         }
         drop(to_hash);
         let me = self.clone();
         Ok(Box::pin(async move {
-            let failed = me.settle(parts).await;
+            me.settle(parts, &mut failed).await;
             let matches = hasher.await.unwrap_or(false);
             let (status, why) = if !matches {
                 me.counters.bad_records.inc();
@@ -164,18 +170,14 @@ impl PoolServer {
             } else if let Some(e) = failed {
                 (Status::Error, format!("writing a record: {e}"))
             } else {
-                // Indexing is memory work, unless each put is synced.
+                // On a blocking thread: ending the reservation may seal the segment (a page
+                // write), and a synced store syncs.
                 let (s, sl) = (me.clone(), slot.clone());
-                let commit = move || s.store.commit_record(&sl, f.key);
-                let res = if me.cfg.store.durability == Durability::Synced {
-                    tokio::task::spawn_blocking(commit)
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(Error::new(ErrorKind::Io, format!("put task failed: {e}")))
-                        })
-                } else {
-                    commit()
-                };
+                let res = tokio::task::spawn_blocking(move || s.store.commit_record(&sl, f.key))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::new(ErrorKind::Io, format!("put task failed: {e}")))
+                    });
                 match res {
                     Ok(()) => (Status::Ok, String::new()),
                     Err(e) => (Status::Error, e.to_string()),
@@ -195,23 +197,26 @@ impl PoolServer {
         }))
     }
 
-    /// Waits for every chunk write, gives the chunks back, and returns the first failure.
-    async fn settle(&self, parts: Vec<Part>) -> Option<String> {
-        let mut failed = None;
-        for p in parts {
-            match p.await {
-                Ok((c, res)) => {
-                    if let Err(e) = res {
-                        failed.get_or_insert(e.to_string());
-                    }
-                    self.recycle(c);
+    /// Waits for one chunk write, gives the chunk back, and keeps the first failure.
+    async fn settle_one(&self, part: Part, failed: &mut Option<String>) {
+        match part.await {
+            Ok((c, res)) => {
+                if let Err(e) = res {
+                    failed.get_or_insert(e.to_string());
                 }
-                Err(e) => {
-                    failed.get_or_insert(format!("write task failed: {e}"));
-                }
+                self.recycle(c);
+            }
+            Err(e) => {
+                failed.get_or_insert(format!("write task failed: {e}"));
             }
         }
-        failed
+    }
+
+    /// Waits for every chunk write still in flight (see [`settle_one`](Self::settle_one)).
+    async fn settle(&self, parts: std::collections::VecDeque<Part>, failed: &mut Option<String>) {
+        for p in parts {
+            self.settle_one(p, failed).await;
+        }
     }
 
     /// Abandons a record (a page write: on a blocking thread).

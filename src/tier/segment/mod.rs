@@ -469,6 +469,9 @@ impl SegmentStore {
         } else {
             seg.keys.lock().push((key, off));
             seg.live_bytes.fetch_add(len, Ordering::Relaxed);
+            // Indexed before the write is finished: once it is, the segment may be sealed and
+            // evicted, and its eviction must find this entry to drop it.
+            self.index_record(seg.id, off, len, key, origin);
         }
         self.finish_write(&seg);
         if let Err(e) = res {
@@ -477,7 +480,6 @@ impl SegmentStore {
                 Error::io("writing a record", e).with_context("segment", seg.path.display())
             );
         }
-        self.index_record(seg.id, off, len, key, origin);
         if let Some(v) = victim {
             self.drop_segment(v, origin == Origin::Put && self.cfg.second_chance);
         }
@@ -559,8 +561,9 @@ impl SegmentStore {
         let (off, len) = (slot.off, slot.len as u64);
         seg.keys.lock().push((key, off));
         seg.live_bytes.fetch_add(len, Ordering::Relaxed);
-        slot.finish();
+        // Indexed before the reservation ends (see `append`).
         self.index_record(seg.id, off, len, key, Origin::Put);
+        slot.finish();
         Ok(())
     }
 
