@@ -50,7 +50,8 @@ impl Fallback {
     }
 }
 
-static FALLBACKS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static FALLBACKS: [AtomicU64; Fallback::ALL.len()] =
+    [const { AtomicU64::new(0) }; Fallback::ALL.len()];
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]

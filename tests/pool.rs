@@ -472,8 +472,10 @@ fn a_server_killed_while_puts_stream_keeps_every_acknowledged_record_and_no_torn
     // SIGKILLed while it writes.
     let acked = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
     let (c2, a2) = (c.clone(), acked.clone());
+    // At most 200 records (one 1 MiB segment each, within the 256 MiB capacity: none is
+    // evicted before the kill).
     let writer = std::thread::spawn(move || {
-        for i in 1000..1400u64 {
+        for i in 1000..1200u64 {
             let c3 = c2.clone();
             match c2.block(async move { c3.put(big_record(i, BIG)).await }) {
                 Ok(_) => a2.lock().push(i),
@@ -482,17 +484,23 @@ fn a_server_killed_while_puts_stream_keeps_every_acknowledged_record_and_no_torn
         }
         u64::MAX
     });
+    let deadline = Instant::now() + Duration::from_secs(20);
     while acked.lock().len() < 20 {
+        assert!(!writer.is_finished(), "the writer stopped early");
+        assert!(Instant::now() < deadline, "20 puts took more than 20 s");
         std::thread::yield_now();
     }
     // Kill as soon as the server has started streaming a put it has not acknowledged: most
     // likely while its chunks are being written.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
+    loop {
         let started = stats(&c, 0)["streamed_puts"].as_u64().unwrap();
         if started > acked.lock().len() as u64 {
             break;
         }
+        assert!(
+            Instant::now() < deadline && !writer.is_finished(),
+            "never saw a put streaming that was not yet acknowledged"
+        );
     }
     let mut server = server;
     server.child.kill().unwrap();

@@ -38,6 +38,9 @@ pub const OTHER_TENANT: &str = "_other";
 /// The agent's calls to its pool backend, in the order of their latency histograms (see
 /// [`State::pool_latency`]).
 pub const POOL_CALLS: &[&str] = &["put", "get", "exists"];
+const POOL_PUT: usize = 0;
+const POOL_GET: usize = 1;
+const POOL_EXISTS: usize = 2;
 
 /// The agent's RPCs, in the order of their latency histograms (see [`State::observe`]).
 pub const AGENT_OPS: &[&str] = &[
@@ -470,7 +473,7 @@ impl State {
                 let (start, has) = in_pool.get_or_insert_with(|| {
                     (
                         i,
-                        timed(&self.pool_latency, 2, keys.len() - i, || {
+                        timed(&self.pool_latency, POOL_EXISTS, keys.len() - i, || {
                             store.contains_many(&keys[i..])
                         }),
                     )
@@ -544,7 +547,9 @@ impl State {
             .map(|&(j, s)| (keys[j], unsafe { self.arena.slot_bytes_mut(s) }))
             .collect();
         let n = reqs.len();
-        let got = timed(&self.pool_latency, 1, n, || store.get_many_into(&mut reqs));
+        let got = timed(&self.pool_latency, POOL_GET, n, || {
+            store.get_many_into(&mut reqs)
+        });
         drop(reqs);
         for ((j, slot), r) in slots.into_iter().zip(got) {
             match r {
@@ -683,7 +688,7 @@ impl State {
                     self.queue_cv.wait_for(&mut q, Duration::from_millis(200));
                 }
             };
-            let stored = timed(&self.pool_latency, 2, keys.len(), || {
+            let stored = timed(&self.pool_latency, POOL_EXISTS, keys.len(), || {
                 store.contains_many(&keys)
             });
             // Straight from the shared arena slots to the pool (each slot is a page-aligned
@@ -702,7 +707,7 @@ impl State {
                 self.arena.seal(s.id(), *k);
             }
             let records: Vec<&[u8]> = slots.iter().map(|(_, s)| s.record()).collect();
-            let results = timed(&self.pool_latency, 0, records.len(), || {
+            let results = timed(&self.pool_latency, POOL_PUT, records.len(), || {
                 store.put_many(&records)
             });
             for ((key, _), r) in slots.iter().zip(results) {
@@ -851,11 +856,6 @@ impl State {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// The pool backend, if any.
-    pub fn pool(&self) -> Option<&Arc<dyn PoolBackend>> {
-        self.store.as_ref()
-    }
-
     fn tenant_stats(&self) -> Vec<TenantStats> {
         let t = self.tenants.lock();
         let mut out: Vec<TenantStats> = t
@@ -935,5 +935,18 @@ impl State {
                 let _ = h.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_call_indices_name_their_ops() {
+        assert_eq!(POOL_CALLS[POOL_PUT], "put");
+        assert_eq!(POOL_CALLS[POOL_GET], "get");
+        assert_eq!(POOL_CALLS[POOL_EXISTS], "exists");
+        assert_eq!(POOL_CALLS.len(), 3);
     }
 }

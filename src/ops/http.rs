@@ -3,7 +3,6 @@
 //! `kvtier stat` and the tests scrape it with.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,13 +172,7 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
             format!("http://{addr}{path}: {what}"),
         )
     };
-    let sa = addr
-        .to_socket_addrs()
-        .map_err(|e| unavailable(&format!("cannot resolve the address: {e}")))?
-        .next()
-        .ok_or_else(|| unavailable("the address resolves to nothing"))?;
-    let mut sock = TcpStream::connect_timeout(&sa, timeout)
-        .map_err(|e| unavailable(&format!("connect failed: {e}")))?;
+    let mut sock = super::probe::connect(addr, timeout).map_err(|e| unavailable(&e))?;
     sock.set_read_timeout(Some(timeout)).ok();
     sock.set_write_timeout(Some(timeout)).ok();
     write!(
@@ -214,6 +207,7 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     #[test]
     fn serves_paths_and_refuses_other_methods_and_oversized_heads() {

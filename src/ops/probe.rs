@@ -14,8 +14,10 @@ use crate::error::{Error, Result};
 use crate::pool::placement::Member;
 use crate::pool::server::PoolServer;
 
-/// Resolves `addr` (`host:port`) and connects to one of its addresses within `timeout`.
-pub fn reachable(addr: &str, timeout: Duration) -> std::result::Result<(), String> {
+/// Resolves `addr` (`host:port`) and connects to the first of its addresses that answers
+/// within `timeout` (`localhost` may resolve to `::1` first while a daemon listens on
+/// `127.0.0.1`).
+pub fn connect(addr: &str, timeout: Duration) -> std::result::Result<TcpStream, String> {
     let addrs: Vec<_> = addr
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
@@ -26,11 +28,16 @@ pub fn reachable(addr: &str, timeout: Duration) -> std::result::Result<(), Strin
     let mut last = String::new();
     for a in &addrs {
         match TcpStream::connect_timeout(a, timeout) {
-            Ok(_) => return Ok(()),
+            Ok(s) => return Ok(s),
             Err(e) => last = format!("cannot connect to {a}: {e}"),
         }
     }
     Err(last)
+}
+
+/// Whether `addr` accepts a connection within `timeout` (see [`connect`]).
+pub fn reachable(addr: &str, timeout: Duration) -> std::result::Result<(), String> {
+    connect(addr, timeout).map(drop)
 }
 
 /// The address part of a pool member (`host:port=weight`).

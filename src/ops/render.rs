@@ -318,75 +318,55 @@ pub fn pool_page(s: &PoolServerStats, hists: &[(&'static str, HistogramSnapshot)
     ] {
         w.counter(n::POOL_REQUESTS, help, &[("op", op)], v);
     }
-    let help = "Gets served, by the tier that had the record.";
-    w.counter(n::HITS, help, &[("tier", "cache")], s.cache_hits);
-    w.counter(
-        n::HITS,
-        help,
-        &[("tier", "disk")],
-        s.get_hits.saturating_sub(s.cache_hits),
-    );
-    let help = "Gets a tier could not serve (cache: every get not served from it; disk: gets that found nothing).";
-    w.counter(
-        n::MISSES,
-        help,
-        &[("tier", "cache")],
-        s.gets.saturating_sub(s.cache_hits),
-    );
-    w.counter(
-        n::MISSES,
-        help,
-        &[("tier", "disk")],
-        s.gets.saturating_sub(s.get_hits),
-    );
+    // Each per-tier family: (family, help, cache's value, disk's value).
+    let hits = s.get_hits.saturating_sub(s.cache_hits);
+    for (name, help, cache, disk) in [
+        (n::HITS, "Gets served, by the tier that had the record.", s.cache_hits, hits),
+        (
+            n::MISSES,
+            "Gets a tier could not serve (cache: every get not served from it; disk: gets that found nothing).",
+            s.gets.saturating_sub(s.cache_hits),
+            s.gets.saturating_sub(s.get_hits),
+        ),
+        (
+            n::BYTES_OUT,
+            "Bytes out of a tier (cache: records served; disk: payload read back).",
+            s.cache_bytes_out,
+            s.store.bytes_out,
+        ),
+    ] {
+        w.counter(name, help, &[("tier", "cache")], cache);
+        w.counter(name, help, &[("tier", "disk")], disk);
+    }
     w.counter(
         n::BYTES_IN,
         "Bytes into a tier (disk: records stored).",
         &[("tier", "disk")],
         s.store.bytes_in,
     );
-    let help = "Bytes out of a tier (cache: records served; disk: payload read back).";
-    w.counter(n::BYTES_OUT, help, &[("tier", "cache")], s.cache_bytes_out);
-    w.counter(n::BYTES_OUT, help, &[("tier", "disk")], s.store.bytes_out);
-    let help = "Bytes used by a tier now.";
-    w.gauge(
-        n::USED_BYTES,
-        help,
-        &[("tier", "cache")],
-        s.cache_bytes as f64,
-    );
-    w.gauge(
-        n::USED_BYTES,
-        help,
-        &[("tier", "disk")],
-        s.store.used_bytes as f64,
-    );
-    let help = "Capacity of a tier.";
-    w.gauge(
-        n::CAPACITY_BYTES,
-        help,
-        &[("tier", "cache")],
-        s.cache_capacity as f64,
-    );
-    w.gauge(
-        n::CAPACITY_BYTES,
-        help,
-        &[("tier", "disk")],
-        s.store.capacity_bytes as f64,
-    );
-    let help = "Objects held by a tier now.";
-    w.gauge(
-        n::OBJECTS,
-        help,
-        &[("tier", "cache")],
-        s.cache_objects as f64,
-    );
-    w.gauge(
-        n::OBJECTS,
-        help,
-        &[("tier", "disk")],
-        s.store.objects as f64,
-    );
+    for (name, help, cache, disk) in [
+        (
+            n::USED_BYTES,
+            "Bytes used by a tier now.",
+            s.cache_bytes,
+            s.store.used_bytes,
+        ),
+        (
+            n::CAPACITY_BYTES,
+            "Capacity of a tier.",
+            s.cache_capacity,
+            s.store.capacity_bytes,
+        ),
+        (
+            n::OBJECTS,
+            "Objects held by a tier now.",
+            s.cache_objects,
+            s.store.objects,
+        ),
+    ] {
+        w.gauge(name, help, &[("tier", "cache")], cache as f64);
+        w.gauge(name, help, &[("tier", "disk")], disk as f64);
+    }
     w.counter(
         n::EVICTIONS,
         "Objects evicted to make room, by tier.",

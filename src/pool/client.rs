@@ -800,21 +800,9 @@ impl PoolBackend for Arc<PoolClient> {
     }
 
     fn put_record(&self, record: &[u8]) -> Result<()> {
-        let h = BlockHeader::decode(record).map_err(Error::from)?;
-        let len = h.record_len().min(record.len());
-        // One copy, out of the arena slot (which may be reused once this returns).
-        let mut buf = self.bufs.take(len);
-        buf.copy_from_slice(&record[..len]);
-        let c = self.clone();
-        self.block(async move {
-            let buf = Arc::new(buf);
-            let r = c.put(buf.clone()).await.map(|_| ());
-            // Reused once every replica's write is done with it.
-            if let Ok(b) = Arc::try_unwrap(buf) {
-                c.recycle(b);
-            }
-            r
-        })
+        self.put_many(&[record])
+            .pop()
+            .expect("one record, one result")
     }
 
     /// Every record copied out (the caller's memory may be reused once this returns), then
@@ -832,42 +820,25 @@ impl PoolBackend for Arc<PoolClient> {
             .collect();
         let c = self.clone();
         self.block(async move {
-            let n = copies.len();
-            let mut out: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
-            let mut set = tokio::task::JoinSet::new();
-            for (i, b) in copies.into_iter().enumerate() {
-                match b {
-                    Err(e) => out[i] = Some(Err(e)),
-                    Ok(b) => {
-                        let c = c.clone();
-                        set.spawn(async move {
-                            let buf = Arc::new(b);
-                            let r = c.put(buf.clone()).await.map(|_| ());
-                            if let Ok(b) = Arc::try_unwrap(buf) {
-                                c.recycle(b);
-                            }
-                            (i, r)
-                        });
+            let puts = copies.into_iter().map(|b| {
+                let c = c.clone();
+                async move {
+                    let buf = Arc::new(b?);
+                    let r = c.put(buf.clone()).await.map(|_| ());
+                    if let Ok(b) = Arc::try_unwrap(buf) {
+                        c.recycle(b);
                     }
+                    r
                 }
-            }
-            while let Some(r) = set.join_next().await {
-                if let Ok((i, v)) = r {
-                    out[i] = Some(v);
-                }
-            }
-            out.into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| Err(Error::new(ErrorKind::Io, "a pool put task failed")))
-                })
-                .collect()
+            });
+            futures_join_all(puts).await
         })
     }
 
     fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
-        let c = self.clone();
-        let got = self.block(async move { c.get(key, false).await })?;
-        self.copy_out(got, buf)
+        self.get_many_into(&mut [(key, buf)])
+            .pop()
+            .expect("one request, one result")
     }
 
     /// Every get at once (each with its own deadline), then copied into its buffer.
@@ -877,24 +848,12 @@ impl PoolBackend for Arc<PoolClient> {
     ) -> Vec<Result<Option<BlockHeader>>> {
         let keys: Vec<BlockKey> = reqs.iter().map(|r| r.0).collect();
         let c = self.clone();
-        let got: Vec<Result<Option<AlignedBuf>>> = self.block(async move {
-            let n = keys.len();
-            let mut set = tokio::task::JoinSet::new();
-            for (i, k) in keys.into_iter().enumerate() {
+        let got = self.block(async move {
+            futures_join_all(keys.into_iter().map(|k| {
                 let c = c.clone();
-                set.spawn(async move { (i, c.get(k, false).await) });
-            }
-            let mut out: Vec<Option<Result<Option<AlignedBuf>>>> = (0..n).map(|_| None).collect();
-            while let Some(r) = set.join_next().await {
-                if let Ok((i, v)) = r {
-                    out[i] = Some(v);
-                }
-            }
-            out.into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| Err(Error::new(ErrorKind::Io, "a pool get task failed")))
-                })
-                .collect()
+                async move { c.get(k, false).await }
+            }))
+            .await
         });
         reqs.iter_mut()
             .zip(got)

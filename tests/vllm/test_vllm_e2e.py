@@ -156,9 +156,14 @@ def test_agent_killed_while_serving_recomputes(env, agent):
     assert time.time() - t < 30, "requests were held up by the dead agent"
     # A new agent on the same socket: the connector reconnects, stores and hits again.
     agent.start()
-    time.sleep(1.0)  # the connector retries a failed connection at most every reconnect_s
-    run(env, "r1", "killed_after")
-    assert run(env, "r1", "killed_after") == full_blocks("killed_after") * BS
+    # The connector retries a failed connection at most every reconnect_s: until it has, a
+    # request misses and saves nothing. Run the prompt until its second run hits (bounded).
+    deadline = time.time() + 60
+    while True:
+        run(env, "r1", "killed_after")
+        if run(env, "r1", "killed_after") == full_blocks("killed_after") * BS:
+            break
+        assert time.time() < deadline, "the connector never reconnected to the new agent"
 
 
 def test_corrupted_pool_objects_are_misses(env, agent):

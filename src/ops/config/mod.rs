@@ -254,11 +254,6 @@ impl Config {
         })
     }
 
-    /// Reads and parses a file.
-    pub fn read(path: &Path) -> Result<Config> {
-        Config::read_with_keys(path).map(|(c, _)| c)
-    }
-
     /// Reads and parses a file; also returns the keys it sets (`agent.data`).
     fn read_with_keys(path: &Path) -> Result<(Config, Vec<String>)> {
         let text = std::fs::read_to_string(path).map_err(|e| {
