@@ -265,11 +265,28 @@ fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
     s.read_exact(&mut h).unwrap();
     let resp = Frame::decode(&h, 1 << 20).unwrap();
     assert_eq!(resp.status, kvtier::pool::wire::Status::Error);
+    // A bad copy of a stored key is refused and leaves the good copy in place.
+    let stored = record(1);
+    let mut bad1 = AlignedBuf::zeroed(stored.len());
+    bad1.copy_from_slice(&stored);
+    bad1[300] ^= 1;
+    let mut s = authed(&addr, secret);
+    s.write_all(&Frame::request(Op::Put, 10, key(1), bad1.len() as u32).encode())
+        .unwrap();
+    s.write_all(&bad1).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(Frame::decode(&h, 1 << 20).unwrap().status, Status::Error);
 
     // The good client was served throughout.
     let g = good.clone();
     good.block(async move {
-        assert!(g.get(key(1), false).await.unwrap().is_some());
+        let one = g
+            .get(key(1), true)
+            .await
+            .unwrap()
+            .expect("the good copy stays");
+        assert!(one[..record(1).len()] == record(1)[..]);
         assert!(
             g.get(key(2), false).await.unwrap().is_none(),
             "the corrupt put was not stored"
@@ -281,7 +298,7 @@ fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
     // No credential, a wrong one, and the client without a secret (which hangs up itself).
     assert_eq!(st["auth_failures"].as_u64(), Some(3), "{st}");
     assert_eq!(st["bad_frames"].as_u64(), Some(4), "{st}");
-    assert_eq!(st["bad_records"].as_u64(), Some(1), "{st}");
+    assert_eq!(st["bad_records"].as_u64(), Some(2), "{st}");
     // Each closing is logged with its reason.
     let deadline = Instant::now() + Duration::from_secs(5);
     let want = [

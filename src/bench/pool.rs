@@ -248,26 +248,16 @@ fn raw_write_beside_tcp(
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let traffic = s.spawn(|| loopback_traffic(&stop));
-        let res = raw_disk_phases(dir, n, record, conc, false);
+        let res = raw_disk(dir, n, record, conc, false);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         traffic.join().expect("traffic thread")?;
         res.map(|(w, _, wl, _)| (w, wl))
     })
 }
 
-/// Raw O_DIRECT write then read of `n` records of `record` bytes, `conc` threads: the disk's
-/// ceiling for the same bytes.
+/// Raw O_DIRECT writes of `n` records of `record` bytes, `conc` threads, then (when `read`)
+/// reads of them: the disk's ceiling for the same bytes.
 fn raw_disk(
-    dir: &std::path::Path,
-    n: usize,
-    record: usize,
-    conc: usize,
-) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
-    raw_disk_phases(dir, n, record, conc, true)
-}
-
-/// Raw O_DIRECT writes (and then reads, when `read`).
-fn raw_disk_phases(
     dir: &std::path::Path,
     n: usize,
     record: usize,
@@ -380,7 +370,7 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                 if opts.pool.is_none() {
                     progress(&format!("{tag}: raw O_DIRECT write/read"));
                     let (w, r, wl, rl) =
-                        raw_disk(&scratch, n, crate::block::record_len(size), conc)?;
+                        raw_disk(&scratch, n, crate::block::record_len(size), conc, true)?;
                     add("disk", Measured::new("raw_write", w, wl, 0));
                     add("disk", Measured::new("raw_read", r, rl, 0));
                     if opts.beside_tcp {
@@ -612,7 +602,7 @@ fn run_peer(
         latencies: v[format!("{op}_latencies_us")]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_else(|| vec![f(&format!("{op}_p50_us")), f(&format!("{op}_p99_us"))]),
+            .unwrap_or_default(),
         verified: ver,
     };
     Ok(vec![mk("put", 0), mk("get", verified)])

@@ -487,8 +487,7 @@ impl PoolServer {
         }
         .await;
         if ok.is_ok() {
-            let answer =
-                tokio::time::timeout(self.cfg.auth_timeout, read_frame(&mut rd, 64, None)).await;
+            let answer = tokio::time::timeout(self.cfg.auth_timeout, read_frame(&mut rd, 64)).await;
             let verdict = match answer {
                 Err(_) => Err("no authentication within the deadline".to_string()),
                 Ok(Err(e)) => Err(format!("bad handshake: {e}")),
@@ -704,43 +703,78 @@ impl PoolServer {
                     return err(&self, Status::Draining, "the server is draining".into());
                 }
                 let body = Arc::new(body);
-                if let Err(why) = check_header(&body, f.key, None) {
-                    self.counters.bad_records.inc();
-                    return err(&self, Status::Error, why);
-                }
-                // The payload checksum is computed while the record goes to disk (it is off the
-                // serial path of a put); a record that fails is removed again before the put is
-                // answered. Until then a reader could only find it on disk, and every disk read
-                // verifies the checksum, so no one is ever served those bytes.
-                let (s, b) = (self.clone(), body.clone());
-                let write = tokio::task::spawn_blocking(move || s.store.put_record(&b));
-                let b = body.clone();
-                let check = tokio::task::spawn_blocking(move || check_record(&b, f.key));
-                let (res, checked) = tokio::join!(write, check);
-                let checked = checked.unwrap_or_else(|e| Err(format!("check task failed: {e}")));
-                if let Err(why) = checked {
-                    if matches!(res, Ok(Ok(()))) {
-                        self.store.remove(f.key);
+                let header = match check_header(&body, f.key, None) {
+                    Ok(h) => h,
+                    Err(why) => {
+                        self.counters.bad_records.inc();
+                        self.recycle(body);
+                        return err(&self, Status::Error, why);
                     }
-                    self.counters.bad_records.inc();
-                    self.recycle(body);
-                    return err(&self, Status::Error, why);
-                }
-                match res {
-                    Ok(Ok(())) => {
+                };
+                // The record's extent is written while its payload checksum is computed (off
+                // the serial path of a put); it is indexed only if the checksum holds, so a bad
+                // record never hides an older good copy, not even after a restart.
+                let s = self.clone();
+                let slot = match tokio::task::spawn_blocking(move || {
+                    s.store.reserve_record(header.record_len())
+                })
+                .await
+                {
+                    Ok(Ok(slot)) => Arc::new(slot),
+                    Ok(Err(e)) => {
+                        self.recycle(body);
+                        return err(&self, status_of(&e), e.to_string());
+                    }
+                    Err(e) => return err(&self, Status::Error, format!("put task failed: {e}")),
+                };
+                let (sl, b) = (slot.clone(), body.clone());
+                let write = tokio::task::spawn_blocking(move || sl.write_part(0, &b));
+                let b = body.clone();
+                let check =
+                    tokio::task::spawn_blocking(move || payload_matches_header(&b, &header));
+                let (written, checked) = tokio::join!(write, check);
+                let s = self.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    if !checked.unwrap_or(false) {
+                        s.store.abandon_record(&slot);
+                        return Err((
+                            Status::Error,
+                            "the record failed verification: payload_checksum".to_string(),
+                        ));
+                    }
+                    match written {
+                        Ok(Ok(())) => s
+                            .store
+                            .commit_record(&slot, f.key)
+                            .map_err(|e| (status_of(&e), e.to_string())),
+                        Ok(Err(e)) => {
+                            s.store.abandon_record(&slot);
+                            Err((Status::Error, format!("writing a record: {e}")))
+                        }
+                        Err(e) => {
+                            s.store.abandon_record(&slot);
+                            Err((Status::Error, format!("put task failed: {e}")))
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err((Status::Error, format!("put task failed: {e}"))));
+                self.recycle(body);
+                match outcome {
+                    Ok(()) => {
                         // Write-around: the DRAM cache holds what is read (most blocks are
                         // never read again); an older cached copy of this key is replaced.
                         if let Some(old) = self.cache.lock().remove(&f.key) {
                             self.recycle(old);
                         }
-                        self.recycle(body);
                         (Frame::response(&f, Status::Ok, 0), Body::Empty)
                     }
-                    Ok(Err(e)) if e.kind() == ErrorKind::NoSpace => {
-                        err(&self, Status::NoSpace, e.to_string())
+                    Err((status, why)) => {
+                        if why.contains("failed verification") {
+                            self.counters.bad_records.inc();
+                        }
+                        err(&self, status, why)
                     }
-                    Ok(Err(e)) => err(&self, Status::Error, e.to_string()),
-                    Err(e) => err(&self, Status::Error, format!("put task failed: {e}")),
                 }
             }
             Op::Get => {
@@ -844,7 +878,6 @@ fn record_len_of(r: &AlignedBuf) -> usize {
         .min(r.len())
 }
 
-/// A put's header must be valid, of the frame's key, and say the body's length.
 /// Checks a put's record header (in the first bytes of `body`) against the frame's key and
 /// the body's length (`len`, or `body.len()` when the body is whole).
 fn check_header(
@@ -867,19 +900,21 @@ fn check_header(
     Ok(h)
 }
 
-/// A put's body must be one whole, valid record of the frame's key.
-fn check_record(body: &[u8], key: BlockKey) -> std::result::Result<(), String> {
-    let h = super::verify_record(body, key)
-        .map_err(|v| format!("the record failed verification: {}", v.as_str()))?;
-    if h.record_len() != body.len() {
-        return Err(format!(
-            "a put body is one page-aligned record of {} bytes, got {}",
-            h.record_len(),
-            body.len()
-        ));
+/// Whether a whole record's payload matches the checksum in its (already checked) header.
+fn payload_matches_header(record: &[u8], h: &BlockHeader) -> bool {
+    let end = BLOCK_HEADER_LEN + h.payload_len() as usize;
+    record
+        .get(BLOCK_HEADER_LEN..end)
+        .is_some_and(|p| h.verify_payload(p).is_ok())
+}
+
+/// The status answering a store error: no space, or a plain error.
+pub(super) fn status_of(e: &Error) -> Status {
+    if e.kind() == ErrorKind::NoSpace {
+        Status::NoSpace
+    } else {
+        Status::Error
     }
-    debug_assert!(body.len() >= BLOCK_HEADER_LEN);
-    Ok(())
 }
 
 /// Why reading a frame stopped.
@@ -906,14 +941,13 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// Reads one frame: header, then its body into a page-aligned buffer.
+/// Reads one small frame (a handshake's): header, then its body into a new buffer.
 pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
     rd: &mut R,
     max_body: u32,
-    bufs: Option<&BufPool>,
 ) -> std::result::Result<(Frame, AlignedBuf), ReadError> {
     let f = read_header(rd, max_body).await?;
-    let body = read_body(rd, &f, bufs).await?;
+    let body = read_body(rd, &f, None).await?;
     Ok((f, body))
 }
 

@@ -17,7 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bodies at least this long are spliced; shorter ones are cheaper to copy.
+/// Bodies at least this long are spliced (a threshold chosen, not tuned: mapping a body costs
+/// a few system calls that a small one need not pay; only 4 MiB records were measured).
 pub const SPLICE_MIN: usize = 256 << 10;
 
 /// A pipe for splicing bodies into one connection's socket.

@@ -5,8 +5,8 @@
 //! ([`SegmentStore::reserve_record`](crate::tier::segment::SegmentStore::reserve_record));
 //! the body is read in chunks (`stream_chunk`, 1 MiB by default), each chunk is written to its
 //! place with O_DIRECT on a blocking thread while the next one is read (so several writes of
-//! one put are in flight: measured faster for one request in flight than one writer thread
-//! per put), and a hasher thread checksums the payload as the chunks come. When the last chunk is in, what is left is the
+//! one put are in flight: one 4 MiB put in flight, 1.37-1.44 GB/s against 1.08-1.20 with one
+//! writer thread per put, two A/B runs), and a hasher thread checksums the payload as the chunks come. When the last chunk is in, what is left is the
 //! last write and the end of the hash; then the record is indexed. Until then nothing can
 //! find it; a record that fails its checksum, a part that fails to write, or a connection
 //! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
@@ -104,12 +104,7 @@ impl PoolServer {
             Ok(Ok(slot)) => Arc::new(slot),
             Ok(Err(e)) => {
                 self.skip_body(rd, len - chunk, first).await?;
-                let status = if e.kind() == ErrorKind::NoSpace {
-                    Status::NoSpace
-                } else {
-                    Status::Error
-                };
-                return Ok(self.answered(f, t0, status, e.to_string()));
+                return Ok(self.answered(f, t0, super::status_of(&e), e.to_string()));
             }
             Err(e) => {
                 self.skip_body(rd, len - chunk, first).await?;

@@ -199,16 +199,6 @@ pub struct RecordSlot {
 }
 
 impl RecordSlot {
-    /// The record's length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false: a slot holds at least one page.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Writes `bytes` (a page-aligned buffer of whole pages) at byte `at` (page-aligned) of
     /// the record. Parts may go from any thread, in any order; a record is committed once
     /// every byte was written once.
@@ -250,6 +240,19 @@ impl RecordSlot {
 }
 
 impl RecordSlot {
+    /// Gives the record up unless it is finished: zeroes its first page (best effort, even if
+    /// no part reported success: a failed write may have left part of a header) so recovery
+    /// never finds a header there, and ends the reservation. True when this ended it.
+    fn abandon(&self) -> bool {
+        if self.finished.load(Ordering::Relaxed) {
+            return false;
+        }
+        let _ = self
+            .io
+            .write_at(&self.seg.file, &AlignedBuf::zeroed(ALIGN), self.off);
+        self.finish()
+    }
+
     /// Ends the reservation once (true the first time).
     fn finish(&self) -> bool {
         let first = !self.finished.swap(true, Ordering::Relaxed);
@@ -261,17 +264,10 @@ impl RecordSlot {
 }
 
 impl Drop for RecordSlot {
-    /// A slot neither committed nor abandoned is abandoned: its header, if written, is zeroed
-    /// (one page write: the abandon paths do this themselves, off any async thread).
+    /// A slot neither committed nor abandoned is abandoned (one page write: the abandon paths
+    /// do this themselves, off any async thread).
     fn drop(&mut self) {
-        if !self.finished.load(Ordering::Relaxed) {
-            if self.written.load(Ordering::Relaxed) > 0 {
-                let _ = self
-                    .io
-                    .write_at(&self.seg.file, &AlignedBuf::zeroed(ALIGN), self.off);
-            }
-            self.finish();
-        }
+        self.abandon();
     }
 }
 
@@ -571,13 +567,7 @@ impl SegmentStore {
     /// failed verification): nothing is indexed, and its first page is zeroed (best effort)
     /// so that recovery never finds a header there.
     pub fn abandon_record(&self, slot: &RecordSlot) {
-        if slot.finished.load(Ordering::Relaxed) {
-            return;
-        }
-        let _ = self
-            .io
-            .write_at(&slot.seg.file, &AlignedBuf::zeroed(ALIGN), slot.off);
-        if slot.finish() && slot.failed.load(Ordering::Relaxed) {
+        if slot.abandon() && slot.failed.load(Ordering::Relaxed) {
             self.counters.write_errors.inc();
         }
     }
