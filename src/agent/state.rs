@@ -248,6 +248,25 @@ fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) 
     r
 }
 
+/// Where this agent's session, lease and descriptor ids start: different for every agent
+/// process. An engine whose agent restarted reaches the new one through the same socket path
+/// with its old session id; were ids to start at 1 in every agent, that id could name another
+/// engine's new session, and the engine would copy blocks from its stale mapping of the old
+/// arena at slots the new agent granted: wrong KV, silently. A fresh random start makes the
+/// old id unknown (the call fails, the engine reconnects and maps the new arena).
+fn first_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = [
+        nanos.to_le_bytes(),
+        (std::process::id() as u64).to_le_bytes(),
+    ]
+    .concat();
+    // High bit clear: billions of ids before it could wrap; never 0.
+    (xxhash_rust::xxh3::xxh3_64(&seed) >> 1) | 1
+}
+
 /// Blocks written behind to the pool at once, at most (one batched existence check, then the
 /// missing ones put concurrently by a remote pool).
 const WRITE_BEHIND_BATCH: usize = 8;
@@ -264,7 +283,7 @@ impl State {
             leases: Mutex::new(HashMap::new()),
             saving: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashSet::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id()),
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
             prefetch: Mutex::new(VecDeque::new()),

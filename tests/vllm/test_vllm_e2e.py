@@ -68,6 +68,11 @@ def env():
         refs = {name: ref.generate([p])[0]["ids"] for name, p in PROMPTS.items()}
         ref.close()
         print(f"\nreference engine: {time.time() - t0:.1f}s (logs in {work})")
+        # An agent while the replicas start: an engine that finds none at start-up waits
+        # reconnect_s before it tries again, and a test's first request could fall in that
+        # window. Connected once, engines reconnect by themselves to each test's fresh agent.
+        boot = Agent(KVTIER_BIN, socket, os.path.join(work, "data-boot"), obj,
+                     os.path.join(work, "agent.log")).start()
         r1 = Replica(_python(), MODEL, os.path.join(work, "r1.log"), socket, os.path.join(work, "stats1"))
         replicas.append(r1)
         r2 = Replica(_python(), MODEL, os.path.join(work, "r2.log"), socket, os.path.join(work, "stats2"),
@@ -75,6 +80,7 @@ def env():
         replicas.append(r2)
         r1.wait_ready()
         r2.wait_ready()
+        boot.stop()
         print(f"two kvtier replicas up: {time.time() - t0:.1f}s")
         yield dict(work=work, socket=socket, obj=obj, refs=refs, r1=r1, r2=r2)
     finally:
