@@ -255,6 +255,141 @@ fn raw_write_beside_tcp(
     })
 }
 
+/// The least work a put or a get through loopback TCP can do, on this disk and these cores:
+/// `conc` connections, a thread at each end of each (blocking sockets, sized as the pool's);
+/// a put sends a record, the server reads it into a page-aligned buffer (hashing it as it
+/// arrives), writes it with O_DIRECT and answers one byte; a get is answered with the record
+/// read with O_DIRECT, which the client reads (hashing it as it arrives) and checks. No
+/// framing, no index, no space management, no runtime: a reference for what a network-fed
+/// pool can reach here, measured beside the disk alone. Returns (put GB/s, get GB/s, put
+/// latencies, get latencies) in µs.
+fn minimal_tcp(
+    dir: &std::path::Path,
+    n: usize,
+    record: usize,
+    conc: usize,
+) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let io = IoMode::Auto.build()?;
+    let path = dir.join("minimal");
+    let (f, _) =
+        open_file(&path, true, true, true).map_err(|e| Error::io("opening the raw file", e))?;
+    io.allocate(&f, (n * record) as u64)
+        .map_err(|e| Error::io("preallocating the raw file", e))?;
+    let _remove = RemoveOnDrop(path);
+    let mut rec = AlignedBuf::zeroed(record);
+    fill(&mut rec, 9);
+    let expect = xxhash_rust::xxh3::xxh3_64(&rec);
+    let conc = conc.max(1);
+    let net = |e| Error::io("minimal loopback put/get", e);
+    let l = TcpListener::bind("127.0.0.1:0").map_err(net)?;
+    let addr = l.local_addr().map_err(net)?;
+    // Reads exactly `buf.len()` bytes, hashing them as they come.
+    fn read_hashed(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<u64> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let k = s.read(&mut buf[at..])?;
+            if k == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            h.update(&buf[at..at + k]);
+            at += k;
+        }
+        Ok(h.digest())
+    }
+    std::thread::scope(|sc| {
+        let (f, io) = (&f, &io);
+        let server = sc.spawn(move || -> std::io::Result<()> {
+            let mut conns = Vec::new();
+            for _ in 0..conc {
+                let (c, _) = l.accept()?;
+                conns.push(c);
+            }
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = conns
+                    .into_iter()
+                    .map(|mut c| {
+                        sc.spawn(move || -> std::io::Result<()> {
+                            crate::pool::wire::size_socket_buffers(
+                                std::os::fd::AsRawFd::as_raw_fd(&c),
+                            );
+                            let mut buf = AlignedBuf::zeroed(record);
+                            let mut req = [0u8; 9];
+                            // Until the client hangs up.
+                            while c.read_exact(&mut req).is_ok() {
+                                let at = u64::from_le_bytes(req[1..].try_into().expect("8"));
+                                if req[0] == b'p' {
+                                    if read_hashed(&mut c, &mut buf)? != expect {
+                                        return Err(std::io::Error::other("a bad record"));
+                                    }
+                                    io.write_at(f, &buf, at)?;
+                                    c.write_all(&[1])?;
+                                } else {
+                                    io.read_at(f, &mut buf, at)?;
+                                    c.write_all(&buf)?;
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .try_for_each(|h| h.join().expect("minimal server thread"))
+            })
+        });
+        let conns: Vec<parking_lot::Mutex<TcpStream>> = (0..conc)
+            .map(|_| {
+                let c = TcpStream::connect(addr)?;
+                c.set_nodelay(true)?;
+                crate::pool::wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&c));
+                Ok(parking_lot::Mutex::new(c))
+            })
+            .collect::<std::io::Result<_>>()
+            .map_err(net)?;
+        let bufs: Vec<parking_lot::Mutex<AlignedBuf>> = (0..conc)
+            .map(|_| parking_lot::Mutex::new(AlignedBuf::zeroed(record)))
+            .collect();
+        let lat = parking_lot::Mutex::new(Vec::new());
+        let run = |op: u8| -> Result<Duration> {
+            lat.lock().clear();
+            super::run_parallel(n, conc, |t, i| {
+                let s = Instant::now();
+                let mut c = conns[t].lock();
+                let mut req = [op; 9];
+                req[1..].copy_from_slice(&((i * record) as u64).to_le_bytes());
+                let r = (|| -> std::io::Result<()> {
+                    c.write_all(&req)?;
+                    if op == b'p' {
+                        c.write_all(&rec)?;
+                        c.read_exact(&mut [0u8])
+                    } else if read_hashed(&mut c, &mut bufs[t].lock())? != expect {
+                        Err(std::io::Error::other("read back different bytes"))
+                    } else {
+                        Ok(())
+                    }
+                })();
+                lat.lock().push(s.elapsed().as_secs_f64() * 1e6);
+                r.map_err(net)
+            })
+        };
+        let dp = run(b'p');
+        let pl = lat.lock().clone();
+        let dg = dp.as_ref().ok().map(|_| run(b'g'));
+        let gl = lat.lock().clone();
+        // Hanging up ends the server's threads.
+        for c in &conns {
+            let _ = c.lock().shutdown(std::net::Shutdown::Both);
+        }
+        let served = server.join().expect("minimal server");
+        let (dp, dg) = (dp?, dg.expect("ran after the puts")?);
+        served.map_err(net)?;
+        let payload = (n * (record - HEADER_LEN)) as u64;
+        Ok((gbps(payload, dp), gbps(payload, dg), pl, gl))
+    })
+}
+
 /// Raw O_DIRECT writes of `n` records of `record` bytes, `conc` threads, then (when `read`)
 /// reads of them: the disk's ceiling for the same bytes.
 fn raw_disk(
@@ -373,6 +508,11 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                         raw_disk(&scratch, n, crate::block::record_len(size), conc, true)?;
                     add("disk", Measured::new("raw_write", w, wl, 0));
                     add("disk", Measured::new("raw_read", r, rl, 0));
+                    progress(&format!("{tag}: minimal put/get over loopback TCP"));
+                    let (p, g, pl, gl) =
+                        minimal_tcp(&scratch, n, crate::block::record_len(size), conc)?;
+                    add("minimal", Measured::new("put", p, pl, 0));
+                    add("minimal", Measured::new("get", g, gl, n));
                     if opts.beside_tcp {
                         progress(&format!("{tag}: raw O_DIRECT write beside loopback TCP"));
                         let (w, wl) = raw_write_beside_tcp(

@@ -496,7 +496,7 @@ fn server_loop(
     let dispatch = |cid: u32, f: Frame, body: AlignedBuf| {
         let (s, tx, bell) = (server.clone(), tx.clone(), bell.clone());
         rt.spawn(async move {
-            let (rf, rb) = s.handle(f, body).await;
+            let (rf, rb) = s.handle(f, body, None).await;
             let _ = tx.send(ToServer::Send(cid, rf, rb));
             bell.ring();
         });

@@ -586,6 +586,16 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
                 find("kvtier", "get_disk", *size, c),
                 find("disk", "raw_read", *size, c),
             );
+            ratio(
+                "put/minimal_put",
+                find("kvtier", "put", *size, c),
+                find("minimal", "put", *size, c),
+            );
+            ratio(
+                "get_disk/minimal_get",
+                find("kvtier", "get_disk", *size, c),
+                find("minimal", "get", *size, c),
+            );
             for p in ["mooncake", "lmcache", "redis"] {
                 ratio(
                     &format!("get_cached/{p}_get"),
@@ -611,13 +621,20 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
             .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
             .map(|x| (x.gbps, x.concurrency))
     };
+    // And against the minimal put/get over loopback TCP (what the network and the disk give
+    // together on this machine).
     for &size in &opts.sizes {
-        for (ours, raw) in [("put", "raw_write"), ("get_disk", "raw_read")] {
+        for (ours, sys, raw, what) in [
+            ("put", "disk", "raw_write", "disk ceiling"),
+            ("get_disk", "disk", "raw_read", "disk ceiling"),
+            ("put", "minimal", "put", "loopback TCP + disk ceiling"),
+            ("get_disk", "minimal", "get", "loopback TCP + disk ceiling"),
+        ] {
             if let (Some((a, ca)), Some((b, cb))) =
-                (best("kvtier", ours, size), best("disk", raw, size))
+                (best("kvtier", ours, size), best(sys, raw, size))
             {
                 println!(
-                    "{} KiB: best {ours} {a:.2} GB/s ({ca} in flight) / disk ceiling {raw} {b:.2} GB/s ({cb} in flight) = {:.2}",
+                    "{} KiB: best {ours} {a:.2} GB/s ({ca} in flight) / {what} {sys} {raw} {b:.2} GB/s ({cb} in flight) = {:.2}",
                     size >> 10,
                     a / b
                 );

@@ -108,7 +108,7 @@ pub const KEYS: &[Key] = &[
         "Segment file size (a multiple of 4 KiB, at least 64 KiB)."),
     key!("pool", "cache_bytes", Some("\"1GiB\""), "",
         "DRAM cache of hot objects in front of the disk (0: none)."),
-    key!("pool", "stream_chunk", Some("\"1MiB\""), "",
+    key!("pool", "stream_chunk", Some("\"2MiB\""), "",
         "A put of at least two chunks, when no other put is in flight, is written to disk chunk by chunk while its body arrives (a multiple of 4 KiB from 64 KiB to 64 MiB; 0: read every body whole first)."),
     key!("pool", "stall_timeout_ms", Some("10000"), "",
         "Longest wait for the next chunk of a streamed put's body before its connection is closed, in milliseconds."),

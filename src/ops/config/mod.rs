@@ -137,7 +137,7 @@ impl Default for PoolSection {
             capacity: ByteSize(16 << 30),
             segment_bytes: ByteSize(64 << 20),
             cache_bytes: ByteSize(1 << 30),
-            stream_chunk: ByteSize(1 << 20),
+            stream_chunk: ByteSize(2 << 20),
             stall_timeout_ms: 10_000,
             secret_file: None,
             io: "auto".into(),

@@ -3,10 +3,10 @@
 //! Read whole and then written, a 4 MiB put costs the socket time plus the disk time. Here the
 //! record's extent is reserved in the segment store when the header arrives
 //! ([`SegmentStore::reserve_record`](crate::tier::segment::SegmentStore::reserve_record));
-//! the body is read in chunks (`stream_chunk`, 1 MiB by default), each chunk is written to its
+//! the body is read in chunks (`stream_chunk`, 2 MiB by default), each chunk is written to its
 //! place with O_DIRECT on a blocking thread while the next one is read (so several writes of
 //! one put are in flight: one 4 MiB put in flight, 1.37-1.44 GB/s against 1.08-1.20 with one
-//! writer thread per put, two A/B runs), and a hasher thread checksums the payload as the chunks come. When the last chunk is in, what is left is the
+//! writer thread per put, two A/B runs), and the payload is checksummed as the chunks come. When the last chunk is in, what is left is the
 //! last write and the end of the hash; then the record is indexed. Until then nothing can
 //! find it; a record that fails its checksum, a part that fails to write, or a connection
 //! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
@@ -22,10 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
-use xxhash_rust::xxh3::Xxh3;
 
-use super::{check_header, op_index, Body, PoolServer, ReadError};
-use crate::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
+use super::{check_header, op_index, Body, PayloadHasher, PoolServer, ReadError};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind};
 use crate::pool::wire::{Frame, Op, Status};
@@ -111,8 +109,9 @@ impl PoolServer {
                 return Ok(self.answered(f, t0, Status::Error, format!("put task failed: {e}")));
             }
         };
-        let (to_hash, hashed) = std::sync::mpsc::channel::<Arc<AlignedBuf>>();
-        let hasher = tokio::task::spawn_blocking(move || payload_matches(&header, len, hashed));
+        // The payload is checksummed chunk by chunk as it arrives, on this task (each chunk is
+        // still in the cache its receive copy left it in).
+        let mut hasher = PayloadHasher::for_header(&header);
         let write = |at: usize, c: Arc<AlignedBuf>| -> Part {
             let slot = slot.clone();
             tokio::task::spawn_blocking(move || {
@@ -120,8 +119,8 @@ impl PoolServer {
                 (c, res)
             })
         };
+        hasher.feed(0, &first);
         let first = Arc::new(first);
-        let _ = to_hash.send(first.clone());
         let mut parts = std::collections::VecDeque::from([write(0, first.clone())]);
         // Chunk writes of this put in flight, at most; past that the reader waits for the
         // oldest (bounding the blocking threads one large put can take).
@@ -137,7 +136,6 @@ impl PoolServer {
             let mut c = self.bufs.take(n);
             if let Err(e) = read_part(rd, &mut c, limit).await {
                 // The connection ends; the extent is abandoned once its writes are done.
-                drop(to_hash);
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.settle(parts, &mut failed).await;
@@ -146,16 +144,14 @@ impl PoolServer {
                 });
                 return Err(e);
             }
-            let c = Arc::new(c);
-            let _ = to_hash.send(c.clone());
-            parts.push_back(write(at, c));
+            hasher.feed(at, &c);
+            parts.push_back(write(at, Arc::new(c)));
             at += n;
         }
-        drop(to_hash);
+        let matches = hasher.digest() == Some(header.payload_checksum());
         let me = self.clone();
         Ok(Box::pin(async move {
             me.settle(parts, &mut failed).await;
-            let matches = hasher.await.unwrap_or(false);
             let (status, why) = if !matches {
                 me.counters.bad_records.inc();
                 (
@@ -250,27 +246,4 @@ impl PoolServer {
         let resp = self.refusal(f, t0, status, why);
         Box::pin(std::future::ready(resp))
     }
-}
-
-/// Hashes the payload of a `len`-byte record from its chunks, in order, as they arrive;
-/// true when every byte came and the checksum is the header's.
-fn payload_matches(
-    h: &BlockHeader,
-    len: usize,
-    chunks: std::sync::mpsc::Receiver<Arc<AlignedBuf>>,
-) -> bool {
-    let (start, end) = (
-        BLOCK_HEADER_LEN,
-        BLOCK_HEADER_LEN + h.payload_len() as usize,
-    );
-    let mut hasher = Xxh3::new();
-    let mut at = 0;
-    for c in chunks {
-        let (lo, hi) = (start.max(at), end.min(at + c.len()));
-        if lo < hi {
-            hasher.update(&c[lo - at..hi - at]);
-        }
-        at += c.len();
-    }
-    at == len && hasher.digest() == h.payload_checksum()
 }
