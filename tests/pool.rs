@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvtier::buf::AlignedBuf;
-use kvtier::pool::client::{PoolClient, PoolClientConfig};
+use kvtier::pool::client::{PoolClient, PoolClientConfig, Splice};
 use kvtier::pool::placement::Member;
 use kvtier::pool::wire::{Frame, Op, Status, HEADER_LEN};
 use kvtier::BlockKey;
@@ -27,6 +27,15 @@ fn record(i: u64) -> Arc<AlignedBuf> {
 }
 
 fn client(members: &[String], replication: usize, secret: Option<&[u8]>) -> Arc<PoolClient> {
+    client_with(members, replication, secret, |_| {})
+}
+
+fn client_with(
+    members: &[String],
+    replication: usize,
+    secret: Option<&[u8]>,
+    tune: impl FnOnce(&mut PoolClientConfig),
+) -> Arc<PoolClient> {
     let mut cfg = PoolClientConfig::new(
         members
             .iter()
@@ -39,6 +48,7 @@ fn client(members: &[String], replication: usize, secret: Option<&[u8]>) -> Arc<
     cfg.replication = replication;
     cfg.secret = secret.map(|s| s.to_vec());
     cfg.timeout = Duration::from_secs(5);
+    tune(&mut cfg);
     PoolClient::new(cfg).unwrap()
 }
 
@@ -347,7 +357,11 @@ fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind(
     let flags = ["--stream-chunk", "64KiB", "--stall-timeout-ms", "300"];
     let server = common::start_server_with(&data, "127.0.0.1:0", None, &flags);
     let addr = server.addr.clone();
-    let c = client(std::slice::from_ref(&addr), 1, None);
+    // Zero-copy sends even to this host (by default only to other hosts'), so that path is
+    // exercised end to end too.
+    let c = client_with(std::slice::from_ref(&addr), 1, None, |c| {
+        c.splice = Splice::Always
+    });
     const BIG: usize = 900_000;
     // Good records: 16 one at a time (each streamed: a put is streamed when it is the only one
     // in flight), then 8 at once (some streamed, some read whole).

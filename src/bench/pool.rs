@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{fill, gbps, RemoveOnDrop};
-use crate::block::{BlockObject, HEADER_LEN};
+use crate::block::BlockObject;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
@@ -236,19 +236,19 @@ fn loopback_traffic(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
     })
 }
 
-/// Raw O_DIRECT writes of `n` records of `record` bytes, `conc` threads, while loopback TCP
+/// Raw O_DIRECT writes of `n` records of `size` payload bytes, `conc` threads, while loopback TCP
 /// traffic runs beside them: what the disk gives a writer whose bytes cross the same machine's
 /// network stack (on these 2-core machines the two compete). A reference, not the ceiling.
 fn raw_write_beside_tcp(
     dir: &std::path::Path,
     n: usize,
-    record: usize,
+    size: usize,
     conc: usize,
 ) -> Result<(f64, Vec<f64>)> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let traffic = s.spawn(|| loopback_traffic(&stop));
-        let res = raw_disk(dir, n, record, conc, false);
+        let res = raw_disk(dir, n, size, conc, false);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         traffic.join().expect("traffic thread")?;
         res.map(|(w, _, wl, _)| (w, wl))
@@ -266,9 +266,10 @@ fn raw_write_beside_tcp(
 fn minimal_tcp(
     dir: &std::path::Path,
     n: usize,
-    record: usize,
+    size: usize,
     conc: usize,
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
+    let record = crate::block::record_len(size);
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     let io = IoMode::Auto.build()?;
@@ -299,6 +300,17 @@ fn minimal_tcp(
         }
         Ok(h.digest())
     }
+    // Every client connects before the server's thread starts accepting (the listen backlog
+    // holds them): a failed connect then returns here instead of leaving that thread waiting.
+    let conns: Vec<parking_lot::Mutex<TcpStream>> = (0..conc)
+        .map(|_| {
+            let c = TcpStream::connect(addr)?;
+            c.set_nodelay(true)?;
+            crate::pool::wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&c));
+            Ok(parking_lot::Mutex::new(c))
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(net)?;
     std::thread::scope(|sc| {
         let (f, io) = (&f, &io);
         let server = sc.spawn(move || -> std::io::Result<()> {
@@ -339,15 +351,6 @@ fn minimal_tcp(
                     .try_for_each(|h| h.join().expect("minimal server thread"))
             })
         });
-        let conns: Vec<parking_lot::Mutex<TcpStream>> = (0..conc)
-            .map(|_| {
-                let c = TcpStream::connect(addr)?;
-                c.set_nodelay(true)?;
-                crate::pool::wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&c));
-                Ok(parking_lot::Mutex::new(c))
-            })
-            .collect::<std::io::Result<_>>()
-            .map_err(net)?;
         let bufs: Vec<parking_lot::Mutex<AlignedBuf>> = (0..conc)
             .map(|_| parking_lot::Mutex::new(AlignedBuf::zeroed(record)))
             .collect();
@@ -385,20 +388,21 @@ fn minimal_tcp(
         let served = server.join().expect("minimal server");
         let (dp, dg) = (dp?, dg.expect("ran after the puts")?);
         served.map_err(net)?;
-        let payload = (n * (record - HEADER_LEN)) as u64;
+        let payload = (n * size) as u64;
         Ok((gbps(payload, dp), gbps(payload, dg), pl, gl))
     })
 }
 
-/// Raw O_DIRECT writes of `n` records of `record` bytes, `conc` threads, then (when `read`)
+/// Raw O_DIRECT writes of `n` records of `size` payload bytes, `conc` threads, then (when `read`)
 /// reads of them: the disk's ceiling for the same bytes.
 fn raw_disk(
     dir: &std::path::Path,
     n: usize,
-    record: usize,
+    size: usize,
     conc: usize,
     read: bool,
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
+    let record = crate::block::record_len(size);
     let io = IoMode::Auto.build()?;
     let path = dir.join("raw");
     let (f, _) =
@@ -430,14 +434,14 @@ fn raw_disk(
     if !read {
         drop(f);
         let _ = std::fs::remove_file(&path);
-        let payload = (n * (record - HEADER_LEN)) as u64;
+        let payload = (n * size) as u64;
         return Ok((gbps(payload, dw), 0.0, wl, Vec::new()));
     }
     let dr = run(false)?;
     let rl = lat.lock().clone();
     drop(f);
     let _ = std::fs::remove_file(&path);
-    let payload = (n * (record - HEADER_LEN)) as u64;
+    let payload = (n * size) as u64;
     Ok((gbps(payload, dw), gbps(payload, dr), wl, rl))
 }
 
@@ -504,23 +508,16 @@ pub fn pool(opts: &PoolBenchOptions, mut progress: impl FnMut(&str)) -> Result<P
                 );
                 if opts.pool.is_none() {
                     progress(&format!("{tag}: raw O_DIRECT write/read"));
-                    let (w, r, wl, rl) =
-                        raw_disk(&scratch, n, crate::block::record_len(size), conc, true)?;
+                    let (w, r, wl, rl) = raw_disk(&scratch, n, size, conc, true)?;
                     add("disk", Measured::new("raw_write", w, wl, 0));
                     add("disk", Measured::new("raw_read", r, rl, 0));
                     progress(&format!("{tag}: minimal put/get over loopback TCP"));
-                    let (p, g, pl, gl) =
-                        minimal_tcp(&scratch, n, crate::block::record_len(size), conc)?;
+                    let (p, g, pl, gl) = minimal_tcp(&scratch, n, size, conc)?;
                     add("minimal", Measured::new("put", p, pl, 0));
                     add("minimal", Measured::new("get", g, gl, n));
                     if opts.beside_tcp {
                         progress(&format!("{tag}: raw O_DIRECT write beside loopback TCP"));
-                        let (w, wl) = raw_write_beside_tcp(
-                            &scratch,
-                            n,
-                            crate::block::record_len(size),
-                            conc,
-                        )?;
+                        let (w, wl) = raw_write_beside_tcp(&scratch, n, size, conc)?;
                         add("disk", Measured::new("raw_write_beside_tcp", w, wl, 0));
                     }
                 }

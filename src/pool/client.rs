@@ -75,13 +75,24 @@ pub struct PoolClientConfig {
     pub max_body: u32,
     /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
     pub buffer_pool_bytes: usize,
-    /// Send records of 256 KiB and more over TCP without copying them (`vmsplice` and
-    /// `splice`, see [`super::splice`]) to servers that are not on a loopback address; falls
-    /// back to copying where the kernel refuses. Over loopback the receiver then copies out of
-    /// the sender's pages one 4 KiB fragment at a time, which is slower than copying the body
-    /// twice (4 MiB sends on one loopback TCP connection: 2.5 GB/s spliced, 4.5-5.4 copied).
-    /// Default true.
-    pub splice: bool,
+    /// When records of 256 KiB and more are sent without copying them. Default
+    /// [`Splice::Remote`].
+    pub splice: Splice,
+}
+
+/// When the pool client sends a large record over TCP without copying it (`vmsplice` and
+/// `splice`, see [`super::splice`]; it falls back to copying where the kernel refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// To servers on other hosts only. To one on this host (a loopback address, or this
+    /// side's own address) the receiver would copy out of the sender's pages one 4 KiB
+    /// fragment at a time, which is slower than copying the body twice (4 MiB sends on one
+    /// loopback TCP connection: 2.5 GB/s spliced, 4.5-5.4 GB/s copied).
+    Remote,
+    /// To every server.
+    Always,
+    /// Never.
+    Never,
 }
 
 impl PoolClientConfig {
@@ -97,7 +108,7 @@ impl PoolClientConfig {
             down_for: Duration::from_secs(1),
             max_body: (64 << 20) + 4096,
             buffer_pool_bytes: 256 << 20,
-            splice: true,
+            splice: Splice::Remote,
         }
     }
 }
@@ -244,7 +255,11 @@ impl PoolClient {
             .await
             .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
         let _ = sock.set_nodelay(true);
-        let loopback = sock.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+        // A server on this host: a loopback address, or this side's own.
+        let local = match (sock.peer_addr(), sock.local_addr()) {
+            (Ok(p), Ok(l)) => p.ip().to_canonical().is_loopback() || p.ip() == l.ip(),
+            _ => false,
+        };
         wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
         let (mut rd, mut wr) = sock.into_split();
         let (hello, nonce) = read_frame(&mut rd, 64)
@@ -321,7 +336,12 @@ impl PoolClient {
         // until the server has read them, even if the caller gave up on the put meanwhile).
         let held: Arc<Mutex<HashMap<u64, Arc<AlignedBuf>>>> = Default::default();
         let (h2, h3) = (held.clone(), held.clone());
-        let mut pipe = if self.cfg.splice && !loopback {
+        let splice = match self.cfg.splice {
+            Splice::Remote => !local,
+            Splice::Always => true,
+            Splice::Never => false,
+        };
+        let mut pipe = if splice {
             super::splice::SplicePipe::new()
                 .inspect_err(|e| {
                     crate::metrics::Fallback::SpliceToCopy.count();
@@ -373,7 +393,8 @@ impl PoolClient {
         let bufs = self.bufs.clone();
         self.rt.spawn(async move {
             loop {
-                match read_answer(&mut rd, max, &bufs).await {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
+                match read_answer(&mut rd, max, &bufs, Some(fd)).await {
                     Ok((f, body, hash)) => {
                         h3.lock().remove(&f.id);
                         if let Some(tx) = p3.lock().remove(&f.id) {
@@ -906,6 +927,7 @@ async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
     rd: &mut R,
     max_body: u32,
     bufs: &BufPool,
+    sock: Option<std::os::fd::RawFd>,
 ) -> std::result::Result<(Frame, AlignedBuf, Option<u64>), ReadError> {
     let f = super::server::read_header(rd, max_body).await?;
     let len = f.body_len as usize;
@@ -914,7 +936,7 @@ async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
         return Ok((f, body, None));
     }
     let mut body = bufs.take(len);
-    let hash = super::server::read_body_hashed(rd, &mut body).await?;
+    let hash = super::server::read_body_hashed(rd, &mut body, sock).await?;
     Ok((f, body, hash))
 }
 
@@ -938,7 +960,7 @@ mod tests {
                 tx.write_all(piece).await.unwrap();
             }
         });
-        let (g, body, hash) = read_answer(&mut rx, 64 << 20, &BufPool::new(0))
+        let (g, body, hash) = read_answer(&mut rx, 64 << 20, &BufPool::new(0), None)
             .await
             .unwrap();
         writer.await.unwrap();

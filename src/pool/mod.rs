@@ -8,7 +8,8 @@
 //! - pool servers ([`server`], `kvtier pool`) reached through [`client::PoolClient`]: a framed
 //!   binary protocol over TCP ([`wire`]), optional shared-secret authentication ([`auth`]),
 //!   rendezvous placement with replication ([`placement`]); large puts stream to disk as
-//!   they arrive (`server/stream.rs`) and the client sends them without copying ([`splice`]);
+//!   they arrive (`server/stream.rs`) and the client sends them to other hosts without copying
+//!   ([`splice`]);
 //! - a shared directory on a parallel file system ([`shared_dir`]), no server at all.
 //!
 //! Every backend hands back whole, verified records: a record that fails its checksum is a miss.

@@ -595,7 +595,10 @@ impl PoolServer {
             // A put's payload is checksummed as it arrives (see `PayloadHasher`).
             let read = if frame.op == Op::Put {
                 let mut b = self.bufs.take(frame.body_len as usize);
-                read_body_hashed(&mut rd, &mut b).await.map(|h| (b, h))
+                let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
+                read_body_hashed(&mut rd, &mut b, Some(fd))
+                    .await
+                    .map(|h| (b, h))
             } else {
                 read_body(&mut rd, &frame, Some(&self.bufs))
                     .await
@@ -678,9 +681,9 @@ impl PoolServer {
     }
 
     /// Serves one request (TCP or UCX) inside a span of its own
-    /// (`pool_request{op, key, bytes}`), timed into the op's latency histogram.
-    /// Serves one request. `hash`: the put payload's xxh3-64, when it was computed while the
-    /// body arrived (else the put computes it).
+    /// (`pool_request{op, key, bytes}`), timed into the op's latency histogram. `hash`: a
+    /// put payload's xxh3-64, when it was computed while the body arrived (else the put
+    /// computes it).
     pub(crate) async fn handle(
         self: Arc<Self>,
         f: Frame,
@@ -1068,15 +1071,22 @@ impl PayloadHasher {
 }
 
 /// Reads exactly `body.len()` bytes into `body`, hashing its record's payload on the way
-/// ([`PayloadHasher`]); the payload's xxh3-64 when `body` holds a whole record.
+/// ([`PayloadHasher`]); the payload's xxh3-64 when `body` holds a whole record. `sock`: the
+/// TCP socket `rd` reads from, if it is one, to be woken only when a good piece has arrived
+/// ([`RcvLowat`]).
 pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
     rd: &mut R,
     body: &mut [u8],
+    sock: Option<std::os::fd::RawFd>,
 ) -> std::result::Result<Option<u64>, ReadError> {
     let len = body.len();
     let mut hasher = PayloadHasher::new();
+    let mut lowat = sock.map(RcvLowat::new);
     let mut at = 0;
     while at < len {
+        if let Some(l) = &mut lowat {
+            l.want(len - at);
+        }
         let n = rd.read(&mut body[at..]).await.map_err(ReadError::Io)?;
         if n == 0 {
             return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -1085,6 +1095,54 @@ pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
         hasher.advance(&body[..at], len);
     }
     Ok(hasher.digest())
+}
+
+/// A large body's reader asks to be woken only once a good piece of it has arrived
+/// (`SO_RCVLOWAT`: up to [`RcvLowat::MAX`] bytes, or the rest of the body), not for every
+/// segment the peer's stack delivers; the socket is set back to 1 byte when the body is done.
+pub(crate) struct RcvLowat {
+    fd: std::os::fd::RawFd,
+    set: usize,
+}
+
+impl RcvLowat {
+    /// The most a reader waits for before it is woken.
+    const MAX: usize = 512 << 10;
+
+    fn new(fd: std::os::fd::RawFd) -> Self {
+        RcvLowat { fd, set: 1 }
+    }
+
+    /// `left` bytes of the body are still to come.
+    fn want(&mut self, left: usize) {
+        self.apply(left.clamp(1, Self::MAX));
+    }
+
+    fn apply(&mut self, v: usize) {
+        if v == self.set {
+            return;
+        }
+        let c = v as libc::c_int;
+        // SAFETY: setsockopt on the caller's socket with a c_int; failure only leaves the
+        // earlier value (more wake-ups, never a missed one: the value never exceeds what is
+        // still to come).
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &c as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        self.set = v;
+    }
+}
+
+impl Drop for RcvLowat {
+    fn drop(&mut self) {
+        self.apply(1);
+    }
 }
 
 /// Reads the body of `f` into a page-aligned buffer (from `bufs` when given).

@@ -1,7 +1,9 @@
 //! Zero-copy sends of large bodies over TCP: the body's pages are mapped into a pipe with
 //! `vmsplice(2)` and moved into the socket with `splice(2)`, so the kernel references them
-//! instead of copying them into socket buffers. Over loopback this halves the copies of a put
-//! (the server's receive is the only one left); on a NIC the card reads the pages itself.
+//! instead of copying them into socket buffers; on a NIC the card reads the pages itself. The
+//! pool client does this for servers on other hosts only, by default (over loopback the
+//! receiver's copy out of the sender's 4 KiB pages is slower than copying twice: see
+//! [`super::client::Splice`]).
 //!
 //! The kernel reads the pages after [`SplicePipe::send`] returns (until the peer has read the
 //! bytes, and until they are acknowledged). The pool client only sends this way a record that

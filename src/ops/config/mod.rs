@@ -114,7 +114,7 @@ pub struct PoolSection {
     pub segment_bytes: ByteSize,
     /// Default: `1 GiB`.
     pub cache_bytes: ByteSize,
-    /// Default: `1 MiB`.
+    /// Default: `2 MiB`.
     pub stream_chunk: ByteSize,
     /// Default: `10000`.
     pub stall_timeout_ms: u64,

@@ -6,8 +6,8 @@
 //! the body is read in chunks (`stream_chunk`, 2 MiB by default), each chunk is written to its
 //! place with O_DIRECT on a blocking thread while the next one is read (so several writes of
 //! one put are in flight: one 4 MiB put in flight, 1.37-1.44 GB/s against 1.08-1.20 with one
-//! writer thread per put, two A/B runs), and the payload is checksummed as the chunks come. When the last chunk is in, what is left is the
-//! last write and the end of the hash; then the record is indexed. Until then nothing can
+//! writer thread per put, two A/B runs), and the payload is checksummed as each chunk comes in.
+//! When the last chunk is in, what is left is the last writes; then the record is indexed. Until then nothing can
 //! find it; a record that fails its checksum, a part that fails to write, or a connection
 //! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
 //! not find its header either), and after a crash mid-write recovery verifies the unsealed
@@ -69,8 +69,8 @@ impl PoolServer {
     }
 
     /// Reads the body of the put `f` from `rd`, chunk by chunk, each written to disk while
-    /// the next one arrives. Returns the rest of the request (the last writes, the checksum,
-    /// the header page, the answer) to run as a task of its own, so the connection's next
+    /// the next one arrives. Returns the rest of the request (the last writes, the index
+    /// entry, the answer) to run as a task of its own, so the connection's next
     /// frame is read meanwhile; or the error that ends the connection (it ended or stalled
     /// inside the body). A record refused for its header or for lack of space has its body
     /// read and dropped, and is answered with the reason.
