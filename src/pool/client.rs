@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::placement::{Member, Placement};
-use super::server::{read_frame, ReadError};
+use super::server::{read_frame, write_frame, ReadError};
+use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Status};
 use super::{auth, verify_record_hashed, PoolBackend};
 use crate::block::BlockHeader;
@@ -354,31 +355,27 @@ impl PoolClient {
         self.rt.spawn(async move {
             while let Some((f, rec, bytes)) = rx.recv().await {
                 let res = async {
-                    wr.write_all(&f.encode()).await?;
-                    if let Some(r) = rec {
-                        let body = &r[..f.body_len as usize];
-                        let spliced = match &pipe {
-                            Some(p) if body.len() >= super::splice::SPLICE_MIN => {
-                                h2.lock().insert(f.id, r.clone());
-                                let sent = p.send(wr.as_ref(), body).await?;
-                                if !sent {
-                                    h2.lock().remove(&f.id);
-                                }
-                                sent
-                            }
-                            _ => false,
-                        };
-                        if !spliced {
-                            if pipe.is_some() && body.len() >= super::splice::SPLICE_MIN {
-                                // Refused (a seccomp profile, say): copy from now on.
-                                crate::metrics::Fallback::SpliceToCopy.count();
-                                tracing::debug!("vmsplice refused; copying records");
-                                pipe = None;
-                            }
-                            wr.write_all(body).await?;
+                    let head = f.encode();
+                    // A record's body, or the request's own bytes (never both).
+                    let Some(r) = rec else {
+                        return write_frame(&mut wr, &head, &bytes).await;
+                    };
+                    debug_assert!(bytes.is_empty(), "a request carries a record or bytes");
+                    let body = &r[..f.body_len as usize];
+                    if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
+                        wr.write_all(&head).await?;
+                        h2.lock().insert(f.id, r.clone());
+                        if p.send(wr.as_ref(), body).await? {
+                            return Ok(());
                         }
+                        h2.lock().remove(&f.id);
+                        // Refused (a seccomp profile, say): copy from now on.
+                        crate::metrics::Fallback::SpliceToCopy.count();
+                        tracing::debug!("vmsplice refused; copying records");
+                        pipe = None;
+                        return wr.write_all(body).await;
                     }
-                    wr.write_all(&bytes).await
+                    write_frame(&mut wr, &head, body).await
                 }
                 .await;
                 if res.is_err() {

@@ -527,15 +527,12 @@ impl PoolServer {
         let me = self.clone();
         let writer = tokio::spawn(async move {
             while let Some((f, body)) = rx.recv().await {
-                let res = async {
-                    wr.write_all(&f.encode()).await?;
-                    match &body {
-                        Body::Empty => Ok(()),
-                        Body::Bytes(b) => wr.write_all(b).await,
-                        Body::Record(r) => wr.write_all(&r[..f.body_len as usize]).await,
-                    }
-                }
-                .await;
+                let bytes: &[u8] = match &body {
+                    Body::Empty => &[],
+                    Body::Bytes(b) => b,
+                    Body::Record(r) => &r[..f.body_len as usize],
+                };
+                let res = write_frame(&mut wr, &f.encode(), bytes).await;
                 if let Body::Record(r) = body {
                     me.recycle(r);
                 }
@@ -968,6 +965,28 @@ impl std::fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// Writes a frame's header and body together, in one system call when the socket takes it
+/// all: a header written on its own would cross as a segment of its own and wake the peer for
+/// it alone.
+pub(crate) async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let n = wr.write_vectored(&parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let h = n.min(head.len());
+        head = &head[h..];
+        body = &body[n - h..];
+    }
+    Ok(())
 }
 
 /// Reads one small frame (a handshake's): header, then its body into a new buffer.
