@@ -9,9 +9,12 @@ use std::ptr::NonNull;
 /// block size of every NVMe and SATA device.
 pub const ALIGN: usize = 4096;
 
-/// Rounds `n` up to a multiple of [`ALIGN`].
+/// Rounds `n` up to a multiple of [`ALIGN`]. Panics if that overflows (no buffer is that big).
 pub const fn align_up(n: usize) -> usize {
-    (n + ALIGN - 1) & !(ALIGN - 1)
+    match n.checked_add(ALIGN - 1) {
+        Some(x) => x & !(ALIGN - 1),
+        None => panic!("buffer size overflows"),
+    }
 }
 
 /// A zero-initialised buffer whose start is aligned to [`ALIGN`] (to [`HUGE`] from that size).
@@ -31,8 +34,9 @@ unsafe impl Sync for AlignedBuf {}
 /// the kernel for transparent huge pages (`MADV_HUGEPAGE`): a multi-MiB record then sits in a
 /// few 2 MiB pages, which a disk takes in a few large segments instead of one per 4 KiB (raw
 /// 4 MiB O_DIRECT I/O on this machine's virtio disk: reads 1.1-1.4 -> 3.2-3.7 GB/s, writes
-/// 2.1-2.7 -> 3.4-4.3 GB/s, alternating runs of `kvtier bench pool`), pinning it for O_DIRECT or `vmsplice` takes a reference per huge page
-/// instead of walking 512 page-table entries each, and copies into it miss the TLB less.
+/// 2.1-2.7 -> 3.4-4.3 GB/s, alternating runs of `kvtier bench pool`); pinning it for O_DIRECT
+/// or `vmsplice` takes a reference per huge page instead of walking 512 page-table entries
+/// each, and copies into it miss the TLB less.
 /// (With the kernel's `defrag` setting at its default, `madvise`, a first touch may compact
 /// memory to find a huge page; the hot paths take their buffers from a [`BufPool`], so that
 /// happens once per buffer, not per request.)
@@ -151,7 +155,8 @@ impl std::fmt::Debug for AlignedBuf {
 /// A free list of page-aligned buffers by length. Hot network paths (pool requests of a few
 /// MiB each) take their buffers from here and give them back, so their pages stay mapped: a
 /// fresh multi-MiB allocation costs page faults on first touch (one per 4 KiB, or the zeroing
-/// and possibly compaction of each huge page), which is more than the copy itself. Buffers taken from the pool hold stale bytes, not zeroes.
+/// and possibly compaction of each huge page), which is more than the copy itself. Buffers
+/// taken from the pool hold stale bytes, not zeroes.
 pub struct BufPool {
     free: parking_lot::Mutex<std::collections::HashMap<usize, Vec<AlignedBuf>>>,
     held: std::sync::atomic::AtomicUsize,

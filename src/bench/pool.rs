@@ -4,8 +4,9 @@
 //!
 //! Phases per object size and concurrency: `raw_write` / `raw_read` (O_DIRECT on the pool's
 //! disk, same sizes and concurrency; with `--beside-tcp` also `raw_write_beside_tcp`, the same
-//! writes while loopback TCP traffic runs, a reference only), `put` (acknowledged once on disk), `get_disk` (cache
-//! bypassed: read from NVMe), `get_cached` (records resident in the server's DRAM cache, after
+//! writes while loopback TCP traffic runs, a reference only), the `minimal` put and get (the
+//! least work a put or get over loopback TCP can do: [`minimal_tcp`]), `put` (acknowledged
+//! once on disk), `get_disk` (cache bypassed: read from NVMe), `get_cached` (records resident in the server's DRAM cache, after
 //! an untimed pass that reads them in). Every get checks every byte against what was put.
 
 use std::path::PathBuf;
@@ -300,8 +301,9 @@ fn minimal_tcp(
         }
         Ok(h.digest())
     }
-    // Every client connects before the server's thread starts accepting (the listen backlog
-    // holds them): a failed connect then returns here instead of leaving that thread waiting.
+    // Every client connects before the server's thread starts accepting (the listen backlog,
+    // 128 connections or more, holds them; the bench runs up to a few dozen): a failed connect
+    // then returns here instead of leaving that thread waiting.
     let conns: Vec<parking_lot::Mutex<TcpStream>> = (0..conc)
         .map(|_| {
             let c = TcpStream::connect(addr)?;

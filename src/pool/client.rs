@@ -360,22 +360,24 @@ impl PoolClient {
                     let Some(r) = rec else {
                         return write_frame(&mut wr, &head, &bytes).await;
                     };
-                    debug_assert!(bytes.is_empty(), "a request carries a record or bytes");
+                    // (A record request carries no bytes of its own; any would follow it.)
                     let body = &r[..f.body_len as usize];
                     if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
                         wr.write_all(&head).await?;
                         h2.lock().insert(f.id, r.clone());
                         if p.send(wr.as_ref(), body).await? {
-                            return Ok(());
+                            return wr.write_all(&bytes).await;
                         }
                         h2.lock().remove(&f.id);
                         // Refused (a seccomp profile, say): copy from now on.
                         crate::metrics::Fallback::SpliceToCopy.count();
                         tracing::debug!("vmsplice refused; copying records");
                         pipe = None;
-                        return wr.write_all(body).await;
+                        wr.write_all(body).await?;
+                        return wr.write_all(&bytes).await;
                     }
-                    write_frame(&mut wr, &head, body).await
+                    write_frame(&mut wr, &head, body).await?;
+                    wr.write_all(&bytes).await
                 }
                 .await;
                 if res.is_err() {

@@ -1091,8 +1091,8 @@ impl PayloadHasher {
 
 /// Reads exactly `body.len()` bytes into `body`, hashing its record's payload on the way
 /// ([`PayloadHasher`]); the payload's xxh3-64 when `body` holds a whole record. `sock`: the
-/// TCP socket `rd` reads from, if it is one, to be woken only when a good piece has arrived
-/// ([`RcvLowat`]).
+/// TCP socket `rd` reads from (it must be that one), if it is one, to be woken only when a
+/// good piece has arrived ([`RcvLowat`]).
 pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
     rd: &mut R,
     body: &mut [u8],
@@ -1103,7 +1103,8 @@ pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
     let mut lowat = sock.map(RcvLowat::new);
     let mut at = 0;
     while at < len {
-        if let Some(l) = &mut lowat {
+        // After the first read: a body that came whole with it never sets a mark.
+        if let Some(l) = lowat.as_mut().filter(|_| at > 0) {
             l.want(len - at);
         }
         let n = rd.read(&mut body[at..]).await.map_err(ReadError::Io)?;
@@ -1117,50 +1118,92 @@ pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
 }
 
 /// A large body's reader asks to be woken only once a good piece of it has arrived
-/// (`SO_RCVLOWAT`: up to [`RcvLowat::MAX`] bytes, or the rest of the body), not for every
-/// segment the peer's stack delivers; the socket is set back to 1 byte when the body is done.
+/// (`SO_RCVLOWAT`), not for every segment the peer's stack delivers. The mark is never above
+/// what is still to come of the body (so the last bytes always wake the reader), nor above a
+/// quarter of the socket's receive buffer (half its usable space: the buffer can always hold
+/// that much, on any kernel), nor above [`RcvLowat::MAX`]; it is set back to 1 byte when the
+/// body is done (also when the read fails or is dropped). If the kernel refuses a value the
+/// reader gives the mechanism up for that body, at 1 byte again.
 pub(crate) struct RcvLowat {
     fd: std::os::fd::RawFd,
+    /// The mark in force.
     set: usize,
+    /// The highest mark allowed (`None`: the mechanism is off for this body).
+    cap: Option<usize>,
 }
 
 impl RcvLowat {
     /// The most a reader waits for before it is woken.
     const MAX: usize = 512 << 10;
+    /// Smaller rests of a body are read as they come (setting the mark would cost more
+    /// system calls than it saves).
+    const MIN: usize = 64 << 10;
 
+    /// For the TCP socket `fd`, which the body is read from.
     fn new(fd: std::os::fd::RawFd) -> Self {
-        RcvLowat { fd, set: 1 }
+        let mut rcvbuf: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on the caller's open socket into a c_int of the given length.
+        let ok = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &mut rcvbuf as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        } == 0;
+        // SO_RCVBUF reads back doubled (bookkeeping included): a quarter is half the data.
+        let cap = (ok && rcvbuf > 0).then(|| (rcvbuf as usize / 4).min(Self::MAX));
+        RcvLowat { fd, set: 1, cap }
     }
 
     /// `left` bytes of the body are still to come.
     fn want(&mut self, left: usize) {
-        self.apply(left.clamp(1, Self::MAX));
-    }
-
-    fn apply(&mut self, v: usize) {
-        if v == self.set {
+        let Some(cap) = self.cap else {
+            return;
+        };
+        if self.set == 1 && left < Self::MIN {
             return;
         }
+        if !self.apply(left.min(cap).max(1)) {
+            // Never leave a mark above what is left: back to 1 byte, and no more marks.
+            self.cap = None;
+            self.apply(1);
+        }
+    }
+
+    /// Sets the mark; false if the kernel refused it (the old one stays in force).
+    fn apply(&mut self, v: usize) -> bool {
+        if v == self.set {
+            return true;
+        }
         let c = v as libc::c_int;
-        // SAFETY: setsockopt on the caller's socket with a c_int; failure only leaves the
-        // earlier value (more wake-ups, never a missed one: the value never exceeds what is
-        // still to come).
-        unsafe {
+        // SAFETY: setsockopt on the caller's open socket with a c_int.
+        let ok = unsafe {
             libc::setsockopt(
                 self.fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 &c as *const libc::c_int as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            )
+        } == 0;
+        if ok {
+            self.set = v;
         }
-        self.set = v;
+        ok
     }
 }
 
 impl Drop for RcvLowat {
     fn drop(&mut self) {
-        self.apply(1);
+        if !self.apply(1) {
+            tracing::warn!(
+                fd = self.fd,
+                "could not set SO_RCVLOWAT back to 1 byte; this connection may stall"
+            );
+        }
     }
 }
 
@@ -1233,6 +1276,62 @@ mod tests {
         let r = o.into_record();
         let h = BlockHeader::decode(&r).unwrap();
         (r, h.payload_checksum())
+    }
+
+    fn rcvlowat(fd: std::os::fd::RawFd) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a c_int of the given length.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        v
+    }
+
+    /// A body arriving in paused pieces is read whole with the wake-up mark in use, and the
+    /// mark is back at 1 byte after it: a lone small frame that follows is read at once.
+    #[tokio::test]
+    async fn a_large_body_read_with_a_wakeup_mark_ends_and_the_next_small_frame_still_arrives() {
+        use tokio::io::AsyncWriteExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut peer, _) = l.accept().await.unwrap();
+        let body: Vec<u8> = (0..1_500_000u32)
+            .map(|i| (i * 13 + i / 977) as u8)
+            .collect();
+        let sent = body.clone();
+        let sender = tokio::spawn(async move {
+            for piece in sent.chunks(400_000) {
+                peer.write_all(piece).await.unwrap();
+                // Pacing only: the reader must wait for the rest with its mark set.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peer.write_all(&[7u8; 64]).await.unwrap();
+            peer
+        });
+        let (mut rd, _wr) = c.into_split();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
+        let mut got = vec![0u8; body.len()];
+        let read = read_body_hashed(&mut rd, &mut got, Some(fd));
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the body is read whole")
+            .unwrap();
+        assert!(got == body, "the body arrived intact");
+        assert_eq!(rcvlowat(fd), 1, "the mark is back at 1 byte");
+        let mut small = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut small))
+            .await
+            .expect("a small frame after the body is not held back")
+            .unwrap();
+        assert_eq!(small, [7u8; 64]);
+        drop(sender.await.unwrap());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! place with O_DIRECT on a blocking thread while the next one is read (so several writes of
 //! one put are in flight: one 4 MiB put in flight, 1.37-1.44 GB/s against 1.08-1.20 with one
 //! writer thread per put, two A/B runs), and the payload is checksummed as each chunk comes in.
-//! When the last chunk is in, what is left is the last writes; then the record is indexed. Until then nothing can
-//! find it; a record that fails its checksum, a part that fails to write, or a connection
+//! When the last chunk is in, what is left is the last writes; then the record is indexed.
+//! Until then nothing can find it; a record that fails its checksum, a part that fails to write, or a connection
 //! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
 //! not find its header either), and after a crash mid-write recovery verifies the unsealed
 //! segment's records in full.
