@@ -5,7 +5,7 @@
 //! Phases per object size and concurrency: `raw_write` / `raw_read` (O_DIRECT on the pool's
 //! disk, same sizes and concurrency; with `--beside-tcp` also `raw_write_beside_tcp`, the same
 //! writes while loopback TCP traffic runs, a reference only), the `minimal` put and get (the
-//! least work a put or get over loopback TCP can do: [`minimal_tcp`]), `put` (acknowledged
+//! least work a put or get over loopback TCP can do: `minimal_tcp`), `put` (acknowledged
 //! once on disk), `get_disk` (cache bypassed: read from NVMe), `get_cached` (records resident in the server's DRAM cache, after
 //! an untimed pass that reads them in). Every get checks every byte against what was put.
 
@@ -270,15 +270,10 @@ fn minimal_tcp(
     size: usize,
     conc: usize,
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
-    let record = crate::block::record_len(size);
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    let io = IoMode::Auto.build()?;
-    let path = dir.join("minimal");
-    let (f, _) =
-        open_file(&path, true, true, true).map_err(|e| Error::io("opening the raw file", e))?;
-    io.allocate(&f, (n * record) as u64)
-        .map_err(|e| Error::io("preallocating the raw file", e))?;
+    let record = crate::block::record_len(size);
+    let (io, f, path) = scratch_file(dir, "minimal", n * record)?;
     let _remove = RemoveOnDrop(path);
     let mut rec = AlignedBuf::zeroed(record);
     fill(&mut rec, 9);
@@ -395,6 +390,22 @@ fn minimal_tcp(
     })
 }
 
+/// A file `name` in `dir` opened for O_DIRECT and preallocated to `bytes`, with the I/O engine
+/// the pool's server picks (`auto`), for the raw references.
+fn scratch_file(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: usize,
+) -> Result<(Arc<dyn crate::tier::io::IoEngine>, std::fs::File, PathBuf)> {
+    let io = IoMode::Auto.build()?;
+    let path = dir.join(name);
+    let (f, _) =
+        open_file(&path, true, true, true).map_err(|e| Error::io("opening the raw file", e))?;
+    io.allocate(&f, bytes as u64)
+        .map_err(|e| Error::io("preallocating the raw file", e))?;
+    Ok((io, f, path))
+}
+
 /// Raw O_DIRECT writes of `n` records of `size` payload bytes, `conc` threads, then (when `read`)
 /// reads of them: the disk's ceiling for the same bytes.
 fn raw_disk(
@@ -405,12 +416,7 @@ fn raw_disk(
     read: bool,
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
     let record = crate::block::record_len(size);
-    let io = IoMode::Auto.build()?;
-    let path = dir.join("raw");
-    let (f, _) =
-        open_file(&path, true, true, true).map_err(|e| Error::io("opening the raw file", e))?;
-    io.allocate(&f, (n * record) as u64)
-        .map_err(|e| Error::io("preallocating the raw file", e))?;
+    let (io, f, path) = scratch_file(dir, "raw", n * record)?;
     let mut buf = AlignedBuf::zeroed(record);
     fill(&mut buf, 7);
     let lat = parking_lot::Mutex::new(Vec::new());
