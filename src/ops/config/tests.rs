@@ -148,6 +148,24 @@ fn bad_values_are_named() {
             "agent.pool_transport",
             "tcp",
         ),
+        ("[agent]\nsocket = \"\"\n", "agent.socket", "empty path"),
+        ("[agent]\ndata = \"\"\n", "agent.data", "empty path"),
+        (
+            "[agent]\npool_secret_file = \"\"\n",
+            "agent.pool_secret_file",
+            "empty path",
+        ),
+        (
+            "[agent]\nshared_dir = \"\"\n",
+            "agent.shared_dir",
+            "empty path",
+        ),
+        ("[pool]\ndata = \"\"\n", "pool.data", "empty path"),
+        (
+            "[pool]\nsecret_file = \"\"\n",
+            "pool.secret_file",
+            "empty path",
+        ),
     ];
     for (text, field, what) in cases {
         let sections = ["log", "agent", "pool"];

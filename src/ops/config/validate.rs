@@ -53,16 +53,22 @@ impl AgentSection {
                 ),
             ));
         }
-        if self
-            .socket
-            .as_ref()
-            .is_some_and(|s| s.as_os_str().is_empty())
-        {
-            return Err(field_error(
-                "agent.socket",
-                "an empty path; leave it out for the default",
-            ));
-        }
+        not_empty(
+            "agent.socket",
+            self.socket.as_deref(),
+            "leave it out for the default",
+        )?;
+        not_empty("agent.data", Some(&self.data), "name a directory")?;
+        not_empty(
+            "agent.pool_secret_file",
+            self.pool_secret_file.as_deref(),
+            "leave it out for none",
+        )?;
+        not_empty(
+            "agent.shared_dir",
+            self.shared_dir.as_deref(),
+            "leave it out for none",
+        )?;
         let chosen: Vec<&str> = [
             (self.no_pool, "agent.no_pool"),
             (!self.pool_servers.is_empty(), "agent.pool_servers"),
@@ -180,16 +186,20 @@ impl PoolSection {
                 "true, but this kvtier was built without feature `ucx`",
             ));
         }
-        if self
-            .secret_file
-            .as_ref()
-            .is_some_and(|s| s.as_os_str().is_empty())
-        {
-            return Err(field_error(
-                "pool.secret_file",
-                "an empty path; leave it out for none",
-            ));
-        }
+        not_empty("pool.data", Some(&self.data), "name a directory")?;
+        not_empty(
+            "pool.secret_file",
+            self.secret_file.as_deref(),
+            "leave it out for none",
+        )?;
         Ok(())
     }
+}
+
+/// Refuses an empty path (an empty string in a file, the environment or a flag) for `field`.
+fn not_empty(field: &str, path: Option<&std::path::Path>, hint: &str) -> Result<()> {
+    if path.is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(field_error(field, format!("an empty path; {hint}")));
+    }
+    Ok(())
 }
