@@ -84,6 +84,25 @@ impl Snapshot {
         }
     }
 
+    /// The error counters the page carries: (JSON key, words for the screen, total).
+    fn errors(&self) -> Vec<(&'static str, &'static str, f64)> {
+        [
+            ("dropped_writes", "dropped writes", n::DROPPED_WRITES),
+            ("corrupt_objects", "corrupt objects", n::CORRUPT),
+            ("bad_records", "bad records", n::POOL_BAD_RECORDS),
+            ("failed_requests", "failed requests", n::POOL_ERRORS),
+            (
+                "rejected_connections",
+                "rejected connections",
+                n::POOL_REJECTED,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, name)| self.samples.iter().any(|x| x.name == *name))
+        .map(|(key, label, name)| (key, label, self.sum(name, &[])))
+        .collect()
+    }
+
     /// Of every lookup, the share some tier served: hits over hits plus the last tier's misses.
     pub fn hit_ratio(&self) -> Option<f64> {
         let tiers = self.tiers();
@@ -204,18 +223,11 @@ pub fn summary(url: &str, s: &Snapshot) -> Value {
             }),
         );
     }
-    let mut errors = Map::new();
-    for (key, name) in [
-        ("dropped_writes", n::DROPPED_WRITES),
-        ("corrupt_objects", n::CORRUPT),
-        ("bad_records", n::POOL_BAD_RECORDS),
-        ("failed_requests", n::POOL_ERRORS),
-        ("rejected_connections", n::POOL_REJECTED),
-    ] {
-        if s.samples.iter().any(|x| x.name == name) {
-            errors.insert(key.into(), num(s.sum(name, &[])));
-        }
-    }
+    let errors: Map<String, Value> = s
+        .errors()
+        .into_iter()
+        .map(|(key, _, v)| (key.to_string(), num(v)))
+        .collect();
     let metrics: BTreeMap<String, Value> = s
         .samples
         .iter()
@@ -374,18 +386,11 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
             .collect();
         o.push_str(&format!("\nqueues        {}\n", q.join(", ")));
     }
-    let mut errs = Vec::new();
-    for (label, name) in [
-        ("dropped writes", n::DROPPED_WRITES),
-        ("corrupt objects", n::CORRUPT),
-        ("bad records", n::POOL_BAD_RECORDS),
-        ("failed requests", n::POOL_ERRORS),
-        ("rejected connections", n::POOL_REJECTED),
-    ] {
-        if cur.samples.iter().any(|x| x.name == name) {
-            errs.push(format!("{label} {:.0}", cur.sum(name, &[])));
-        }
-    }
+    let errs: Vec<String> = cur
+        .errors()
+        .into_iter()
+        .map(|(_, label, v)| format!("{label} {v:.0}"))
+        .collect();
     o.push_str(&format!("errors        {}\n", errs.join(", ")));
     let tenants = cur.label_values(n::TENANT_SESSIONS, "tenant");
     if !tenants.is_empty() {

@@ -34,8 +34,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{Counter, StoreStats};
 
-/// How bytes travel to pool servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How bytes travel to pool servers (also the agent's `agent.pool_transport` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// The framed protocol over TCP.
     #[default]

@@ -250,10 +250,7 @@ pub fn agent(loaded: config::Loaded) -> Result<()> {
         let mut c = PoolClientConfig::new(members);
         c.replication = a.replication;
         c.timeout = Duration::from_millis(a.pool_timeout_ms);
-        c.transport = match a.pool_transport {
-            config::PoolTransport::Tcp => kvtier::pool::client::Transport::Tcp,
-            config::PoolTransport::Ucx => kvtier::pool::client::Transport::Ucx,
-        };
+        c.transport = a.pool_transport;
         if let Some(f) = &a.pool_secret_file {
             c.secret = Some(kvtier::pool::auth::read_secret(f).context("agent.pool_secret_file")?);
         }

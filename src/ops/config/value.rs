@@ -133,16 +133,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Transport from the agent to pool servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolTransport {
-    /// The framed protocol over TCP.
-    #[default]
-    Tcp,
-    /// UCX (feature `ucx`).
-    Ucx,
-}
+/// Transport from the agent to pool servers: the pool client's own.
+pub use crate::pool::client::Transport as PoolTransport;
 
 /// Values from text (flags and environment variables).
 pub(super) trait FromText: Sized {
@@ -239,10 +231,6 @@ impl FromText for LogFormat {
 
 impl FromText for PoolTransport {
     fn from_text(s: &str) -> std::result::Result<Self, String> {
-        match s.trim() {
-            "tcp" => Ok(PoolTransport::Tcp),
-            "ucx" => Ok(PoolTransport::Ucx),
-            _ => Err(format!("`{s}` is not `tcp` or `ucx`")),
-        }
+        PoolTransport::parse(s.trim()).map_err(|_| format!("`{s}` is not `tcp` or `ucx`"))
     }
 }
