@@ -357,11 +357,11 @@ impl PoolClient {
             while let Some((f, rec, bytes)) = rx.recv().await {
                 let res = async {
                     let head = f.encode();
-                    // A record's body, or the request's own bytes (never both).
+                    // A request's body is its record, or bytes of its own (puts carry none;
+                    // any would follow the record).
                     let Some(r) = rec else {
                         return write_frame(&mut wr, &head, &bytes).await;
                     };
-                    // (A record request carries no bytes of its own; any would follow it.)
                     let body = &r[..f.body_len as usize];
                     if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
                         wr.write_all(&head).await?;
