@@ -17,7 +17,8 @@ pub const fn align_up(n: usize) -> usize {
     }
 }
 
-/// A zero-initialised buffer whose start is aligned to [`ALIGN`] (to [`HUGE`] from that size).
+/// A zero-initialised buffer whose start is aligned to [`ALIGN`] (to [`HUGE`] from that size,
+/// unless the kernel refused the mapping and the heap served it).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,

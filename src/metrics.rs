@@ -167,10 +167,16 @@ impl Default for Histogram {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: std::time::Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// Records `n` observations of `d` at once.
+    pub fn observe_n(&self, d: std::time::Duration, n: u64) {
         let ns = d.as_nanos().min(u64::MAX as u128) as u64;
         let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
     }
 
     /// The counts now.
@@ -220,8 +226,13 @@ impl OpLatency {
 
     /// Records one observation of `op` (an index into the list given to [`new`](Self::new)).
     pub fn observe(&self, op: usize, d: std::time::Duration) {
+        self.observe_n(op, d, 1);
+    }
+
+    /// Records `n` observations of `d` for op `op` at once.
+    pub fn observe_n(&self, op: usize, d: std::time::Duration, n: u64) {
         if let Some(h) = self.hists.get(op) {
-            h.observe(d);
+            h.observe_n(d, n);
         }
     }
 

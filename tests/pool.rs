@@ -196,10 +196,13 @@ fn raw_connect(addr: &str) -> (TcpStream, Vec<u8>) {
     (s, nonce)
 }
 
-fn authed(addr: &str, secret: &[u8]) -> TcpStream {
+/// A raw connection past the handshake: with the proof for `secret`, or an empty one for a
+/// server without a secret.
+fn authed(addr: &str, secret: Option<&[u8]>) -> TcpStream {
     let (mut s, nonce) = raw_connect(addr);
-    let proof = kvtier::pool::auth::proof(secret, &nonce);
-    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 32).encode())
+    let proof = secret.map_or_else(Vec::new, |k| kvtier::pool::auth::proof(k, &nonce).to_vec());
+    let len = proof.len() as u32;
+    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), len).encode())
         .unwrap();
     s.write_all(&proof).unwrap();
     let mut h = [0u8; HEADER_LEN];
@@ -243,50 +246,35 @@ fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
     assert!(e.to_string().contains("requires a shared secret"), "{e}");
 
     // Authenticated peers sending bad frames.
-    let mut s = authed(&addr, secret);
+    let mut s = authed(&addr, Some(&secret[..]));
     let mut f = Frame::request(Op::Get, 1, key(1), 0).encode();
     f[0..4].copy_from_slice(b"HTTP");
     s.write_all(&f).unwrap();
     assert!(closed_by_server(s), "wrong magic");
-    let mut s = authed(&addr, secret);
+    let mut s = authed(&addr, Some(&secret[..]));
     s.write_all(&Frame::request(Op::Put, 1, key(3), u32::MAX).encode())
         .unwrap();
     assert!(closed_by_server(s), "oversized length");
-    let mut s = authed(&addr, secret);
+    let mut s = authed(&addr, Some(&secret[..]));
     s.write_all(&Frame::request(Op::Put, 1, key(3), 8192).encode())
         .unwrap();
     s.write_all(&[0u8; 100]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed_by_server(s), "truncated frame");
-    let mut s = authed(&addr, secret);
+    let mut s = authed(&addr, Some(&secret[..]));
     s.write_all(&Frame::request(Op::Get, 1, key(1), 0).encode()[..20])
         .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed_by_server(s), "truncated header");
     // A well-formed put of a record that fails its checksum is refused, not stored.
-    let mut bad = AlignedBuf::zeroed(rec.len());
-    bad.copy_from_slice(&rec);
-    bad[200] ^= 1;
-    let mut s = authed(&addr, secret);
-    s.write_all(&Frame::request(Op::Put, 9, key(2), bad.len() as u32).encode())
-        .unwrap();
-    s.write_all(&bad).unwrap();
-    let mut h = [0u8; HEADER_LEN];
-    s.read_exact(&mut h).unwrap();
-    let resp = Frame::decode(&h, 1 << 20).unwrap();
-    assert_eq!(resp.status, kvtier::pool::wire::Status::Error);
+    let mut s = authed(&addr, Some(&secret[..]));
+    let (st, why) = raw_put(&mut s, 9, key(2), &flipped(&rec, 200));
+    assert_eq!(st, Status::Error);
+    assert!(why.contains("checksum"), "{why}");
     // A bad copy of a stored key is refused and leaves the good copy in place.
-    let stored = record(1);
-    let mut bad1 = AlignedBuf::zeroed(stored.len());
-    bad1.copy_from_slice(&stored);
-    bad1[300] ^= 1;
-    let mut s = authed(&addr, secret);
-    s.write_all(&Frame::request(Op::Put, 10, key(1), bad1.len() as u32).encode())
-        .unwrap();
-    s.write_all(&bad1).unwrap();
-    let mut h = [0u8; HEADER_LEN];
-    s.read_exact(&mut h).unwrap();
-    assert_eq!(Frame::decode(&h, 1 << 20).unwrap().status, Status::Error);
+    let (st, why) = raw_put(&mut s, 10, key(1), &flipped(&record(1), 300));
+    assert_eq!(st, Status::Error);
+    assert!(why.contains("checksum"), "{why}");
 
     // The good client was served throughout.
     let g = good.clone();
@@ -336,6 +324,14 @@ fn big_record(i: u64, payload: usize) -> Arc<AlignedBuf> {
 }
 
 /// Sends a put of `body` under `k` on a raw connection and reads the answer: (status, text).
+/// A copy of `rec` with the byte at `at` flipped.
+fn flipped(rec: &[u8], at: usize) -> AlignedBuf {
+    let mut b = AlignedBuf::zeroed(rec.len());
+    b.copy_from_slice(rec);
+    b[at] ^= 1;
+    b
+}
+
 fn raw_put(s: &mut TcpStream, id: u64, k: BlockKey, body: &[u8]) -> (Status, String) {
     s.write_all(&Frame::request(Op::Put, id, k, body.len() as u32).encode())
         .unwrap();
@@ -391,12 +387,9 @@ fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind(
     });
     // A record failing its checksum, and one under the wrong key: refused, nothing stored,
     // and the same connection goes on (the rest of each body was read and dropped).
-    let mut s = raw_connect_open(&addr);
+    let mut s = authed(&addr, None);
     let good = big_record(100, BIG);
-    let mut bad = AlignedBuf::zeroed(good.len());
-    bad.copy_from_slice(&good);
-    bad[BIG / 2] ^= 1;
-    let (st, why) = raw_put(&mut s, 1, key(100), &bad);
+    let (st, why) = raw_put(&mut s, 1, key(100), &flipped(&good, BIG / 2));
     assert_eq!(st, Status::Error);
     assert!(why.contains("checksum"), "{why}");
     let used = || stats(&c, 0)["store"]["used_bytes"].as_u64().unwrap();
@@ -413,14 +406,14 @@ fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind(
     assert_eq!((st, why.as_str()), (Status::Ok, ""));
     // A body cut off half-way, and one that stalls: the connection is closed with a reason.
     let cut = big_record(200, BIG);
-    let mut s = raw_connect_open(&addr);
+    let mut s = authed(&addr, None);
     s.write_all(&Frame::request(Op::Put, 1, key(200), cut.len() as u32).encode())
         .unwrap();
     s.write_all(&cut[..BIG / 2]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed_by_server(s), "cut body");
     let stall = big_record(201, BIG);
-    let mut s = raw_connect_open(&addr);
+    let mut s = authed(&addr, None);
     s.write_all(&Frame::request(Op::Put, 1, key(201), stall.len() as u32).encode())
         .unwrap();
     s.write_all(&stall[..BIG / 3]).unwrap();
@@ -481,16 +474,6 @@ fn large_puts_stream_to_disk_and_bad_cut_or_stalled_bodies_leave_nothing_behind(
 }
 
 /// Connects to a server without a secret (an empty proof).
-fn raw_connect_open(addr: &str) -> TcpStream {
-    let (mut s, _) = raw_connect(addr);
-    s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 0).encode())
-        .unwrap();
-    let mut h = [0u8; HEADER_LEN];
-    s.read_exact(&mut h).unwrap();
-    assert_eq!(Frame::decode(&h, 0).unwrap().op, Op::Auth);
-    s
-}
-
 #[test]
 fn a_server_killed_while_puts_stream_keeps_every_acknowledged_record_and_no_torn_one() {
     let dir = tempfile::tempdir().unwrap();

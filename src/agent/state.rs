@@ -241,10 +241,7 @@ pub struct State {
 fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) -> T {
     let t0 = std::time::Instant::now();
     let r = f();
-    let took = t0.elapsed();
-    for _ in 0..blocks {
-        hists.observe(op, took);
-    }
+    hists.observe_n(op, t0.elapsed(), blocks as u64);
     r
 }
 
@@ -255,16 +252,10 @@ fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) 
 /// arena at slots the new agent granted: wrong KV, silently. A fresh random start makes the
 /// old id unknown (the call fails, the engine reconnects and maps the new arena).
 fn first_id() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let seed = [
-        nanos.to_le_bytes(),
-        (std::process::id() as u64).to_le_bytes(),
-    ]
-    .concat();
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
     // High bit clear: billions of ids before it could wrap; never 0.
-    (xxhash_rust::xxh3::xxh3_64(&seed) >> 1) | 1
+    (u64::from_le_bytes(b) >> 1) | 1
 }
 
 /// Blocks written behind to the pool at once, at most (one batched existence check, then the
@@ -751,20 +742,38 @@ impl State {
         let (digest, tenant) = self.session_info(session)?;
         let deadline = Instant::now() + budget;
         let mut out = Vec::new();
-        // Blocks read through from the pool by this call, a window at a time (each window's
-        // blocks are pinned below before the next window's reads can evict anything).
-        let mut from_pool_at = vec![false; keys.len()];
-        for (i, &key) in keys.iter().enumerate() {
-            if i % READ_THROUGH_BATCH == 0 && Instant::now() < deadline {
+        // A window at a time: the window's blocks already in memory are pinned first (so the
+        // slots its reads from the pool take cannot evict them), then the others are read
+        // through from the pool and pinned; then each is granted in order.
+        let mut pinned = Vec::new();
+        for i in 0..keys.len() {
+            let j = i % READ_THROUGH_BATCH;
+            if j == 0 {
                 let window = &keys[i..(i + READ_THROUGH_BATCH).min(keys.len())];
-                let before: Vec<bool> = window.iter().map(|&k| self.arena.contains(k)).collect();
-                let after = self.read_through_many(window);
-                for (j, (b, a)) in before.into_iter().zip(after).enumerate() {
-                    from_pool_at[i + j] = a && !b;
+                pinned = window
+                    .iter()
+                    .map(|&k| self.arena.get(k).map(|r| (r, false)))
+                    .collect();
+                let missing: Vec<BlockKey> = window
+                    .iter()
+                    .zip(&pinned)
+                    .filter(|(_, p)| p.is_none())
+                    .map(|(&k, _)| k)
+                    .collect();
+                if !missing.is_empty() && self.store.is_some() && Instant::now() < deadline {
+                    self.read_through_many(&missing);
+                    for (k, p) in window.iter().zip(pinned.iter_mut()) {
+                        if p.is_none() {
+                            *p = self.arena.get(*k).map(|r| (r, true));
+                        }
+                    }
                 }
             }
-            let from_pool = from_pool_at[i];
-            let granted = self.arena.get(key).and_then(|r| {
+            let (read, from_pool) = match pinned[j].take() {
+                Some((r, p)) => (Some(r), p),
+                None => (None, false),
+            };
+            let granted = read.and_then(|r| {
                 if self.arena.slot_digest(r.id()) != digest {
                     return None; // another layout's object: never hand it to this engine
                 }

@@ -219,6 +219,10 @@ fn loopback_traffic(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
     let addr = l
         .local_addr()
         .map_err(|e| Error::io("loopback traffic", e))?;
+    // Connected before the receiver accepts (the listen backlog holds it): a failed connect
+    // returns here instead of leaving the receiver waiting.
+    let mut c = std::net::TcpStream::connect(addr)
+        .map_err(|e| Error::io("connecting the loopback traffic socket", e))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             if let Ok((mut c, _)) = l.accept() {
@@ -226,8 +230,6 @@ fn loopback_traffic(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
                 while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
             }
         });
-        let mut c = std::net::TcpStream::connect(addr)
-            .map_err(|e| Error::io("connecting the loopback traffic socket", e))?;
         let buf = vec![7u8; 4 << 20];
         while !stop.load(Ordering::Relaxed) {
             c.write_all(&buf)

@@ -364,8 +364,9 @@ impl PoolClient {
                     };
                     let body = &r[..f.body_len as usize];
                     if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
-                        wr.write_all(&head).await?;
+                        // Held before any byte goes out, so its answer always finds it.
                         h2.lock().insert(f.id, r.clone());
+                        wr.write_all(&head).await?;
                         if p.send(wr.as_ref(), body).await? {
                             return wr.write_all(&bytes).await;
                         }

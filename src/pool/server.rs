@@ -725,21 +725,18 @@ impl PoolServer {
                 if self.draining.load(Ordering::Relaxed) {
                     return err(&self, Status::Draining, "the server is draining".into());
                 }
-                let header = match check_header(&body, f.key, None) {
-                    Ok(h) => h,
-                    Err(why) => {
-                        self.counters.bad_records.inc();
-                        self.bufs.give(body);
-                        return err(&self, Status::Error, why);
-                    }
-                };
+                if let Err(why) = check_header(&body, f.key, None) {
+                    self.counters.bad_records.inc();
+                    self.bufs.give(body);
+                    return err(&self, Status::Error, why);
+                }
                 // One trip to a blocking thread: the checksum (unless it was computed while the
-                // body arrived), then space, the write and the index entry. A record is indexed
-                // only if its checksum holds, so a bad copy never hides an older good one, not
-                // even after a restart; and a bad one takes no space at all.
+                // body arrived), then the write and the index entry. A record is stored only if
+                // its checksum holds, so a bad copy never hides an older good one, not even
+                // after a restart; and a bad one takes no space at all.
                 let s = self.clone();
                 let done = tokio::task::spawn_blocking(move || {
-                    let res = s.put_whole(&body, &header, f.key, hash);
+                    let res = s.put_whole(&body, f.key, hash);
                     (body, res)
                 })
                 .await;
@@ -757,12 +754,7 @@ impl PoolServer {
                         }
                         (Frame::response(&f, Status::Ok, 0), Body::Empty)
                     }
-                    Err((status, why)) => {
-                        if why.contains("failed verification") {
-                            self.counters.bad_records.inc();
-                        }
-                        err(&self, status, why)
-                    }
+                    Err((status, why)) => err(&self, status, why),
                 }
             }
             Op::Get => {
@@ -860,40 +852,25 @@ impl PoolServer {
 }
 
 impl PoolServer {
-    /// Stores a put's whole record (on a blocking thread): checks its payload against the
-    /// header's checksum (`hash`: computed while it arrived, else here), reserves its extent,
-    /// writes it and indexes it; a failed write is abandoned, never indexed.
+    /// Stores a put's whole record (on a blocking thread): verifies it (`hash`: its payload's
+    /// checksum, computed while it arrived, else here), then appends it to the store, which
+    /// indexes it only once it is written. A bad record is counted and takes no space.
     fn put_whole(
         &self,
         record: &[u8],
-        header: &BlockHeader,
         key: BlockKey,
         hash: Option<u64>,
     ) -> std::result::Result<(), (Status, String)> {
-        let ok = match hash {
-            Some(h) => h == header.payload_checksum(),
-            None => payload_matches_header(record, header),
-        };
-        if !ok {
+        if let Err(v) = super::verify_record_hashed(record, key, hash) {
+            self.counters.bad_records.inc();
             return Err((
                 Status::Error,
-                "the record failed verification: payload_checksum".to_string(),
+                format!("the record failed verification: {}", v.as_str()),
             ));
         }
-        let slot = self
-            .store
-            .reserve_record(header.record_len())
-            .map_err(|e| (status_of(&e), e.to_string()))?;
-        match slot.write_part(0, record) {
-            Ok(()) => self
-                .store
-                .commit_record(&slot, key)
-                .map_err(|e| (status_of(&e), e.to_string())),
-            Err(e) => {
-                self.store.abandon_record(&slot);
-                Err((Status::Error, format!("writing a record: {e}")))
-            }
-        }
+        self.store
+            .put_record(record)
+            .map_err(|e| (status_of(&e), e.to_string()))
     }
 }
 
@@ -924,14 +901,6 @@ fn check_header(
         ));
     }
     Ok(h)
-}
-
-/// Whether a whole record's payload matches the checksum in its (already checked) header.
-fn payload_matches_header(record: &[u8], h: &BlockHeader) -> bool {
-    let end = BLOCK_HEADER_LEN + h.payload_len() as usize;
-    record
-        .get(BLOCK_HEADER_LEN..end)
-        .is_some_and(|p| h.verify_payload(p).is_ok())
 }
 
 /// The status answering a store error: no space, or a plain error.
@@ -1100,12 +1069,17 @@ pub(crate) async fn read_body_hashed<R: AsyncReadExt + Unpin>(
 ) -> std::result::Result<Option<u64>, ReadError> {
     let len = body.len();
     let mut hasher = PayloadHasher::new();
-    let mut lowat = sock.map(RcvLowat::new);
+    // Made (one getsockopt) only once a first read leaves a large rest: a body that came
+    // whole with it never sets a mark.
+    let mut lowat: Option<RcvLowat> = None;
     let mut at = 0;
     while at < len {
-        // After the first read: a body that came whole with it never sets a mark.
-        if let Some(l) = lowat.as_mut().filter(|_| at > 0) {
-            l.want(len - at);
+        if at > 0 && (lowat.is_some() || len - at >= RcvLowat::MIN) {
+            if let Some(fd) = sock {
+                lowat
+                    .get_or_insert_with(|| RcvLowat::new(fd))
+                    .want(len - at);
+            }
         }
         let n = rd.read(&mut body[at..]).await.map_err(ReadError::Io)?;
         if n == 0 {

@@ -49,6 +49,13 @@ impl SplicePipe {
         if cap <= 0 {
             return Err(io::Error::last_os_error());
         }
+        // A pipe left at a few pages (a user past `pipe-user-pages-soft`) would cost a pair of
+        // system calls per page: copying is better then.
+        if (cap as usize) < SPLICE_MIN {
+            return Err(io::Error::other(format!(
+                "the pipe holds only {cap} bytes, less than a record worth splicing"
+            )));
+        }
         Ok(SplicePipe {
             r,
             w,

@@ -60,6 +60,7 @@ def env():
     socket = os.path.join(work, "agent.sock")
     t0 = time.time()
     replicas = []
+    boot = None
     try:
         # The reference first, alone (less memory at once on a small machine).
         ref = Replica(_python(), MODEL, os.path.join(work, "ref.log"))
@@ -84,6 +85,8 @@ def env():
         print(f"two kvtier replicas up: {time.time() - t0:.1f}s")
         yield dict(work=work, socket=socket, obj=obj, refs=refs, r1=r1, r2=r2)
     finally:
+        if boot:
+            boot.stop()  # safe twice; here if the replicas did not start
         for r in replicas:
             r.close()
         if not keep:

@@ -6,10 +6,11 @@
 //! the body is read in chunks (`stream_chunk`, 2 MiB by default), each chunk is written to its
 //! place with O_DIRECT on a blocking thread while the next one is read (so several writes of
 //! one put are in flight: one 4 MiB put in flight, 1.37-1.44 GB/s against 1.08-1.20 with one
-//! writer thread per put, two A/B runs), and the payload is checksummed as each chunk comes in.
-//! When the last chunk is in, what is left is the last writes; then the record is indexed.
-//! Until then nothing can find it; a record that fails its checksum, a part that fails to write, or a connection
-//! that ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
+//! writer thread per put, two A/B runs on b545f97's pipeline: 1 MiB chunks, 4 KiB pages, a
+//! hasher thread), and the payload is checksummed as each chunk comes in. When the last chunk
+//! is in, what is left is the last writes; then the record is indexed. Until then nothing can
+//! find it; a record that fails its checksum, a part that fails to write, or a connection that
+//! ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
 //! not find its header either), and after a crash mid-write recovery verifies the unsealed
 //! segment's records in full.
 
@@ -57,9 +58,9 @@ impl PoolServer {
     /// first: a put of at least two chunks, while taking writes, with no other put in flight
     /// (`others`). Streaming overlaps one request's socket and disk time; with two or more
     /// puts in flight their socket and disk times overlap each other already, and fewer,
-    /// whole-body writes measured faster (4 MiB puts, A/B runs: 2 in flight 1.80-1.91 GB/s
-    /// whole against 1.49-1.53 streamed; 8 in flight 2.68 and 2.35 with this rule against
-    /// 2.16 and 1.95 streaming every put).
+    /// whole-body writes measured faster (4 MiB puts, A/B runs on b545f97's pipeline, before
+    /// huge-page buffers: 2 in flight 1.80-1.91 GB/s whole against 1.49-1.53 streamed; 8 in
+    /// flight 2.68 and 2.35 with this rule against 2.16 and 1.95 streaming every put).
     pub(super) fn streams(&self, f: &Frame, others: usize) -> bool {
         f.op == Op::Put
             && others == 0
@@ -79,7 +80,6 @@ impl PoolServer {
         f: Frame,
         rd: &mut R,
     ) -> Result<Finish, ReadError> {
-        let t0 = Instant::now();
         self.counters.puts.inc();
         self.counters.streamed_puts.inc();
         let len = f.body_len as usize;
@@ -92,7 +92,7 @@ impl PoolServer {
             Err(why) => {
                 self.skip_body(rd, len - chunk, first).await?;
                 self.counters.bad_records.inc();
-                return Ok(self.answered(f, t0, Status::Error, why));
+                return Ok(self.answered(f, Instant::now(), Status::Error, why));
             }
         };
         // Space is taken (a segment may roll, and another be evicted) only for a record whose
@@ -102,11 +102,16 @@ impl PoolServer {
             Ok(Ok(slot)) => Arc::new(slot),
             Ok(Err(e)) => {
                 self.skip_body(rd, len - chunk, first).await?;
-                return Ok(self.answered(f, t0, super::status_of(&e), e.to_string()));
+                return Ok(self.answered(f, Instant::now(), super::status_of(&e), e.to_string()));
             }
             Err(e) => {
                 self.skip_body(rd, len - chunk, first).await?;
-                return Ok(self.answered(f, t0, Status::Error, format!("put task failed: {e}")));
+                return Ok(self.answered(
+                    f,
+                    Instant::now(),
+                    Status::Error,
+                    format!("put task failed: {e}"),
+                ));
             }
         };
         // The payload is checksummed chunk by chunk as it arrives, on this task (each chunk is
@@ -148,6 +153,8 @@ impl PoolServer {
             parts.push_back(write(at, Arc::new(c)));
             at += n;
         }
+        // Timed from the body's last byte, as a put read whole is (its time in the server).
+        let t0 = Instant::now();
         let matches = hasher.digest() == Some(header.payload_checksum());
         let me = self.clone();
         Ok(Box::pin(async move {
@@ -156,7 +163,10 @@ impl PoolServer {
                 me.counters.bad_records.inc();
                 (
                     Status::Error,
-                    "the record failed verification: checksum".to_string(),
+                    format!(
+                        "the record failed verification: {}",
+                        crate::block::VerifyError::PayloadChecksum.as_str()
+                    ),
                 )
             } else if let Some(e) = failed {
                 (Status::Error, format!("writing a record: {e}"))
