@@ -10,9 +10,9 @@
 //! hasher thread), and the payload is checksummed as each chunk comes in. When the last chunk
 //! is in, what is left is the last writes; then the record is indexed. Until then nothing can
 //! find it; a record that fails its checksum, a part that fails to write, or a connection that
-//! ends or stalls inside the body is abandoned (its first page zeroed, so recovery does
-//! not find its header either), and after a crash mid-write recovery verifies the unsealed
-//! segment's records in full.
+//! ends or stalls inside the body is abandoned (its header page, which the store writes only
+//! at the commit, never reaches the disk, so recovery does not find it either), and after a
+//! crash mid-write recovery verifies the unsealed segment's records in full.
 
 use std::future::Future;
 use std::io;

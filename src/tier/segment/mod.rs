@@ -187,11 +187,16 @@ fn close_in_background(seg: Arc<Segment>) {
 }
 
 /// The extent of one record being written in parts: see [`SegmentStore::reserve_record`].
+/// Its first page (the record header) is held in memory and written last, by
+/// [`SegmentStore::commit_record`], once every other byte is on disk: a record given up at
+/// any point never has a header on disk for recovery to find.
 pub struct RecordSlot {
     seg: Arc<Segment>,
     off: u64,
     len: usize,
     io: Arc<dyn IoEngine>,
+    /// The record's first page, once the part holding it arrived.
+    head: parking_lot::Mutex<Option<AlignedBuf>>,
     /// Bytes written by successful parts.
     written: AtomicU64,
     finished: AtomicBool,
@@ -201,7 +206,8 @@ pub struct RecordSlot {
 impl RecordSlot {
     /// Writes `bytes` (a page-aligned buffer of whole pages) at byte `at` (page-aligned) of
     /// the record. Parts may go from any thread, in any order; a record is committed once
-    /// every byte was written once.
+    /// every byte was written once. The record's first page is kept, not written (see
+    /// [`RecordSlot`]).
     pub fn write_part(&self, at: usize, bytes: &[u8]) -> std::io::Result<()> {
         if self.finished.load(Ordering::Relaxed) {
             return Err(std::io::Error::other(
@@ -221,6 +227,18 @@ impl RecordSlot {
                     self.len
                 ),
             ));
+        }
+        let (at, bytes) = if at == 0 {
+            let mut head = AlignedBuf::zeroed(ALIGN);
+            head.copy_from_slice(&bytes[..ALIGN]);
+            *self.head.lock() = Some(head);
+            self.written.fetch_add(ALIGN as u64, Ordering::Relaxed);
+            (ALIGN, &bytes[ALIGN..])
+        } else {
+            (at, bytes)
+        };
+        if bytes.is_empty() {
+            return Ok(());
         }
         match self
             .io
@@ -518,6 +536,7 @@ impl SegmentStore {
             off,
             len,
             io: self.io.clone(),
+            head: parking_lot::Mutex::new(None),
             written: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -545,6 +564,20 @@ impl SegmentStore {
             )));
         }
         let seg = slot.seg.clone();
+        // The header last: only now can recovery find the record.
+        let head = slot.head.lock().take();
+        let wrote = match &head {
+            Some(h) => self.io.write_at(&seg.file, h, slot.off),
+            None => Err(std::io::Error::other(
+                "the record's first page never arrived",
+            )),
+        };
+        if let Err(e) = wrote {
+            self.counters.write_errors.inc();
+            self.abandon_record(slot);
+            return Err(Error::io("writing a record's header", e)
+                .with_context("segment", seg.path.display()));
+        }
         if self.cfg.durability == Durability::Synced {
             if let Err(e) = self.io.sync(&seg.file) {
                 self.counters.write_errors.inc();
