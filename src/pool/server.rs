@@ -344,12 +344,8 @@ impl PoolServer {
                 return Err(Error::invalid("the pool secret is empty"));
             }
         }
-        let c = cfg.stream_chunk;
-        if c != 0 && (c % crate::buf::ALIGN != 0 || c < 64 << 10) {
-            return Err(Error::invalid(format!(
-                "stream_chunk is {c} bytes; it is a multiple of 4 KiB of at least 64 KiB (or 0: no streaming)"
-            )));
-        }
+        check_streaming(cfg.stream_chunk, cfg.stall_timeout)
+            .map_err(|(key, why)| Error::invalid(format!("{key}: {why}")))?;
         let store_cfg = cfg.store.clone();
         let store = tokio::task::spawn_blocking(move || SegmentStore::open(store_cfg))
             .await
@@ -872,6 +868,26 @@ impl PoolServer {
             .put_record(record)
             .map_err(|e| (status_of(&e), e.to_string()))
     }
+}
+
+/// Checks the streamed-put settings (the server's and `pool.*`'s, one rule): a chunk is 0
+/// (no streaming) or a multiple of 4 KiB from 64 KiB to 64 MiB, and the stall limit is not 0.
+/// The error names the setting (`stream_chunk`, `stall_timeout_ms`) and what is wrong.
+pub fn check_streaming(
+    stream_chunk: usize,
+    stall_timeout: Duration,
+) -> std::result::Result<(), (&'static str, String)> {
+    let c = stream_chunk;
+    if c != 0 && (c % crate::buf::ALIGN != 0 || !(64 << 10..=64 << 20).contains(&c)) {
+        return Err((
+            "stream_chunk",
+            format!("{c} bytes is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)"),
+        ));
+    }
+    if stall_timeout.is_zero() {
+        return Err(("stall_timeout_ms", "0; at least 1".into()));
+    }
+    Ok(())
 }
 
 fn record_len_of(r: &AlignedBuf) -> usize {

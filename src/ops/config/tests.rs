@@ -162,6 +162,21 @@ fn bad_values_are_named() {
         ),
         ("[pool]\ndata = \"\"\n", "pool.data", "empty path"),
         (
+            "[pool]\nstream_chunk = \"32KiB\"\n",
+            "pool.stream_chunk",
+            "64 KiB",
+        ),
+        (
+            "[pool]\nstream_chunk = \"128MiB\"\n",
+            "pool.stream_chunk",
+            "64 MiB",
+        ),
+        (
+            "[pool]\nstall_timeout_ms = 0\n",
+            "pool.stall_timeout_ms",
+            "at least 1",
+        ),
+        (
             "[pool]\nsecret_file = \"\"\n",
             "pool.secret_file",
             "empty path",

@@ -161,19 +161,9 @@ impl PoolSection {
                 ),
             ));
         }
-        let c = self.stream_chunk.0;
-        if c != 0 && (c % 4096 != 0 || !(64 << 10..=64 << 20).contains(&c)) {
-            return Err(field_error(
-                "pool.stream_chunk",
-                format!(
-                    "{} is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)",
-                    self.stream_chunk
-                ),
-            ));
-        }
-        if self.stall_timeout_ms == 0 {
-            return Err(field_error("pool.stall_timeout_ms", "0; at least 1"));
-        }
+        let stall = std::time::Duration::from_millis(self.stall_timeout_ms);
+        crate::pool::server::check_streaming(self.stream_chunk.0 as usize, stall)
+            .map_err(|(key, why)| field_error(format!("pool.{key}"), why))?;
         crate::tier::io::IoMode::parse(&self.io).map_err(|_| {
             field_error(
                 "pool.io",
