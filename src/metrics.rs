@@ -269,7 +269,8 @@ pub mod names {
     pub const CAPACITY_BYTES: &str = "kvtier_capacity_bytes";
     /// Objects currently held by a tier.
     pub const OBJECTS: &str = "kvtier_objects";
-    /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered), by kind.
+    /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered, splice to copy),
+    /// by kind.
     pub const FALLBACKS: &str = "kvtier_fallbacks_total";
     /// Time to serve a request, by op (histogram, seconds).
     pub const REQUEST_SECONDS: &str = "kvtier_request_duration_seconds";

@@ -28,6 +28,10 @@ const PREFETCH_QUEUE: usize = 64;
 /// fetches them concurrently instead of one round trip after another.
 const READ_THROUGH_BATCH: usize = 8;
 
+/// Blocks written behind to the pool at once, at most (one batched existence check, then the
+/// missing ones put concurrently by a remote pool).
+const WRITE_BEHIND_BATCH: usize = 8;
+
 /// Distinct tenants (engine names) counted one by one; later names are counted together under
 /// [`OTHER_TENANT`], so that engines named after their pid cannot grow the metrics without bound.
 pub const MAX_TENANTS: usize = 64;
@@ -257,10 +261,6 @@ fn first_id() -> u64 {
     // High bit clear: billions of ids before it could wrap; never 0.
     (u64::from_le_bytes(b) >> 1) | 1
 }
-
-/// Blocks written behind to the pool at once, at most (one batched existence check, then the
-/// missing ones put concurrently by a remote pool).
-const WRITE_BEHIND_BATCH: usize = 8;
 
 impl State {
     /// Creates the arena and opens the store, and starts the write-behind worker.
@@ -561,9 +561,11 @@ impl State {
             store.get_many_into(&mut reqs)
         });
         drop(reqs);
-        for ((j, slot), r) in slots.into_iter().zip(got) {
-            match r {
-                Ok(Some(h)) if h.payload_len() == self.arena.payload_len() as u64 => {
+        // A slot without an answer (a backend answering fewer keys than asked) is given back.
+        let mut got = got.into_iter();
+        for (j, slot) in slots {
+            match got.next() {
+                Some(Ok(Some(h))) if h.payload_len() == self.arena.payload_len() as u64 => {
                     self.arena
                         .commit_record(slot, keys[j], InsertInfo::default());
                     out[j] = true;
@@ -685,7 +687,7 @@ impl State {
         };
         loop {
             // What is queued, up to a batch.
-            let keys: Vec<BlockKey> = {
+            let mut keys: Vec<BlockKey> = {
                 let mut q = self.queue.lock();
                 loop {
                     if !q.is_empty() {
@@ -698,6 +700,14 @@ impl State {
                     self.queue_cv.wait_for(&mut q, Duration::from_millis(200));
                 }
             };
+            // A key queued twice (saved, evicted, saved again) is put once.
+            let mut seen = Vec::with_capacity(keys.len());
+            keys.retain(|k| {
+                !seen.contains(k) && {
+                    seen.push(*k);
+                    true
+                }
+            });
             let stored = timed(&self.pool_latency, POOL_EXISTS, keys.len(), || {
                 store.contains_many(&keys)
             });

@@ -52,7 +52,9 @@ pub struct PoolBenchOptions {
     pub transport: crate::pool::client::Transport,
     /// The `kvtier` executable that serves the embedded pool (`kvtier pool`).
     pub server_exe: PathBuf,
-    /// Peers to run the same workload against: `mooncake`, `lmcache`, `redis`.
+    /// Peers to run the same workload against: `mooncake`, `lmcache`, `redis`. A peer that
+    /// fails is left out of the rest of the run (its reason is in the report's `skipped`),
+    /// rather than failing again at every size, concurrency and round.
     pub peers: Vec<String>,
     /// The repository root (for `benches/peers/peer_bench.py`) and the peers' venvs folder.
     pub peers_script: PathBuf,
@@ -419,6 +421,7 @@ fn raw_disk(
 ) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
     let record = crate::block::record_len(size);
     let (io, f, path) = scratch_file(dir, "raw", n * record)?;
+    let _remove = RemoveOnDrop(path);
     let mut buf = AlignedBuf::zeroed(record);
     fill(&mut buf, 7);
     let lat = parking_lot::Mutex::new(Vec::new());
@@ -439,20 +442,16 @@ fn raw_disk(
             r.map_err(|e| Error::io("raw I/O", e))
         })
     };
+    let payload = (n * size) as u64;
     let dw = run(true)?;
     let wl = lat.lock().clone();
-    if !read {
-        drop(f);
-        let _ = std::fs::remove_file(&path);
-        let payload = (n * size) as u64;
-        return Ok((gbps(payload, dw), 0.0, wl, Vec::new()));
-    }
-    let dr = run(false)?;
-    let rl = lat.lock().clone();
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    let payload = (n * size) as u64;
-    Ok((gbps(payload, dw), gbps(payload, dr), wl, rl))
+    let (r, rl) = if read {
+        let dr = run(false)?;
+        (gbps(payload, dr), lat.lock().clone())
+    } else {
+        (0.0, Vec::new())
+    };
+    Ok((gbps(payload, dw), r, wl, rl))
 }
 
 /// Runs the benchmark.

@@ -40,8 +40,9 @@
 //! of 2 MiB blocks.
 //!
 //! Researched in a Python prototype first (not kept in the repository); when ported, this
-//! reproduced its figures on the conversation trace to 0.03 points (it forgets a ghost whose last touch is past the horizon even when the
-//! block was evicted after that; the prototype kept those forever). `kvtier sim --sweep
+//! reproduced its figures on the conversation trace to 0.03 points (it forgets a ghost whose
+//! last touch is past the horizon even when the block was evicted after that; the prototype
+//! kept those forever). `kvtier sim --sweep
 //! default` gives the figures in the README.
 
 use std::collections::{HashMap, VecDeque};

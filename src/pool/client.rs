@@ -117,7 +117,7 @@ impl PoolClientConfig {
 
 /// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
 /// reader computed it on the way in (see [`read_answer`]).
-type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
+pub(super) type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
 
 /// One multiplexed connection.
 struct Conn {
@@ -258,9 +258,14 @@ impl PoolClient {
             .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
         let _ = sock.set_nodelay(true);
         // A server on this host: a loopback address, or this side's own.
-        let local = match (sock.peer_addr(), sock.local_addr()) {
+        let local = || match (sock.peer_addr(), sock.local_addr()) {
             (Ok(p), Ok(l)) => p.ip().to_canonical().is_loopback() || p.ip() == l.ip(),
             _ => false,
+        };
+        let splice = match self.cfg.splice {
+            Splice::Remote => !local(),
+            Splice::Always => true,
+            Splice::Never => false,
         };
         wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
         let (mut rd, mut wr) = sock.into_split();
@@ -338,11 +343,6 @@ impl PoolClient {
         // until the server has read them, even if the caller gave up on the put meanwhile).
         let held: Arc<Mutex<HashMap<u64, Arc<AlignedBuf>>>> = Default::default();
         let (h2, h3) = (held.clone(), held.clone());
-        let splice = match self.cfg.splice {
-            Splice::Remote => !local,
-            Splice::Always => true,
-            Splice::Never => false,
-        };
         let mut pipe = if splice {
             super::splice::SplicePipe::new()
                 .inspect_err(|e| {
@@ -490,9 +490,9 @@ impl PoolClient {
         f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(f.id, tx);
-        // The connection's reader marks it dead before it fails the calls pending on it (under
-        // the same lock): a call registered after that would wait for its deadline instead of
-        // going on to the next replica.
+        // The connection's reader marks it dead, then fails the calls pending on it; a call
+        // registered after that would wait for its deadline instead of going on to the next
+        // replica, so it looks at the mark once registered.
         if conn.dead.load(Ordering::Relaxed) {
             conn.pending.lock().remove(&f.id);
             return Err(unavailable(addr, "connection lost"));

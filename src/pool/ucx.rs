@@ -590,14 +590,7 @@ fn server_loop(
 // ---------------------------------------------------------------------------------------------
 
 type Outgoing = (Frame, Option<Arc<AlignedBuf>>, Vec<u8>);
-type Pending = Arc<
-    parking_lot::Mutex<
-        HashMap<
-            u64,
-            oneshot::Sender<std::result::Result<(Frame, AlignedBuf, Option<u64>), String>>,
-        >,
-    >,
->;
+type Pending = Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<super::client::Reply>>>>;
 
 /// Starts a client's UCX thread over an authenticated TCP connection: exchanges worker
 /// addresses with `UcxHello`, then serves frames from `out` and answers into `pending`.
