@@ -382,3 +382,82 @@ fn another_node_loads_from_a_shared_directory() {
     std::fs::create_dir(&shared).unwrap();
     another_node_loads_through(&["--shared-dir", shared.to_str().unwrap()]);
 }
+
+/// Saves the blocks `ids` (each filled with `block(id)`); how many were stored.
+fn save_ids(c: &mut AgentClient, ids: &[u64]) -> u32 {
+    let keys: Vec<BlockKey> = ids.iter().map(|&i| key(i)).collect();
+    c.save(&keys, |i, p| {
+        p.copy_from_slice(&block(ids[i]));
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// Loads the blocks `ids`, checking each byte; how many were loaded.
+fn load_ids(c: &mut AgentClient, ids: &[u64]) -> usize {
+    let keys: Vec<BlockKey> = ids.iter().map(|&i| key(i)).collect();
+    let d = c
+        .load(&keys, |i, p| {
+            assert!(p == block(ids[i]).as_slice(), "block {}", ids[i])
+        })
+        .unwrap();
+    d.iter().filter(|&&x| x).count()
+}
+
+/// With memory full, a load whose window mixes blocks in memory with blocks only in the pool
+/// pins the ones in memory before it takes slots for the others: the slots for the pool's
+/// blocks come from other, unpinned blocks, never from the window's own (which the policy
+/// would pick first here: they are the least used).
+#[test]
+fn a_load_keeps_the_blocks_it_found_in_memory_while_it_reads_others_from_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    let slots = c.stats().unwrap().arena_slots;
+    let pool_only: Vec<u64> = (1000..1004).collect();
+    let in_memory: Vec<u64> = (2000..2004).collect();
+    assert_eq!(save_ids(&mut c, &pool_only), 4);
+    assert_eq!(save_ids(&mut c, &in_memory), 4);
+    wait_for_pool_writes(&mut c, 8);
+    // Used once: worth more than `pool_only`, which the fillers below push out of memory.
+    assert_eq!(load_ids(&mut c, &in_memory), 4);
+    let fillers: Vec<u64> = (10_000..10_000 + slots - 4).collect();
+    for part in fillers.chunks(64) {
+        assert_eq!(save_ids(&mut c, part), part.len() as u32);
+    }
+    wait_for_pool_writes(&mut c, 8 + fillers.len() as u64);
+    // Used twice: worth more than `in_memory` now.
+    for _ in 0..2 {
+        for part in fillers.chunks(64) {
+            assert_eq!(load_ids(&mut c, part), part.len());
+        }
+    }
+    let keys = |ids: &[u64]| ids.iter().map(|&i| key(i)).collect::<Vec<_>>();
+    assert_eq!(
+        c.lookup(&keys(&pool_only), false).unwrap(),
+        (4, 0),
+        "the pool holds them, memory does not"
+    );
+    // (Not looked up: a lookup touches what is in memory, and they must stay the least used.)
+    let before = c.stats().unwrap();
+    // One window (8 blocks), interleaved.
+    let window: Vec<u64> = in_memory
+        .iter()
+        .zip(&pool_only)
+        .flat_map(|(&m, &p)| [m, p])
+        .collect();
+    assert_eq!(
+        load_ids(&mut c, &window),
+        8,
+        "every block of the window loads"
+    );
+    let after = c.stats().unwrap();
+    assert_eq!(
+        (
+            after.hits_memory - before.hits_memory,
+            after.hits_pool - before.hits_pool
+        ),
+        (4, 4),
+        "{after:?}"
+    );
+}
