@@ -569,3 +569,64 @@ fn a_server_killed_while_puts_stream_keeps_every_acknowledged_record_and_no_torn
         if found_cut { "landed whole" } else { "left nothing" }
     );
 }
+
+/// `kvtier bench pool` end to end on a tiny workload (its figures are not asserted: CI does not
+/// time things): every phase, the minimal references and `--beside-tcp` included, runs to its
+/// end within a deadline, and every get of kvtier and of the minimal reference was checked.
+#[test]
+fn bench_pool_runs_every_phase_and_checks_every_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvtier"))
+        .args(["bench", "pool", "--dir"])
+        .arg(dir.path())
+        .args(["--sizes", "256KiB", "--concurrency", "2", "--total", "4MiB"])
+        .args(["--rounds", "1", "--beside-tcp", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kvtier bench pool did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{status}: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let row = |sys: &str, op: &str| {
+        rows.iter()
+            .find(|r| r["system"] == sys && r["op"] == op)
+            .unwrap_or_else(|| panic!("no {sys} {op} row: {out}"))
+    };
+    for (sys, op) in [
+        ("disk", "raw_write"),
+        ("disk", "raw_read"),
+        ("disk", "raw_write_beside_tcp"),
+        ("minimal", "put"),
+        ("kvtier", "put"),
+    ] {
+        assert!(row(sys, op)["gbps"].as_f64().unwrap() > 0.0, "{sys} {op}");
+    }
+    for (sys, op) in [
+        ("minimal", "get"),
+        ("kvtier", "get_disk"),
+        ("kvtier", "get_cached"),
+    ] {
+        let r = row(sys, op);
+        assert_eq!(r["verified"], r["objects"], "{sys} {op}: every get checked");
+        assert!(r["gbps"].as_f64().unwrap() > 0.0, "{sys} {op}");
+    }
+}

@@ -233,11 +233,15 @@ fn loopback_traffic(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
             }
         });
         let buf = vec![7u8; 4 << 20];
-        while !stop.load(Ordering::Relaxed) {
-            c.write_all(&buf)
-                .map_err(|e| Error::io("sending loopback traffic", e))?;
-        }
-        Ok(())
+        let sent = (|| {
+            while !stop.load(Ordering::Relaxed) {
+                c.write_all(&buf)?;
+            }
+            Ok(())
+        })();
+        // The receiver reads until the end of the stream: end it, whatever happened.
+        let _ = c.shutdown(std::net::Shutdown::Both);
+        sent.map_err(|e: std::io::Error| Error::io("sending loopback traffic", e))
     })
 }
 
