@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kvtier::block::{BlockHeader, BlockObject, HEADER_LEN};
-use kvtier::buf::AlignedBuf;
-use kvtier::tier::host::{put_copy, HostArena, HostArenaConfig};
-use kvtier::tier::segment::{SegmentStore, SegmentStoreConfig};
-use kvtier::{BlockKey, KvDtype, Namespace, NamespaceParams};
+use kvtier_core::block::{BlockHeader, BlockObject, HEADER_LEN};
+use kvtier_core::buf::AlignedBuf;
+use kvtier_core::tier::host::{put_copy, HostArena, HostArenaConfig};
+use kvtier_core::tier::segment::{SegmentStore, SegmentStoreConfig};
+use kvtier_core::{BlockKey, KvDtype, Namespace, NamespaceParams};
 
 fn namespace(b: u32) -> Namespace {
     Namespace::new(&NamespaceParams::new(

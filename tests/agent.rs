@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvtier::agent::client::{AgentClient, ClientConfig};
-use kvtier::BlockKey;
+use kvtier_agent::client::{AgentClient, ClientConfig};
+use kvtier_core::BlockKey;
 
 const OBJECT: usize = 64 << 10;
 const DIGEST: u64 = 0x1a2b_3c4d;
@@ -314,7 +314,10 @@ fn a_failed_copy_gives_its_slots_back() {
     // those slots and keys are released at once, not held until the engine exits.
     let r = c.save(&keys, |i, payload| {
         if i % 2 == 1 {
-            return Err(kvtier::Error::new(kvtier::ErrorKind::Io, "copy failed"));
+            return Err(kvtier_core::Error::new(
+                kvtier_core::ErrorKind::Io,
+                "copy failed",
+            ));
         }
         payload.copy_from_slice(&block(i as u64));
         Ok(())

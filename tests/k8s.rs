@@ -110,7 +110,7 @@ fn dry_run(c: &Yaml, config: &Path) -> (String, toml::Table) {
     for e in list(&c["env"]) {
         let (name, value) = (s(&e["name"]), s(&e["value"]));
         assert!(
-            kvtier::ops::config::KEYS.iter().any(|k| k.env() == name),
+            kvtier_ops::config::KEYS.iter().any(|k| k.env() == name),
             "{name} is not a configuration variable"
         );
         cmd.env(name, value);
@@ -177,8 +177,8 @@ fn kubernetes_manifests_agree_with_the_binaries() {
     // The ConfigMap's file: the real parser, and the real `kvtier config check`.
     let cm = find("ConfigMap", "kvtier-config");
     let text = s(&cm["data"]["kvtier.toml"]);
-    let cfg = kvtier::ops::config::Config::parse(text).unwrap();
-    cfg.validate(&kvtier::ops::config::SECTIONS).unwrap();
+    let cfg = kvtier_ops::config::Config::parse(text).unwrap();
+    cfg.validate(&kvtier_ops::config::SECTIONS).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("kvtier.toml");
     std::fs::write(&file, text).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kvtier::{BlockKey, KvDtype, Namespace, NamespaceParams};
+use kvtier_core::{BlockKey, KvDtype, Namespace, NamespaceParams};
 use serde_json::Value;
 
 fn root() -> PathBuf {

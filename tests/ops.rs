@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kvtier::agent::client::{AgentClient, ClientConfig};
-use kvtier::ops::stat::{self, Snapshot};
-use kvtier::BlockKey;
+use kvtier_agent::client::{AgentClient, ClientConfig};
+use kvtier_core::BlockKey;
+use kvtier_ops::stat::{self, Snapshot};
 
 const OBJECT: usize = 64 << 10;
 const DIGEST: u64 = 0x0b5e_55ed;
@@ -185,7 +185,7 @@ fn wait_for(addr: &str, name: &str, labels: &[(&str, &str)], v: f64) {
 }
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    kvtier::ops::http::get(addr, path, T).unwrap()
+    kvtier_ops::http::get(addr, path, T).unwrap()
 }
 
 fn wait_ready(addr: &str, want: u16) -> String {
@@ -200,7 +200,7 @@ fn wait_ready(addr: &str, want: u16) -> String {
     }
 }
 
-const REC: f64 = kvtier::block::record_len(OBJECT) as f64;
+const REC: f64 = kvtier_core::block::record_len(OBJECT) as f64;
 const OBJ: f64 = OBJECT as f64;
 
 #[test]
@@ -482,10 +482,10 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
         .unwrap();
     rt.block_on(async {
         let mut c =
-            kvtier::pool::proto::pool_client::PoolClient::connect(format!("http://{control}"))
+            kvtier_pool::proto::pool_client::PoolClient::connect(format!("http://{control}"))
                 .await
                 .unwrap();
-        c.drain(kvtier::pool::proto::DrainRequest {}).await.unwrap();
+        c.drain(kvtier_pool::proto::DrainRequest {}).await.unwrap();
     });
     let why = wait_ready(&pool_m, 503);
     assert!(why.contains("draining"), "{why}");
@@ -619,13 +619,13 @@ fn bad_configurations_fail_naming_the_field() {
 /// export.
 #[test]
 fn the_readme_documents_every_key_and_metric() {
-    use kvtier::agent::{AgentStats, TenantStats};
-    use kvtier::metrics::{HistogramSnapshot, StoreStats};
-    use kvtier::ops::render;
+    use kvtier_agent::{AgentStats, TenantStats};
+    use kvtier_core::metrics::{HistogramSnapshot, StoreStats};
+    use kvtier_ops::render;
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let ops = &readme[readme.find("## Operations").expect("an Operations section")..];
-    for k in kvtier::ops::config::KEYS {
+    for k in kvtier_ops::config::KEYS {
         for s in [k.path(), k.env(), k.flag()] {
             assert!(ops.contains(&format!("`{s}`")), "README: {s}");
         }
@@ -648,7 +648,7 @@ fn the_readme_documents_every_key_and_metric() {
         render::pool_page(&Default::default(), &h),
     ];
     for page in pages {
-        for s in kvtier::ops::prom::parse(&page).unwrap() {
+        for s in kvtier_ops::prom::parse(&page).unwrap() {
             let name = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|x| s.name.strip_suffix(x))

@@ -8,11 +8,11 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier::buf::AlignedBuf;
-use kvtier::pool::client::{PoolClient, PoolClientConfig, Splice};
-use kvtier::pool::placement::Member;
-use kvtier::pool::wire::{Frame, Op, Status, HEADER_LEN};
-use kvtier::BlockKey;
+use kvtier_core::buf::AlignedBuf;
+use kvtier_core::BlockKey;
+use kvtier_pool::client::{PoolClient, PoolClientConfig, Splice};
+use kvtier_pool::placement::Member;
+use kvtier_pool::wire::{Frame, Op, Status, HEADER_LEN};
 
 use common::{start_server, Server};
 
@@ -200,7 +200,7 @@ fn raw_connect(addr: &str) -> (TcpStream, Vec<u8>) {
 /// server without a secret.
 fn authed(addr: &str, secret: Option<&[u8]>) -> TcpStream {
     let (mut s, nonce) = raw_connect(addr);
-    let proof = secret.map_or_else(Vec::new, |k| kvtier::pool::auth::proof(k, &nonce).to_vec());
+    let proof = secret.map_or_else(Vec::new, |k| kvtier_pool::auth::proof(k, &nonce).to_vec());
     let len = proof.len() as u32;
     s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), len).encode())
         .unwrap();
@@ -232,7 +232,7 @@ fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
     assert!(closed_by_server(s), "no credential");
     // A wrong credential.
     let (mut s, nonce) = raw_connect(&addr);
-    let proof = kvtier::pool::auth::proof(b"not the secret at all!", &nonce);
+    let proof = kvtier_pool::auth::proof(b"not the secret at all!", &nonce);
     s.write_all(&Frame::request(Op::Auth, 0, BlockKey::default(), 32).encode())
         .unwrap();
     s.write_all(&proof).unwrap();

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use kvtier::block::{BlockObject, VerifyError};
-use kvtier::buf::AlignedBuf;
-use kvtier::pool::client::{PoolClient, PoolClientConfig};
-use kvtier::pool::placement::Member;
-use kvtier::pool::shared_dir::{SharedDirConfig, SharedDirStore};
-use kvtier::pool::PoolBackend;
-use kvtier::tier::segment::{SegmentStore, SegmentStoreConfig};
-use kvtier::BlockKey;
+use kvtier_core::block::{BlockObject, VerifyError};
+use kvtier_core::buf::AlignedBuf;
+use kvtier_core::tier::segment::{SegmentStore, SegmentStoreConfig};
+use kvtier_core::BlockKey;
+use kvtier_pool::client::{PoolClient, PoolClientConfig};
+use kvtier_pool::placement::Member;
+use kvtier_pool::shared_dir::{SharedDirConfig, SharedDirStore};
+use kvtier_pool::PoolBackend;
 
 const PAYLOAD: usize = 30_000;
 

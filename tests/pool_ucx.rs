@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvtier::block::BlockObject;
-use kvtier::buf::AlignedBuf;
-use kvtier::pool::client::{PoolClient, PoolClientConfig, Transport};
-use kvtier::pool::placement::Member;
-use kvtier::BlockKey;
+use kvtier_core::block::BlockObject;
+use kvtier_core::buf::AlignedBuf;
+use kvtier_core::BlockKey;
+use kvtier_pool::client::{PoolClient, PoolClientConfig, Transport};
+use kvtier_pool::placement::Member;
 
 fn key(i: u64) -> BlockKey {
     BlockKey::from_u128(0xC0FFEE << 64 | i as u128)

@@ -12,11 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use kvtier::block::{BlockHeader, BlockObject};
-use kvtier::buf::ALIGN;
-use kvtier::tier::io::Psync;
-use kvtier::tier::segment::{Durability, SegmentStore, SegmentStoreConfig};
-use kvtier::BlockKey;
+use kvtier_core::block::{BlockHeader, BlockObject};
+use kvtier_core::buf::ALIGN;
+use kvtier_core::tier::io::Psync;
+use kvtier_core::tier::segment::{Durability, SegmentStore, SegmentStoreConfig};
+use kvtier_core::BlockKey;
 
 const PAYLOAD: usize = 60_000;
 

@@ -5,20 +5,20 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use kvtier::policy::PolicyKind;
-use kvtier::sim::{self, Capacity, Routing, SimConfig};
+use kvtier_core::policy::PolicyKind;
+use kvtier_sim::{self, Capacity, Routing, SimConfig};
 
-fn trace() -> Vec<sim::Request> {
+fn trace() -> Vec<kvtier_sim::Request> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/mooncake_conversation_trace.jsonl");
-    sim::trace::load(&path, 512).unwrap()
+    kvtier_sim::trace::load(&path, 512).unwrap()
 }
 
 #[test]
 fn unbounded_hit_ratio_is_the_traces_known_property() {
     let t = trace();
     assert_eq!(t.len(), 12_031);
-    let r = sim::simulate(&t, &SimConfig::default(), |_, _| {}).unwrap();
+    let r = kvtier_sim::simulate(&t, &SimConfig::default(), |_, _| {}).unwrap();
     assert!(
         (r.hit_ratio - 0.374).abs() < 0.0005,
         "unbounded token hit ratio {:.4}",
@@ -37,15 +37,15 @@ fn lru_and_optimum_match_the_published_figures() {
             policy: PolicyKind::Lru,
             ..Default::default()
         };
-        sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
+        kvtier_sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
     };
     // Block-level LRU over the same accesses: 11.3% at 5,000 blocks, 29.3% at 20,000.
     assert!((lru(5000) - 0.113).abs() < 0.001, "{}", lru(5000));
     assert!((lru(20_000) - 0.293).abs() < 0.001, "{}", lru(20_000));
     // The offline optimum: about 34.6% at 5,000 and the unbounded 37.4% at 20,000.
-    let b5 = sim::belady(&t, 5000, 512);
+    let b5 = kvtier_sim::belady(&t, 5000, 512);
     assert!((0.344..0.35).contains(&b5), "{b5}");
-    assert!((sim::belady(&t, 20_000, 512) - 0.374).abs() < 0.001);
+    assert!((kvtier_sim::belady(&t, 20_000, 512) - 0.374).abs() < 0.001);
 }
 
 /// The capacity-planning issue's acceptance: on this trace, the tiers' default policy is at
@@ -62,7 +62,7 @@ fn the_default_policy_is_never_below_lru_and_125x_at_5000_blocks() {
             policy,
             ..Default::default()
         };
-        sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
+        kvtier_sim::simulate(&t, &c, |_, _| {}).unwrap().hit_ratio
     };
     for cap in [1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 200_000] {
         let (lru, hd) = (at(cap, PolicyKind::Lru), at(cap, PolicyKind::default()));
@@ -85,13 +85,13 @@ fn tiers_add_up_and_routing_matters() {
         routing: Routing::RoundRobin,
         ..Default::default()
     };
-    let rr = sim::simulate(&t, &cfg, |_, _| {}).unwrap();
+    let rr = kvtier_sim::simulate(&t, &cfg, |_, _| {}).unwrap();
     let sum: f64 = rr.tiers.iter().map(|x| x.hit_ratio).sum();
     assert!((sum - rr.hit_ratio).abs() < 1e-9);
     assert_eq!(rr.tiers.len(), 3);
     assert!(rr.tiers.iter().all(|x| x.hit_tokens > 0), "{:?}", rr.tiers);
     assert!(rr.ttft.mean_s < rr.ttft.no_cache_mean_s && rr.ttft.p90_s <= rr.ttft.no_cache_p90_s);
-    let pa = sim::simulate(
+    let pa = kvtier_sim::simulate(
         &t,
         &SimConfig {
             routing: Routing::PrefixAware,
@@ -100,7 +100,7 @@ fn tiers_add_up_and_routing_matters() {
         |_, _| {},
     )
     .unwrap();
-    let gpu = |r: &sim::SimReport| r.tiers[0].hit_ratio;
+    let gpu = |r: &kvtier_sim::SimReport| r.tiers[0].hit_ratio;
     assert!(
         gpu(&pa) > gpu(&rr),
         "prefix-aware routing finds the replica holding the prefix: {} vs {}",

@@ -8,7 +8,7 @@ use std::ffi::c_char;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use kvtier_core::agent::client::{AgentClient, ClientConfig};
+use kvtier_agent::client::{AgentClient, ClientConfig};
 use kvtier_core::key::BlockKey;
 use kvtier_core::layout::KvLayout;
 use kvtier_core::Error;

@@ -101,10 +101,10 @@ pub fn start_server_with(
 pub fn test_object(
     i: u64,
     payload: usize,
-    key: kvtier::BlockKey,
+    key: kvtier_core::BlockKey,
     layout: u64,
-) -> kvtier::block::BlockObject {
-    let mut o = kvtier::block::BlockObject::new(payload).unwrap();
+) -> kvtier_core::block::BlockObject {
+    let mut o = kvtier_core::block::BlockObject::new(payload).unwrap();
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for b in o.payload_mut() {
         x ^= x << 13;

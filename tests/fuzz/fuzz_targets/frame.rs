@@ -2,7 +2,7 @@
 //! must re-encode to the same header bytes.
 #![no_main]
 
-use kvtier::pool::wire::{decode_stream, Frame, HEADER_LEN};
+use kvtier_pool::wire::{decode_stream, Frame, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

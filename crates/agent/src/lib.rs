@@ -1,0 +1,152 @@
+//! The node agent: one per node. Owns the host-memory arena (a memfd shared with engine
+//! processes), the node index, write-behind to the pool (today the embedded segment store),
+//! read-through from it, leases on arena slots, and their reclamation when an engine dies.
+//!
+//! Two Unix sockets: `SOCKET` serves the gRPC control API ([`proto`]), `SOCKET.fd` hands each
+//! engine the arena's descriptor (`SCM_RIGHTS`, see [`fdpass`]) and a token; the engine keeps
+//! that connection open while it lives, and its closing releases every lease of the token's
+//! sessions. Bytes never travel over gRPC: engines copy blocks straight into the arena.
+
+pub mod client;
+pub mod fdpass;
+mod service;
+mod state;
+
+/// The generated gRPC types of `proto/kvtier/v1/agent.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("kvtier.v1");
+}
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvtier_core::error::{Error, Result};
+use kvtier_core::tier::host::HostArenaConfig;
+use kvtier_pool::PoolSpec;
+
+pub use state::{AgentStats, State, TenantStats, AGENT_OPS, MAX_TENANTS, OTHER_TENANT};
+
+/// Configuration of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Path of the gRPC socket; the descriptor socket is this path with `.fd` appended.
+    pub socket: PathBuf,
+    /// The shared arena. Its `payload_len` must equal the engines' block object size.
+    pub arena: HostArenaConfig,
+    /// The pool blocks are written behind to and read through from; `None` for memory only.
+    pub pool: Option<PoolSpec>,
+    /// Writes to the pool waiting at most; when full the oldest is dropped (a future miss,
+    /// counted). Default: `4096`.
+    pub write_queue: usize,
+}
+
+/// The path of the descriptor socket that goes with a gRPC socket path.
+pub fn fd_socket_path(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".fd");
+    PathBuf::from(s)
+}
+
+/// Runs an agent until `shutdown` resolves: [`bind`], then [`BoundAgent::serve`].
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<Arc<State>> {
+    bind(&cfg)?.serve(shutdown).await
+}
+
+/// An agent whose state exists and whose sockets are bound, not serving yet (so that a
+/// metrics endpoint can be started on its state first).
+pub struct BoundAgent {
+    state: Arc<State>,
+    grpc: tokio::net::UnixListener,
+    fds: std::os::unix::net::UnixListener,
+    socket: PathBuf,
+    fd_path: PathBuf,
+}
+
+/// Creates the state (arena, pool) and binds both sockets (owner and group only). Must be
+/// called within a tokio runtime.
+pub fn bind(cfg: &AgentConfig) -> Result<BoundAgent> {
+    let state = State::new(cfg)?;
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io("creating the socket directory", e).with_context("dir", dir.display())
+        })?;
+    }
+    let fd_path = fd_socket_path(&cfg.socket);
+    for p in [&cfg.socket, &fd_path] {
+        match std::fs::remove_file(p) {
+            Ok(()) => tracing::info!(path = %p.display(), "removed a stale socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(
+                    Error::io("removing a stale socket", e).with_context("path", p.display())
+                )
+            }
+        }
+    }
+    let grpc = tokio::net::UnixListener::bind(&cfg.socket).map_err(|e| {
+        Error::io("binding the agent socket", e).with_context("path", cfg.socket.display())
+    })?;
+    let fds = std::os::unix::net::UnixListener::bind(&fd_path).map_err(|e| {
+        Error::io("binding the descriptor socket", e).with_context("path", fd_path.display())
+    })?;
+    for p in [&cfg.socket, &fd_path] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+            Error::io("restricting the socket to owner and group", e)
+                .with_context("path", p.display())
+        })?;
+    }
+    Ok(BoundAgent {
+        state,
+        grpc,
+        fds,
+        socket: cfg.socket.clone(),
+        fd_path,
+    })
+}
+
+impl BoundAgent {
+    /// The agent's state (counters for metrics).
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops the write-behind worker after draining its
+    /// queue and removes the sockets.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Arc<State>> {
+        let BoundAgent {
+            state,
+            grpc,
+            fds,
+            socket,
+            fd_path,
+        } = self;
+        state.clone().serve_descriptors(fds);
+        tracing::info!(socket = %socket.display(), "agent listening");
+        let svc = proto::agent_server::AgentServer::new(service::Service::new(state.clone()));
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(grpc),
+                shutdown,
+            )
+            .await
+            .map_err(|e| {
+                Error::new(
+                    kvtier_core::ErrorKind::Io,
+                    format!("agent gRPC server failed: {e}"),
+                )
+            })?;
+        state.stop();
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&fd_path);
+        Ok(state)
+    }
+}

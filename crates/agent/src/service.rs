@@ -1,0 +1,242 @@
+//! The gRPC glue: each call runs the [`State`] operation on the blocking pool (operations may
+//! touch the disk) inside a span of its own (`rpc{op, session, blocks, bytes}`), times it into
+//! the op's latency histogram, and maps errors to `tonic::Status` once, here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use tonic::{Request, Response, Status};
+
+use super::proto::{self, agent_server::Agent};
+use super::state::{Granted, State, AGENT_OPS};
+use kvtier_core::error::{Error, ErrorKind};
+use kvtier_core::key::BlockKey;
+
+pub(super) struct Service {
+    state: Arc<State>,
+}
+
+impl Service {
+    pub(super) fn new(state: Arc<State>) -> Self {
+        Service { state }
+    }
+
+    /// The span of one request: `blocks` keys of `session`, `bytes` of payload they stand for.
+    fn span(&self, op: usize, session: u64, blocks: usize) -> tracing::Span {
+        let bytes = blocks as u64 * self.state.arena().payload_len() as u64;
+        tracing::info_span!(
+            "rpc",
+            op = AGENT_OPS[op],
+            session,
+            blocks,
+            bytes,
+            tier = "memory"
+        )
+    }
+
+    /// Runs `f` on the blocking pool inside `span`, and records its latency under `op`
+    /// (an index into [`AGENT_OPS`]).
+    async fn run<T: Send + 'static>(
+        &self,
+        op: usize,
+        span: tracing::Span,
+        f: impl FnOnce(&Arc<State>) -> kvtier_core::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let state = self.state.clone();
+        let t0 = Instant::now();
+        let inner = span.clone();
+        let r = tokio::task::spawn_blocking(move || inner.in_scope(|| f(&state)))
+            .await
+            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?;
+        let took = t0.elapsed();
+        self.state.observe(op, took);
+        async {
+            match &r {
+                Ok(_) => tracing::debug!(took_us = took.as_micros() as u64, "done"),
+                Err(e) => tracing::debug!(took_us = took.as_micros() as u64, error = %e, "failed"),
+            }
+        }
+        .instrument(span)
+        .await;
+        r.map_err(to_status)
+    }
+}
+
+const HELLO: usize = 0;
+const LOOKUP: usize = 1;
+const BEGIN_SAVE: usize = 2;
+const COMMIT_SAVE: usize = 3;
+const BEGIN_LOAD: usize = 4;
+const END_LOAD: usize = 5;
+const GOODBYE: usize = 6;
+const STATS: usize = 7;
+
+fn to_status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::NoSpace => Status::resource_exhausted(msg),
+        ErrorKind::Corrupt => Status::data_loss(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::Timeout => Status::deadline_exceeded(msg),
+        ErrorKind::PermissionDenied => Status::permission_denied(msg),
+        ErrorKind::Io => Status::internal(msg),
+    }
+}
+
+fn keys(k: &[proto::Key]) -> Vec<BlockKey> {
+    k.iter()
+        .map(|k| BlockKey::from_u128(((k.hi as u128) << 64) | k.lo as u128))
+        .collect()
+}
+
+fn leases(g: Vec<Granted>) -> Vec<proto::Lease> {
+    g.into_iter()
+        .map(|g| proto::Lease {
+            index: g.index,
+            slot: g.slot,
+            lease: g.lease,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Agent for Service {
+    async fn hello(
+        &self,
+        req: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::HelloResponse>, Status> {
+        let r = req.into_inner();
+        let span = tracing::info_span!("rpc", op = AGENT_OPS[HELLO], engine = %r.engine);
+        let session = self
+            .run(HELLO, span, move |s| {
+                s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine)
+            })
+            .await?;
+        let arena = self.state.arena();
+        Ok(Response::new(proto::HelloResponse {
+            session,
+            slot_len: arena.slot_len() as u64,
+            payload_offset: kvtier_core::block::HEADER_LEN as u64,
+            slots: arena.slots(),
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<proto::LookupRequest>,
+    ) -> Result<Response<proto::LookupResponse>, Status> {
+        let r = req.into_inner();
+        let span = self.span(LOOKUP, r.session, r.keys.len());
+        let (prefix_blocks, in_memory) = self
+            .run(LOOKUP, span, move |s| {
+                s.lookup(r.session, &keys(&r.keys), r.prefetch)
+            })
+            .await?;
+        Ok(Response::new(proto::LookupResponse {
+            prefix_blocks,
+            in_memory,
+        }))
+    }
+
+    async fn begin_save(
+        &self,
+        req: Request<proto::BeginSaveRequest>,
+    ) -> Result<Response<proto::BeginSaveResponse>, Status> {
+        let r = req.into_inner();
+        let span = self.span(BEGIN_SAVE, r.session, r.keys.len());
+        let g = self
+            .run(BEGIN_SAVE, span, move |s| {
+                s.begin_save(r.session, &keys(&r.keys))
+            })
+            .await?;
+        Ok(Response::new(proto::BeginSaveResponse {
+            leases: leases(g),
+        }))
+    }
+
+    async fn commit_save(
+        &self,
+        req: Request<proto::CommitSaveRequest>,
+    ) -> Result<Response<proto::CommitSaveResponse>, Status> {
+        let r = req.into_inner();
+        let span = self.span(COMMIT_SAVE, r.session, r.leases.len());
+        let (stored, deduplicated) = self
+            .run(COMMIT_SAVE, span, move |s| {
+                s.commit_save(r.session, &r.leases)
+            })
+            .await?;
+        Ok(Response::new(proto::CommitSaveResponse {
+            stored,
+            deduplicated,
+        }))
+    }
+
+    async fn begin_load(
+        &self,
+        req: Request<proto::BeginLoadRequest>,
+    ) -> Result<Response<proto::BeginLoadResponse>, Status> {
+        let r = req.into_inner();
+        let budget = Duration::from_millis(r.budget_ms as u64);
+        let span = self.span(BEGIN_LOAD, r.session, r.keys.len());
+        let g = self
+            .run(BEGIN_LOAD, span, move |s| {
+                s.begin_load(r.session, &keys(&r.keys), budget)
+            })
+            .await?;
+        Ok(Response::new(proto::BeginLoadResponse {
+            leases: leases(g),
+        }))
+    }
+
+    async fn end_load(
+        &self,
+        req: Request<proto::EndLoadRequest>,
+    ) -> Result<Response<proto::EndLoadResponse>, Status> {
+        let r = req.into_inner();
+        let span = self.span(END_LOAD, r.session, r.leases.len());
+        self.run(END_LOAD, span, move |s| s.end_load(r.session, &r.leases))
+            .await?;
+        Ok(Response::new(proto::EndLoadResponse {}))
+    }
+
+    async fn goodbye(
+        &self,
+        req: Request<proto::GoodbyeRequest>,
+    ) -> Result<Response<proto::GoodbyeResponse>, Status> {
+        let r = req.into_inner();
+        let span = self.span(GOODBYE, r.session, 0);
+        self.run(GOODBYE, span, move |s| {
+            s.goodbye(r.session);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(proto::GoodbyeResponse {}))
+    }
+
+    async fn stats(
+        &self,
+        _req: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let span = tracing::info_span!("rpc", op = AGENT_OPS[STATS]);
+        let s = self.run(STATS, span, |s| Ok(s.stats())).await?;
+        Ok(Response::new(proto::StatsResponse {
+            sessions: s.sessions,
+            arena_slots: s.arena_slots,
+            arena_used: s.arena_used,
+            leases: s.leases,
+            hits_memory: s.hits_memory,
+            hits_pool: s.hits_pool,
+            misses: s.misses,
+            saves: s.saves,
+            deduplicated: s.deduplicated,
+            pool_writes: s.pool_writes,
+            dropped_writes: s.dropped_writes,
+            corrupt: s.corrupt,
+            reclaimed_leases: s.reclaimed_leases,
+        }))
+    }
+}

@@ -1,0 +1,394 @@
+//! Counters every component keeps, and their names (one place for every metric name).
+//!
+//! Components own plain atomic counters (cheap on the hot path) and expose a serialisable
+//! snapshot; the daemons export the snapshots (Prometheus `/metrics`, `kvtier stat`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::block::VerifyError;
+
+/// Why the process took a slower path than asked for, counted process-wide (exported as
+/// `kvtier_fallbacks_total{kind}` by both daemons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// io_uring could not be set up (`io = auto`): psync instead.
+    UringToPsync,
+    /// The file system refused O_DIRECT (tmpfs, some FUSE mounts): buffered I/O instead.
+    DirectToBuffered,
+    /// Zero-copy sends to pool servers unavailable (no pipe, or `vmsplice` refused, as by
+    /// some seccomp profiles): records are copied into the socket.
+    SpliceToCopy,
+}
+
+impl Fallback {
+    /// Every kind, in export order.
+    pub const ALL: [Fallback; 3] = [
+        Fallback::UringToPsync,
+        Fallback::DirectToBuffered,
+        Fallback::SpliceToCopy,
+    ];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::UringToPsync => "io_uring_to_psync",
+            Fallback::DirectToBuffered => "direct_to_buffered",
+            Fallback::SpliceToCopy => "splice_to_copy",
+        }
+    }
+
+    /// Counts one.
+    pub fn count(self) {
+        FALLBACKS[self as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many so far in this process.
+    pub fn total(self) -> u64 {
+        FALLBACKS[self as usize].load(Ordering::Relaxed)
+    }
+}
+
+static FALLBACKS: [AtomicU64; Fallback::ALL.len()] =
+    [const { AtomicU64::new(0) }; Fallback::ALL.len()];
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (usage, depth).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Subtracts `n`.
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counter per [`VerifyError`] reason: *why* objects were dropped as corrupt.
+#[derive(Debug, Default)]
+pub struct CorruptionCounters([Counter; VerifyError::ALL.len()]);
+
+impl CorruptionCounters {
+    /// Counts one failure of `reason`.
+    pub fn record(&self, reason: VerifyError) {
+        self.0[reason as usize].inc();
+    }
+    /// The count for `reason`.
+    pub fn get(&self, reason: VerifyError) -> u64 {
+        self.0[reason as usize].get()
+    }
+    /// The sum over all reasons.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+    /// `(reason, count)` for every reason.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        VerifyError::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.get(*r)))
+            .collect()
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds (10 µs to 10 s; the last bucket,
+/// `+Inf`, is implicit).
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const LATENCY_BOUNDS_NS: [u64; 19] = {
+    let mut b = [0u64; 19];
+    let mut i = 0;
+    // 10 µs, 25 µs, 50 µs, then ×10 per three buckets.
+    let base = [10_000u64, 25_000, 50_000];
+    let mut scale = 1u64;
+    while i < 19 {
+        b[i] = base[i % 3] * scale;
+        if i % 3 == 2 {
+            scale *= 10;
+        }
+        i += 1;
+    }
+    b
+};
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS`]): one atomic add per
+/// observation, no lock.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// Records `n` observations of `d` at once.
+    pub fn observe_n(&self, d: std::time::Duration, n: u64) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], not cumulative, then `+Inf`.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// One latency histogram per operation of a fixed set (the agent's RPCs, the pool's ops).
+#[derive(Debug)]
+pub struct OpLatency {
+    ops: &'static [&'static str],
+    hists: Vec<Histogram>,
+}
+
+impl OpLatency {
+    /// A histogram for each of `ops`.
+    pub fn new(ops: &'static [&'static str]) -> Self {
+        OpLatency {
+            ops,
+            hists: ops.iter().map(|_| Histogram::default()).collect(),
+        }
+    }
+
+    /// Records one observation of `op` (an index into the list given to [`new`](Self::new)).
+    pub fn observe(&self, op: usize, d: std::time::Duration) {
+        self.observe_n(op, d, 1);
+    }
+
+    /// Records `n` observations of `d` for op `op` at once.
+    pub fn observe_n(&self, op: usize, d: std::time::Duration, n: u64) {
+        if let Some(h) = self.hists.get(op) {
+            h.observe_n(d, n);
+        }
+    }
+
+    /// `(op, counts)` for every op.
+    pub fn snapshot(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.ops
+            .iter()
+            .zip(&self.hists)
+            .map(|(op, h)| (*op, h.snapshot()))
+            .collect()
+    }
+}
+
+/// Metric names (Prometheus style). Every exported metric is named here; the README's
+/// operations section lists them with their labels.
+pub mod names {
+    /// Daemon identity: `role` (agent, pool) and `version` labels, value 1.
+    pub const BUILD_INFO: &str = "kvtier_build_info";
+    /// Lookups that found the object, by tier.
+    pub const HITS: &str = "kvtier_hits_total";
+    /// Lookups that did not, by tier.
+    pub const MISSES: &str = "kvtier_misses_total";
+    /// Objects dropped because they failed verification, by tier and reason.
+    pub const CORRUPT: &str = "kvtier_corrupt_objects_total";
+    /// Objects evicted, by tier.
+    pub const EVICTIONS: &str = "kvtier_evictions_total";
+    /// Bytes written into a tier.
+    pub const BYTES_IN: &str = "kvtier_bytes_in_total";
+    /// Bytes read out of a tier.
+    pub const BYTES_OUT: &str = "kvtier_bytes_out_total";
+    /// Bytes currently used by a tier.
+    pub const USED_BYTES: &str = "kvtier_used_bytes";
+    /// Configured capacity of a tier.
+    pub const CAPACITY_BYTES: &str = "kvtier_capacity_bytes";
+    /// Objects currently held by a tier.
+    pub const OBJECTS: &str = "kvtier_objects";
+    /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered, splice to copy),
+    /// by kind.
+    pub const FALLBACKS: &str = "kvtier_fallbacks_total";
+    /// Time to serve a request, by op (histogram, seconds).
+    pub const REQUEST_SECONDS: &str = "kvtier_request_duration_seconds";
+    /// Agent: time its calls to its pool backend took, by op (histogram, seconds).
+    pub const POOL_CALL_SECONDS: &str = "kvtier_pool_call_duration_seconds";
+    /// Entries waiting in a queue, by queue.
+    pub const QUEUE_DEPTH: &str = "kvtier_queue_depth";
+    /// Bound of a queue, by queue.
+    pub const QUEUE_CAPACITY: &str = "kvtier_queue_capacity";
+    /// Writes to the pool dropped from a full write-behind queue (each a future miss).
+    pub const DROPPED_WRITES: &str = "kvtier_dropped_writes_total";
+
+    /// Engine sessions open on the agent (connected engines).
+    pub const AGENT_SESSIONS: &str = "kvtier_agent_sessions";
+    /// Arena slots leased to engines now (being filled or copied out).
+    pub const AGENT_LEASES: &str = "kvtier_agent_leases";
+    /// Blocks engines saved (stored in the arena).
+    pub const AGENT_SAVES: &str = "kvtier_agent_saved_blocks_total";
+    /// Saves skipped because the block was stored or in flight.
+    pub const AGENT_DEDUP: &str = "kvtier_agent_deduplicated_blocks_total";
+    /// Blocks written behind to the pool.
+    pub const AGENT_POOL_WRITES: &str = "kvtier_agent_pool_writes_total";
+    /// Leases released because their engine's connection closed.
+    pub const AGENT_RECLAIMED: &str = "kvtier_agent_reclaimed_leases_total";
+    /// The agent's pool backend (`backend` label: embedded, servers, shared-dir, none), value 1.
+    pub const AGENT_POOL_BACKEND: &str = "kvtier_agent_pool_backend";
+    /// Per tenant (the engine name): sessions open.
+    pub const TENANT_SESSIONS: &str = "kvtier_tenant_sessions";
+    /// Per tenant: arena slots leased now.
+    pub const TENANT_LEASES: &str = "kvtier_tenant_leases";
+    /// Per tenant: bytes of the arena held by blocks the tenant saved.
+    pub const TENANT_USED_BYTES: &str = "kvtier_tenant_used_bytes";
+    /// Per tenant: blocks saved.
+    pub const TENANT_SAVES: &str = "kvtier_tenant_saved_blocks_total";
+    /// Per tenant: blocks loaded (from memory or the pool).
+    pub const TENANT_LOADS: &str = "kvtier_tenant_loaded_blocks_total";
+    /// Per tenant: blocks asked for and not delivered.
+    pub const TENANT_MISSES: &str = "kvtier_tenant_missed_blocks_total";
+
+    /// Pool server: connections open now.
+    pub const POOL_CONNECTIONS: &str = "kvtier_pool_connections";
+    /// Pool server: connections accepted since start.
+    pub const POOL_CONNECTIONS_TOTAL: &str = "kvtier_pool_connections_total";
+    /// Pool server: connections closed for a bad frame or failed authentication, by reason.
+    pub const POOL_REJECTED: &str = "kvtier_pool_rejected_connections_total";
+    /// Pool server: requests, by op.
+    pub const POOL_REQUESTS: &str = "kvtier_pool_requests_total";
+    /// Pool server: puts refused because the record failed verification (checksum, header,
+    /// key).
+    pub const POOL_BAD_RECORDS: &str = "kvtier_pool_bad_records_total";
+    /// Pool server: puts whose body was streamed to disk while it arrived.
+    pub const POOL_STREAMED_PUTS: &str = "kvtier_pool_streamed_puts_total";
+    /// Pool server: requests that failed (I/O, no space, draining).
+    pub const POOL_ERRORS: &str = "kvtier_pool_errors_total";
+    /// Pool server: whether it is draining (1) or taking writes (0).
+    pub const POOL_DRAINING: &str = "kvtier_pool_draining";
+}
+
+/// Snapshot of a store's counters, for `--json`, `kvtier stat` and tests.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Lookups that found the object.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+    /// Objects stored.
+    pub puts: u64,
+    /// Objects evicted to make room.
+    pub evictions: u64,
+    /// Objects dropped as corrupt, by reason.
+    pub corrupt: Vec<(&'static str, u64)>,
+    /// Bytes stored.
+    pub bytes_in: u64,
+    /// Bytes returned.
+    pub bytes_out: u64,
+    /// Objects currently indexed.
+    pub objects: u64,
+    /// Bytes currently used (slots or segment files).
+    pub used_bytes: u64,
+    /// Configured capacity in bytes.
+    pub capacity_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_bounds_match_the_published_seconds() {
+        for (ns, s) in LATENCY_BOUNDS_NS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*ns, (s * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn histogram_puts_each_observation_in_its_bucket() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(10)); // on a bound: that bucket (le is inclusive)
+        h.observe(Duration::from_micros(11));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60)); // past the last bound: +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.counts[0], 1);
+        assert_eq!(s.counts[1], 1);
+        assert_eq!(s.counts[8], 1, "3 ms falls in (2.5 ms, 5 ms]");
+        assert_eq!(s.counts[LATENCY_BUCKETS.len()], 1);
+        assert!((s.sum_seconds - 60.003_021).abs() < 1e-9);
+    }
+
+    #[test]
+    fn op_latency_ignores_an_unknown_op() {
+        let l = OpLatency::new(&["a", "b"]);
+        l.observe(1, Duration::from_millis(1));
+        l.observe(7, Duration::from_millis(1));
+        let s = l.snapshot();
+        assert_eq!((s[0].1.count(), s[1].1.count()), (0, 1));
+    }
+}

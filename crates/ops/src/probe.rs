@@ -1,0 +1,207 @@
+//! Reachability and readiness: what `/readyz` answers, and the live checks of
+//! `kvtier config check` (pool servers reachable, secret files readable).
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::config::{AgentSection, Config};
+use kvtier_agent::State;
+use kvtier_core::error::{Error, Result};
+use kvtier_pool::placement::Member;
+use kvtier_pool::server::PoolServer;
+
+/// Resolves `addr` (`host:port`) and connects to the first of its addresses that answers
+/// within `timeout` (`localhost` may resolve to `::1` first while a daemon listens on
+/// `127.0.0.1`).
+pub fn connect(addr: &str, timeout: Duration) -> std::result::Result<TcpStream, String> {
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{addr}` resolves to no address"));
+    }
+    let mut last = String::new();
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("cannot connect to {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Whether `addr` accepts a connection within `timeout` (see [`connect`]).
+pub fn reachable(addr: &str, timeout: Duration) -> std::result::Result<(), String> {
+    connect(addr, timeout).map(drop)
+}
+
+/// The address part of a pool member (`host:port=weight`).
+fn member_addr(m: &str) -> String {
+    Member::parse(m).map_or_else(|_| m.to_string(), |m| m.addr)
+}
+
+/// Every pool server of `agent` is resolvable and accepts a connection within `timeout`; the
+/// error names the member (`agent.pool_servers[1]`).
+pub fn check_pool_servers(agent: &AgentSection, timeout: Duration) -> Result<()> {
+    for (i, m) in agent.pool_servers.iter().enumerate() {
+        reachable(&member_addr(m), timeout).map_err(|why| {
+            Error::invalid(format!(
+                "agent.pool_servers[{i}]: `{m}` is unreachable: {why}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The secret files of `sections` exist and hold a usable secret.
+pub fn check_files(cfg: &Config, sections: &[&str]) -> Result<()> {
+    let files = [
+        (
+            "agent",
+            "agent.pool_secret_file",
+            &cfg.agent.pool_secret_file,
+        ),
+        ("pool", "pool.secret_file", &cfg.pool.secret_file),
+    ];
+    for (section, field, file) in files {
+        if let (true, Some(f)) = (sections.contains(&section), file) {
+            kvtier_pool::auth::read_secret(f)
+                .map_err(|e| Error::invalid(format!("{field}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the agent's readiness depends on besides serving: its pool.
+#[derive(Debug, Clone)]
+pub enum PoolCheck {
+    /// No pool, or the embedded one (open once the agent serves).
+    Nothing,
+    /// At least one of these pool servers accepts connections.
+    Servers(Vec<String>),
+    /// The shared directory is there.
+    SharedDir(PathBuf),
+}
+
+impl PoolCheck {
+    /// What `agent` needs.
+    pub fn for_agent(agent: &AgentSection) -> PoolCheck {
+        if agent.no_pool {
+            PoolCheck::Nothing
+        } else if !agent.pool_servers.is_empty() {
+            PoolCheck::Servers(agent.pool_servers.iter().map(|m| member_addr(m)).collect())
+        } else if let Some(d) = &agent.shared_dir {
+            PoolCheck::SharedDir(d.clone())
+        } else {
+            PoolCheck::Nothing
+        }
+    }
+
+    fn run(&self) -> std::result::Result<(), String> {
+        match self {
+            PoolCheck::Nothing => Ok(()),
+            PoolCheck::Servers(addrs) => {
+                let mut why = Vec::new();
+                for a in addrs {
+                    match reachable(a, Duration::from_millis(500)) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => why.push(e),
+                    }
+                }
+                Err(format!("no pool server reachable ({})", why.join("; ")))
+            }
+            PoolCheck::SharedDir(d) => match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(format!(
+                    "the shared directory {} is not a directory",
+                    d.display()
+                )),
+                Err(e) => Err(format!("the shared directory {}: {e}", d.display())),
+            },
+        }
+    }
+}
+
+/// The agent's readiness: serving, and its pool reachable. A pool check result is reused for
+/// a second, so that frequent probes cost one connection attempt a second at most.
+pub struct AgentReadiness {
+    state: Arc<State>,
+    check: PoolCheck,
+    last: Mutex<Option<(Instant, std::result::Result<(), String>)>>,
+}
+
+impl AgentReadiness {
+    /// Readiness of the agent whose state is `state`.
+    pub fn new(state: Arc<State>, check: PoolCheck) -> Self {
+        AgentReadiness {
+            state,
+            check,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        if self.state.is_stopping() {
+            return Err("the agent is shutting down".into());
+        }
+        let mut last = self.last.lock();
+        if let Some((at, r)) = &*last {
+            if at.elapsed() < Duration::from_secs(1) {
+                return r.clone();
+            }
+        }
+        let r = self.check.run();
+        *last = Some((Instant::now(), r.clone()));
+        r
+    }
+}
+
+/// A pool server's readiness: serving and not draining.
+pub fn pool_ready(server: &PoolServer) -> std::result::Result<(), String> {
+    if server.is_draining() {
+        return Err("the pool server is draining".into());
+    }
+    if !server.is_serving() {
+        return Err("the pool server is not accepting connections".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_and_unresolvable_members_are_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = listener.local_addr().unwrap().to_string();
+        let mut a = AgentSection {
+            pool_servers: vec![up.clone(), format!("{up}=2")],
+            ..AgentSection::default()
+        };
+        check_pool_servers(&a, Duration::from_secs(1)).unwrap();
+        drop(listener);
+        a.pool_servers = vec![format!("{up}=2"), "127.0.0.1:1".into()];
+        let e = check_pool_servers(&a, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.pool_servers[0]") && e.contains(&up),
+            "{e}"
+        );
+        a.pool_servers = vec!["no-such-host.invalid:7070".into()];
+        let e = check_pool_servers(&a, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.pool_servers[0]") && e.contains("resolve"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,1001 @@
+//! The pool client: what an agent (or `kvtier bench pool`) uses to reach pool servers.
+//!
+//! - Placement by [`Placement`] (weighted rendezvous, replication factor).
+//! - A few multiplexed connections per server: every request carries an id, many are in
+//!   flight on one connection, and a reader task hands each response to its caller.
+//! - A deadline on every call, covering connecting and every replica tried.
+//! - Puts go to all replicas at once and succeed when at least one stored the record; gets try
+//!   replicas in order and verify every record end to end (header, key, payload checksum): a
+//!   record that fails is a miss on that replica and the next one is asked.
+//! - A server that failed is skipped for a second (`down_for`), so a dead member costs a
+//!   refused connection once, not on every call.
+//!
+//! The async methods run on the client's own runtime; [`PoolBackend`] wraps them for the
+//! agent's threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::placement::{Member, Placement};
+use super::server::{read_frame, write_frame, ReadError};
+use super::splice::SPLICE_MIN;
+use super::wire::{self, Frame, Op, Status};
+use super::{auth, verify_record_hashed, PoolBackend};
+use kvtier_core::block::BlockHeader;
+use kvtier_core::buf::{AlignedBuf, BufPool};
+use kvtier_core::error::{Error, ErrorKind, Result};
+use kvtier_core::key::BlockKey;
+use kvtier_core::metrics::{Counter, StoreStats};
+
+/// How bytes travel to pool servers (also the agent's `agent.pool_transport` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The framed protocol over TCP.
+    #[default]
+    Tcp,
+    /// UCX tagged messages (feature `ucx`), set up over the TCP connection.
+    Ucx,
+}
+
+impl Transport {
+    /// Parses `tcp` or `ucx`.
+    pub fn parse(s: &str) -> Result<Transport> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "ucx" => Ok(Transport::Ucx),
+            _ => Err(Error::invalid("the pool transport is `tcp` or `ucx`").with_context("got", s)),
+        }
+    }
+}
+
+/// Configuration of a pool client.
+#[derive(Debug, Clone)]
+pub struct PoolClientConfig {
+    /// TCP (default) or UCX.
+    pub transport: Transport,
+    /// The pool servers.
+    pub members: Vec<Member>,
+    /// Copies of each object. Default 1.
+    pub replication: usize,
+    /// The shared secret, when the servers require one.
+    pub secret: Option<Vec<u8>>,
+    /// Deadline of one call (all replicas and reconnects included). Default 2 s.
+    pub timeout: Duration,
+    /// Connections per server. Default 2.
+    pub conns_per_member: usize,
+    /// How long a failed server is skipped. Default 1 s.
+    pub down_for: Duration,
+    /// Largest response body accepted. Default 64 MiB + a page.
+    pub max_body: u32,
+    /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
+    pub buffer_pool_bytes: usize,
+    /// When records of 256 KiB and more are sent without copying them. Default
+    /// [`Splice::Remote`].
+    pub splice: Splice,
+}
+
+/// When the pool client sends a large record over TCP without copying it (`vmsplice` and
+/// `splice`, see [`super::splice`]; it falls back to copying where the kernel refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// To servers on other hosts only. To one on this host (a loopback address, or this
+    /// side's own address) the receiver would copy out of the sender's pages one 4 KiB
+    /// fragment at a time, which is slower than copying the body twice (4 MiB sends on one
+    /// loopback TCP connection: 2.5 GB/s spliced, 4.5-5.4 GB/s copied).
+    Remote,
+    /// To every server.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl PoolClientConfig {
+    /// Defaults around a member list.
+    pub fn new(members: Vec<Member>) -> Self {
+        PoolClientConfig {
+            transport: Transport::Tcp,
+            members,
+            replication: 1,
+            secret: None,
+            timeout: Duration::from_secs(2),
+            conns_per_member: 2,
+            down_for: Duration::from_secs(1),
+            max_body: (64 << 20) + 4096,
+            buffer_pool_bytes: 256 << 20,
+            splice: Splice::Remote,
+        }
+    }
+}
+
+/// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
+/// reader computed it on the way in (see [`read_answer`]).
+pub(super) type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
+
+/// One multiplexed connection.
+struct Conn {
+    out: mpsc::Sender<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+    /// UCX connections: wakes the thread that sends what `out` holds.
+    #[cfg(feature = "ucx")]
+    bell: Option<Arc<super::ucx::Bell>>,
+}
+
+struct MemberState {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    next: AtomicUsize,
+    down_until: Mutex<Option<Instant>>,
+    /// Serialises connecting, so a burst of calls opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Counters {
+    puts: Counter,
+    put_partial: Counter,
+    gets: Counter,
+    hits: Counter,
+    misses: Counter,
+    corrupt: Counter,
+    replica_failures: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+/// A client of a set of pool servers. Cheap to share (`Arc`).
+pub struct PoolClient {
+    placement: Placement,
+    cfg: PoolClientConfig,
+    members: Vec<MemberState>,
+    next_id: AtomicU64,
+    counters: Counters,
+    /// Response buffers, reused (callers hand them back with [`PoolClient::recycle`]).
+    bufs: Arc<BufPool>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for PoolClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolClient")
+            .field("members", &self.placement.members())
+            .field("replication", &self.placement.replication())
+            .finish()
+    }
+}
+
+fn unavailable(addr: &str, what: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("pool server {addr}: {what}"),
+    )
+}
+
+impl PoolClient {
+    /// Checks the configuration and starts the client's runtime. Connects lazily.
+    pub fn new(cfg: PoolClientConfig) -> Result<Arc<PoolClient>> {
+        let placement = Placement::new(cfg.members.clone(), cfg.replication)?;
+        if cfg.timeout.is_zero() {
+            return Err(Error::invalid(
+                "the pool client's timeout must be above zero",
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kvtier-pool-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the pool client's runtime", e))?;
+        let members = cfg
+            .members
+            .iter()
+            .map(|_| MemberState {
+                conns: Mutex::new(Vec::new()),
+                next: AtomicUsize::new(0),
+                down_until: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        let bufs = Arc::new(BufPool::new(cfg.buffer_pool_bytes));
+        Ok(Arc::new(PoolClient {
+            placement,
+            cfg,
+            members,
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+            bufs,
+            rt,
+        }))
+    }
+
+    /// Fills the buffer pool with `n` buffers of `len` bytes, their pages touched, so that a
+    /// burst of gets does not page-fault (benchmarks; a warm client gets there by itself).
+    pub fn prewarm(&self, n: usize, len: usize) {
+        for _ in 0..n {
+            let mut b = AlignedBuf::zeroed(len);
+            for p in b.chunks_mut(kvtier_core::buf::ALIGN) {
+                p[0] = 1;
+            }
+            self.bufs.give(b);
+        }
+    }
+
+    /// Hands a buffer returned by [`get`](Self::get) back for reuse.
+    pub fn recycle(&self, buf: AlignedBuf) {
+        self.bufs.give(buf);
+    }
+
+    /// The placement in use.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Runs `fut` on the client's runtime and waits for it, from any thread (including a
+    /// thread of another tokio runtime).
+    pub fn block<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .expect("a pool client task panicked or its runtime stopped")
+    }
+
+    async fn connect(&self, m: usize) -> Result<Arc<Conn>> {
+        let addr = self.placement.members()[m].addr.clone();
+        let sock = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
+        let _ = sock.set_nodelay(true);
+        // A server on this host: a loopback address, or this side's own.
+        let local = || match (sock.peer_addr(), sock.local_addr()) {
+            (Ok(p), Ok(l)) => p.ip().to_canonical().is_loopback() || p.ip() == l.ip(),
+            _ => false,
+        };
+        let splice = match self.cfg.splice {
+            Splice::Remote => !local(),
+            Splice::Always => true,
+            Splice::Never => false,
+        };
+        wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
+        let (mut rd, mut wr) = sock.into_split();
+        let (hello, nonce) = read_frame(&mut rd, 64)
+            .await
+            .map_err(|e| unavailable(&addr, format_args!("handshake failed: {e}")))?;
+        if hello.op != Op::Hello {
+            return Err(unavailable(&addr, "handshake failed: no hello"));
+        }
+        let proof = match (
+            &self.cfg.secret,
+            hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
+        ) {
+            (Some(s), _) => auth::proof(s, &nonce).to_vec(),
+            (None, true) => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "pool server {addr} requires a shared secret; configure the pool secret"
+                    ),
+                ))
+            }
+            (None, false) => Vec::new(),
+        };
+        let f = Frame::request(Op::Auth, 0, BlockKey::default(), proof.len() as u32);
+        wr.write_all(&f.encode())
+            .await
+            .map_err(|e| unavailable(&addr, e))?;
+        wr.write_all(&proof)
+            .await
+            .map_err(|e| unavailable(&addr, e))?;
+        match read_frame(&mut rd, 0).await {
+            Ok((f, _)) if f.op == Op::Auth && f.status == Status::Ok => {}
+            Ok(_) | Err(ReadError::Closed) | Err(ReadError::Io(_)) => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("pool server {addr} refused the connection: wrong shared secret?"),
+                ))
+            }
+            Err(e) => return Err(unavailable(&addr, e)),
+        }
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Default::default();
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::channel::<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>(256);
+        if self.cfg.transport == Transport::Ucx {
+            #[cfg(feature = "ucx")]
+            {
+                let bell = super::ucx::connect_client(
+                    rd,
+                    wr,
+                    rx,
+                    pending.clone(),
+                    dead.clone(),
+                    self.cfg.max_body,
+                    self.bufs.clone(),
+                )
+                .await
+                .map_err(|e| unavailable(&addr, e))?;
+                return Ok(Arc::new(Conn {
+                    out: tx,
+                    pending,
+                    dead,
+                    bell: Some(bell),
+                }));
+            }
+            #[cfg(not(feature = "ucx"))]
+            return Err(Error::invalid(
+                "this kvtier was built without UCX; rebuild with `--features ucx` or use the tcp transport",
+            ));
+        }
+        // Writer: frames in the order calls were made. Large records are spliced (their pages
+        // handed to the kernel, not copied: see `super::splice`).
+        let (p2, d2) = (pending.clone(), dead.clone());
+        // Spliced records, kept alive until their answer arrives (the kernel reads their pages
+        // until the server has read them, even if the caller gave up on the put meanwhile).
+        let held: Arc<Mutex<HashMap<u64, Arc<AlignedBuf>>>> = Default::default();
+        let (h2, h3) = (held.clone(), held.clone());
+        let mut pipe = if splice {
+            super::splice::SplicePipe::new()
+                .inspect_err(|e| {
+                    kvtier_core::metrics::Fallback::SpliceToCopy.count();
+                    tracing::debug!(error = %e, "no pipe for zero-copy sends; copying records");
+                })
+                .ok()
+        } else {
+            None
+        };
+        self.rt.spawn(async move {
+            while let Some((f, rec, bytes)) = rx.recv().await {
+                let res = async {
+                    let head = f.encode();
+                    // A request's body is its record, or bytes of its own (puts carry none;
+                    // any would follow the record).
+                    let Some(r) = rec else {
+                        return write_frame(&mut wr, &head, &bytes).await;
+                    };
+                    let body = &r[..f.body_len as usize];
+                    if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
+                        // Held before any byte goes out, so its answer always finds it.
+                        h2.lock().insert(f.id, r.clone());
+                        wr.write_all(&head).await?;
+                        if p.send(wr.as_ref(), body).await? {
+                            return wr.write_all(&bytes).await;
+                        }
+                        h2.lock().remove(&f.id);
+                        // Refused (a seccomp profile, say): copy from now on.
+                        kvtier_core::metrics::Fallback::SpliceToCopy.count();
+                        tracing::debug!("vmsplice refused; copying records");
+                        pipe = None;
+                        wr.write_all(body).await?;
+                        return wr.write_all(&bytes).await;
+                    }
+                    write_frame(&mut wr, &head, body).await?;
+                    wr.write_all(&bytes).await
+                }
+                .await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            d2.store(true, Ordering::Relaxed);
+            p2.lock().clear();
+        });
+        // Reader: hands each response to its caller by request id.
+        let (p3, d3, max) = (pending.clone(), dead.clone(), self.cfg.max_body);
+        let bufs = self.bufs.clone();
+        self.rt.spawn(async move {
+            loop {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
+                match read_answer(&mut rd, max, &bufs, Some(fd)).await {
+                    Ok((f, body, hash)) => {
+                        h3.lock().remove(&f.id);
+                        if let Some(tx) = p3.lock().remove(&f.id) {
+                            let _ = tx.send(Ok((f, body, hash)));
+                        }
+                    }
+                    Err(e) => {
+                        // The connection is gone: no one will read those pages any more.
+                        h3.lock().clear();
+                        d3.store(true, Ordering::Relaxed);
+                        for (_, tx) in p3.lock().drain() {
+                            let _ = tx.send(Err(format!("connection lost: {e}")));
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(Conn {
+            out: tx,
+            pending,
+            dead,
+            #[cfg(feature = "ucx")]
+            bell: None,
+        }))
+    }
+
+    async fn conn(&self, m: usize) -> Result<Arc<Conn>> {
+        let st = &self.members[m];
+        let addr = &self.placement.members()[m].addr;
+        if let Some(until) = *st.down_until.lock() {
+            if Instant::now() < until {
+                return Err(unavailable(addr, "marked down after a recent failure"));
+            }
+        }
+        let pick = |conns: &mut Vec<Arc<Conn>>| {
+            conns.retain(|c| !c.dead.load(Ordering::Relaxed));
+            (conns.len() >= self.cfg.conns_per_member.max(1))
+                .then(|| conns[st.next.fetch_add(1, Ordering::Relaxed) % conns.len()].clone())
+        };
+        if let Some(c) = pick(&mut st.conns.lock()) {
+            return Ok(c);
+        }
+        let _g = st.connecting.lock().await;
+        if let Some(c) = pick(&mut st.conns.lock()) {
+            return Ok(c);
+        }
+        match self.connect(m).await {
+            Ok(c) => {
+                *st.down_until.lock() = None;
+                st.conns.lock().push(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                // A server that has connections alive is not down; use one of them.
+                let alive = st.conns.lock().first().cloned();
+                match alive {
+                    Some(c) => Ok(c),
+                    None => {
+                        *st.down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request to member `m`; the response frame and body.
+    async fn call(
+        &self,
+        m: usize,
+        f: Frame,
+        rec: Option<Arc<AlignedBuf>>,
+        bytes: Vec<u8>,
+    ) -> Result<(Frame, AlignedBuf)> {
+        self.call_hashed(m, f, rec, bytes)
+            .await
+            .map(|(f, body, _)| (f, body))
+    }
+
+    /// [`call`](Self::call), with the payload hash of a record answer when it was computed
+    /// on the way in.
+    async fn call_hashed(
+        &self,
+        m: usize,
+        mut f: Frame,
+        rec: Option<Arc<AlignedBuf>>,
+        bytes: Vec<u8>,
+    ) -> Result<(Frame, AlignedBuf, Option<u64>)> {
+        let addr = &self.placement.members()[m].addr;
+        let conn = self.conn(m).await?;
+        f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(f.id, tx);
+        // The connection's reader marks it dead, then fails the calls pending on it; a call
+        // registered after that would wait for its deadline instead of going on to the next
+        // replica, so it looks at the mark once registered.
+        if conn.dead.load(Ordering::Relaxed) {
+            conn.pending.lock().remove(&f.id);
+            return Err(unavailable(addr, "connection lost"));
+        }
+        if conn.out.send((f, rec, bytes)).await.is_err() {
+            conn.pending.lock().remove(&f.id);
+            return Err(unavailable(addr, "connection closed"));
+        }
+        #[cfg(feature = "ucx")]
+        if let Some(b) = &conn.bell {
+            b.ring();
+        }
+        let res = rx.await;
+        match res {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                *self.members[m].down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                Err(unavailable(addr, e))
+            }
+            Err(_) => Err(unavailable(addr, "connection closed")),
+        }
+    }
+
+    async fn with_deadline<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("pool {what} took longer than {:?}", self.cfg.timeout),
+            )),
+        }
+    }
+
+    /// Stores a sealed record on every replica of its key, at once. Succeeds when at least
+    /// one replica stored it (fewer than all is counted in `put_partial`).
+    pub async fn put(&self, record: Arc<AlignedBuf>) -> Result<usize> {
+        let h = BlockHeader::decode(&record).map_err(Error::from)?;
+        let key = h.key();
+        let len = h.record_len();
+        if record.len() < len {
+            return Err(Error::invalid("a record shorter than its header says"));
+        }
+        self.counters.puts.inc();
+        let reps = self.placement.replicas(key);
+        let n = reps.len();
+        let results = self
+            .with_deadline("put", async {
+                let calls = reps.iter().map(|&m| {
+                    let f = Frame::request(Op::Put, 0, key, len as u32);
+                    self.call(m, f, Some(record.clone()), Vec::new())
+                });
+                Ok(futures_join_all(calls).await)
+            })
+            .await?;
+        let mut stored = 0;
+        let mut last = None;
+        for r in results {
+            match r {
+                Ok((f, _)) if f.status == Status::Ok => stored += 1,
+                Ok((f, body)) => {
+                    self.counters.replica_failures.inc();
+                    let msg = String::from_utf8_lossy(&body).into_owned();
+                    let kind = if f.status == Status::NoSpace {
+                        ErrorKind::NoSpace
+                    } else {
+                        ErrorKind::Unavailable
+                    };
+                    last = Some(Error::new(
+                        kind,
+                        format!("pool put refused ({:?}): {msg}", f.status),
+                    ));
+                }
+                Err(e) => {
+                    self.counters.replica_failures.inc();
+                    last = Some(e);
+                }
+            }
+        }
+        if stored == 0 {
+            return Err(last.unwrap_or_else(|| Error::new(ErrorKind::Unavailable, "no replica")));
+        }
+        if stored < n {
+            self.counters.put_partial.inc();
+        }
+        self.counters.bytes_in.add(len as u64);
+        Ok(stored)
+    }
+
+    /// Fetches and verifies the record of `key` from the first replica that has a good copy.
+    /// `bypass_cache` asks the servers to read from disk.
+    pub async fn get(&self, key: BlockKey, bypass_cache: bool) -> Result<Option<AlignedBuf>> {
+        self.counters.gets.inc();
+        let flags = if bypass_cache {
+            wire::FLAG_BYPASS_CACHE
+        } else {
+            0
+        };
+        let res = self
+            .with_deadline("get", async {
+                let mut last_err = None;
+                for m in self.placement.replicas(key) {
+                    let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
+                    match self.call_hashed(m, f, None, Vec::new()).await {
+                        Ok((f, body, hash)) if f.status == Status::Ok => {
+                            match verify_record_hashed(&body, key, hash) {
+                                Ok(_) => return Ok(Some(body)),
+                                Err(v) => {
+                                    self.recycle(body);
+                                    self.counters.corrupt.inc();
+                                    tracing::warn!(%key, server = %self.placement.members()[m].addr, reason = v.as_str(), "pool record failed verification; trying the next replica");
+                                }
+                            }
+                        }
+                        Ok((f, _, _)) if f.status == Status::NotFound => {}
+                        Ok((f, body, _)) => {
+                            self.counters.replica_failures.inc();
+                            last_err = Some(unavailable(
+                                &self.placement.members()[m].addr,
+                                format_args!("{:?}: {}", f.status, String::from_utf8_lossy(&body)),
+                            ));
+                        }
+                        Err(e) => {
+                            self.counters.replica_failures.inc();
+                            last_err = Some(e);
+                        }
+                    }
+                }
+                match last_err {
+                    // Every replica failed: say so; a plain miss is `None`.
+                    Some(e) if !self.any_replica_answered(key) => Err(e),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        match &res {
+            Some(b) => {
+                self.counters.hits.inc();
+                self.counters.bytes_out.add(b.len() as u64);
+            }
+            None => self.counters.misses.inc(),
+        }
+        Ok(res)
+    }
+
+    fn any_replica_answered(&self, key: BlockKey) -> bool {
+        self.placement.replicas(key).iter().any(|&m| {
+            self.members[m]
+                .down_until
+                .lock()
+                .is_none_or(|t| Instant::now() >= t)
+        })
+    }
+
+    /// Which of `keys` are stored (asked of each key's first live replica, in one batch per
+    /// server; a server that fails is retried on the next replica).
+    #[allow(clippy::needless_range_loop)] // `attempt` indexes every key's replica list
+    pub async fn exists(&self, keys: &[BlockKey]) -> Result<Vec<bool>> {
+        let ranked: Vec<Vec<usize>> = keys.iter().map(|k| self.placement.replicas(*k)).collect();
+        let mut out = vec![false; keys.len()];
+        self.with_deadline("exists", async {
+            let mut todo: Vec<usize> = (0..keys.len()).collect();
+            for attempt in 0..self.placement.replication() {
+                if todo.is_empty() {
+                    break;
+                }
+                let mut by_member: HashMap<usize, Vec<usize>> = HashMap::new();
+                for &i in &todo {
+                    by_member.entry(ranked[i][attempt]).or_default().push(i);
+                }
+                todo.clear();
+                let calls = by_member.into_iter().map(|(m, idx)| async move {
+                    let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
+                    let body = wire::encode_keys(&ks);
+                    let f = Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
+                    (idx, self.call(m, f, None, body).await)
+                });
+                for (idx, r) in futures_join_all(calls).await {
+                    match r {
+                        Ok((f, body)) if f.status == Status::Ok && body.len() == idx.len() => {
+                            for (j, &i) in idx.iter().enumerate() {
+                                out[i] = body[j] != 0;
+                                // A replica without it may still be behind another that has it.
+                                if body[j] == 0 {
+                                    todo.push(i);
+                                }
+                            }
+                        }
+                        _ => todo.extend(idx),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Removes `key` from every replica. True if any had it.
+    pub async fn delete(&self, key: BlockKey) -> Result<bool> {
+        self.with_deadline("delete", async {
+            let calls = self
+                .placement
+                .replicas(key)
+                .into_iter()
+                .map(|m| self.call(m, Frame::request(Op::Delete, 0, key, 0), None, Vec::new()));
+            Ok(futures_join_all(calls)
+                .await
+                .into_iter()
+                .any(|r| matches!(r, Ok((f, _)) if f.status == Status::Ok)))
+        })
+        .await
+    }
+
+    /// The counters of member `m` ([`super::server::PoolServerStats`] as JSON).
+    pub async fn server_stats(&self, m: usize) -> Result<serde_json::Value> {
+        self.with_deadline("stats", async {
+            let (_, body) = self
+                .call(
+                    m,
+                    Frame::request(Op::Stats, 0, BlockKey::default(), 0),
+                    None,
+                    Vec::new(),
+                )
+                .await?;
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::corrupt(format!("pool stats are not valid JSON: {e}")))
+        })
+        .await
+    }
+
+    /// The client's own counters.
+    pub fn client_stats(&self) -> PoolClientStats {
+        let c = &self.counters;
+        PoolClientStats {
+            puts: c.puts.get(),
+            put_partial: c.put_partial.get(),
+            gets: c.gets.get(),
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            corrupt: c.corrupt.get(),
+            replica_failures: c.replica_failures.get(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+        }
+    }
+}
+
+/// A pool client's counters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+pub struct PoolClientStats {
+    /// Puts attempted.
+    pub puts: u64,
+    /// Puts stored on fewer replicas than asked.
+    pub put_partial: u64,
+    /// Gets attempted.
+    pub gets: u64,
+    /// Gets that returned a verified record.
+    pub hits: u64,
+    /// Gets that found no good copy.
+    pub misses: u64,
+    /// Records that failed verification on the way back (each is retried on another replica).
+    pub corrupt: u64,
+    /// Calls to one replica that failed (refused, timed out, connection lost, error status).
+    pub replica_failures: u64,
+    /// Bytes stored.
+    pub bytes_in: u64,
+    /// Bytes fetched.
+    pub bytes_out: u64,
+}
+
+/// Waits for all futures, concurrently, keeping their order.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<Option<_>> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+impl PoolClient {
+    /// Copies a fetched record into the caller's buffer (the record buffer is reused).
+    fn copy_out(&self, got: Option<AlignedBuf>, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
+        let Some(rec) = got else {
+            return Ok(None);
+        };
+        let h = BlockHeader::decode(&rec).map_err(Error::from)?;
+        let len = h.record_len().min(rec.len());
+        if buf.len() < len {
+            return Err(Error::invalid(format!(
+                "read buffer of {} bytes for a {len}-byte record",
+                buf.len()
+            )));
+        }
+        buf[..len].copy_from_slice(&rec[..len]);
+        self.recycle(rec);
+        Ok(Some(h))
+    }
+}
+
+/// The agent's view: blocking calls on the client's runtime, each within the deadline.
+impl PoolBackend for Arc<PoolClient> {
+    fn kind(&self) -> &'static str {
+        "servers"
+    }
+
+    fn put_record(&self, record: &[u8]) -> Result<()> {
+        self.put_many(&[record])
+            .pop()
+            .expect("one record, one result")
+    }
+
+    /// Every record copied out (the caller's memory may be reused once this returns), then
+    /// all put at once.
+    fn put_many(&self, records: &[&[u8]]) -> Vec<Result<()>> {
+        let copies: Vec<Result<AlignedBuf>> = records
+            .iter()
+            .map(|record| {
+                let h = BlockHeader::decode(record).map_err(Error::from)?;
+                let len = h.record_len().min(record.len());
+                let mut buf = self.bufs.take(len);
+                buf.copy_from_slice(&record[..len]);
+                Ok(buf)
+            })
+            .collect();
+        let c = self.clone();
+        self.block(async move {
+            let puts = copies.into_iter().map(|b| {
+                let c = c.clone();
+                async move {
+                    let buf = Arc::new(b?);
+                    let r = c.put(buf.clone()).await.map(|_| ());
+                    if let Ok(b) = Arc::try_unwrap(buf) {
+                        c.recycle(b);
+                    }
+                    r
+                }
+            });
+            futures_join_all(puts).await
+        })
+    }
+
+    fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
+        self.get_many_into(&mut [(key, buf)])
+            .pop()
+            .expect("one request, one result")
+    }
+
+    /// Every get at once (each with its own deadline), then copied into its buffer.
+    fn get_many_into(
+        &self,
+        reqs: &mut [(BlockKey, &mut [u8])],
+    ) -> Vec<Result<Option<BlockHeader>>> {
+        let keys: Vec<BlockKey> = reqs.iter().map(|r| r.0).collect();
+        let c = self.clone();
+        let got = self.block(async move {
+            futures_join_all(keys.into_iter().map(|k| {
+                let c = c.clone();
+                async move { c.get(k, false).await }
+            }))
+            .await
+        });
+        reqs.iter_mut()
+            .zip(got)
+            .map(|((_, buf), r)| self.copy_out(r?, buf))
+            .collect()
+    }
+
+    fn contains(&self, key: BlockKey) -> bool {
+        self.contains_many(&[key])[0]
+    }
+
+    fn contains_many(&self, keys: &[BlockKey]) -> Vec<bool> {
+        let (c, ks) = (self.clone(), keys.to_vec());
+        match self.block(async move { c.exists(&ks).await }) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "pool lookup failed (treated as a miss)");
+                vec![false; keys.len()]
+            }
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = self.client_stats();
+        StoreStats {
+            hits: c.hits,
+            misses: c.misses,
+            puts: c.puts,
+            corrupt: vec![("payload_checksum", c.corrupt)],
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            ..StoreStats::default()
+        }
+    }
+}
+
+/// Answers of at least this many bytes have their record payload hashed while they arrive (a
+/// threshold chosen, not tuned; measured on 4 MiB records).
+const HASH_WHILE_READING: usize = 256 << 10;
+
+/// Reads one answer. A get's record of [`HASH_WHILE_READING`] bytes or more is checksummed
+/// while the rest of it crosses the socket, so verifying it costs no time after its last
+/// byte: returns the payload's xxh3-64 then (`None` otherwise, or when the first bytes are
+/// not a record header: the caller's verification then says why).
+async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max_body: u32,
+    bufs: &BufPool,
+    sock: Option<std::os::fd::RawFd>,
+) -> std::result::Result<(Frame, AlignedBuf, Option<u64>), ReadError> {
+    let f = super::server::read_header(rd, max_body).await?;
+    let len = f.body_len as usize;
+    if f.op != Op::Get || f.status != Status::Ok || len < HASH_WHILE_READING {
+        let body = super::server::read_body(rd, &f, Some(bufs)).await?;
+        return Ok((f, body, None));
+    }
+    let mut body = bufs.take(len);
+    let hash = super::server::read_body_hashed(rd, &mut body, sock).await?;
+    Ok((f, body, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvtier_core::block::BlockObject;
+    use tokio::io::AsyncWriteExt;
+
+    /// A get answer carrying `record`, written in uneven pieces into a pipe-like stream.
+    async fn answer_hash(record: &[u8], key: BlockKey) -> (AlignedBuf, Option<u64>) {
+        let (mut tx, mut rx) = tokio::io::duplex(64 << 10);
+        let f = Frame::response(
+            &Frame::request(Op::Get, 7, key, 0),
+            Status::Ok,
+            record.len() as u32,
+        );
+        let bytes = [&f.encode()[..], record].concat();
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(33_333) {
+                tx.write_all(piece).await.unwrap();
+            }
+        });
+        let (g, body, hash) = read_answer(&mut rx, 64 << 20, &BufPool::new(0), None)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!((g.id, g.body_len as usize), (7, record.len()));
+        (body, hash)
+    }
+
+    #[tokio::test]
+    async fn record_answers_are_hashed_on_the_way_in_and_bad_bytes_fail() {
+        let key = BlockKey::from_u128(42);
+        let mut o = BlockObject::new(1_000_000).unwrap();
+        o.payload_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i * 31 / 7) as u8);
+        o.seal(key, 0, 0);
+        let good = o.into_record();
+        let (body, hash) = answer_hash(&good, key).await;
+        assert!(body[..] == good[..]);
+        assert!(hash.is_some(), "a large record is hashed while it is read");
+        assert!(verify_record_hashed(&body, key, hash).is_ok());
+        // One flipped payload byte: the hash computed on the way in gives it away.
+        let mut bad = AlignedBuf::zeroed(good.len());
+        bad.copy_from_slice(&good);
+        bad[600_000] ^= 0x10;
+        let (body, hash) = answer_hash(&bad, key).await;
+        assert_eq!(
+            verify_record_hashed(&body, key, hash).unwrap_err(),
+            kvtier_core::block::VerifyError::PayloadChecksum
+        );
+        // Not a record at all: no hash, and verification says why.
+        let junk = vec![9u8; 300_000];
+        let (body, hash) = answer_hash(&junk, key).await;
+        assert_eq!(hash, None);
+        assert!(verify_record_hashed(&body, key, hash).is_err());
+    }
+}
