@@ -24,10 +24,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::placement::{Member, Placement};
-use super::server::{read_frame, write_frame, ReadError};
 use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Status};
 use super::{auth, verify_record_hashed, PoolBackend};
+use crate::wire::conn::{
+    read_body, read_body_hashed, read_frame, read_header, write_frame, ReadError,
+};
 use kvtier_core::block::BlockHeader;
 use kvtier_core::buf::{AlignedBuf, BufPool};
 use kvtier_core::error::{Error, ErrorKind, Result};
@@ -930,14 +932,14 @@ async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
     bufs: &BufPool,
     sock: Option<std::os::fd::RawFd>,
 ) -> std::result::Result<(Frame, AlignedBuf, Option<u64>), ReadError> {
-    let f = super::server::read_header(rd, max_body).await?;
+    let f = read_header(rd, max_body).await?;
     let len = f.body_len as usize;
     if f.op != Op::Get || f.status != Status::Ok || len < HASH_WHILE_READING {
-        let body = super::server::read_body(rd, &f, Some(bufs)).await?;
+        let body = read_body(rd, &f, Some(bufs)).await?;
         return Ok((f, body, None));
     }
     let mut body = bufs.take(len);
-    let hash = super::server::read_body_hashed(rd, &mut body, sock).await?;
+    let hash = read_body_hashed(rd, &mut body, sock).await?;
     Ok((f, body, hash))
 }
 

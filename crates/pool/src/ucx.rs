@@ -653,7 +653,7 @@ pub(crate) async fn connect_client(
         let _ = peer_tx.send(None);
         return Err(Error::io("sending the UCX address", e));
     }
-    match super::server::read_frame(&mut rd, 1 << 20).await {
+    match crate::wire::conn::read_frame(&mut rd, 1 << 20).await {
         Ok((f, body)) if f.op == Op::UcxHello && f.status == Status::Ok && body.len() > 4 => {
             let cid = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
             let _ = peer_tx.send(Some((cid, body[4..].to_vec())));

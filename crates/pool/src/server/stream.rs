@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
-use super::{check_header, op_index, Body, PayloadHasher, PoolServer, ReadError};
+use super::{check_header, op_index, Body, PoolServer};
+use crate::wire::conn::{PayloadHasher, ReadError};
 use crate::wire::{Frame, Op, Status};
 use kvtier_core::buf::AlignedBuf;
 use kvtier_core::error::{Error, ErrorKind};

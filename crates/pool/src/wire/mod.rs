@@ -25,6 +25,8 @@
 
 use kvtier_core::key::BlockKey;
 
+pub mod conn;
+
 /// "KVTP", little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KVTP");
 /// The only version spoken today.

@@ -1,0 +1,88 @@
+//! A pool server's counters and the snapshot its `Stats` op and control plane answer.
+
+use serde::Serialize;
+
+use crate::wire::Op;
+use kvtier_core::metrics::{Counter, Gauge, StoreStats};
+
+/// The data-plane ops timed into latency histograms, in order (see [`PoolServer::latency`]).
+pub const POOL_OPS: &[&str] = &["put", "get", "exists", "delete", "stats", "other"];
+
+pub(super) fn op_index(op: Op) -> usize {
+    match op {
+        Op::Put => 0,
+        Op::Get => 1,
+        Op::Exists => 2,
+        Op::Delete => 3,
+        Op::Stats => 4,
+        _ => 5,
+    }
+}
+
+/// Counters of a pool server (see [`PoolServerStats`]).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) connections: Gauge,
+    pub(super) connections_total: Counter,
+    pub(super) rejected: Counter,
+    pub(super) bad_frames: Counter,
+    pub(super) auth_failures: Counter,
+    pub(super) puts: Counter,
+    pub(super) streamed_puts: Counter,
+    pub(super) gets: Counter,
+    pub(super) get_hits: Counter,
+    pub(super) cache_hits: Counter,
+    pub(super) cache_bytes_out: Counter,
+    pub(super) exists: Counter,
+    pub(super) deletes: Counter,
+    pub(super) errors: Counter,
+    pub(super) bad_records: Counter,
+    pub(super) in_flight: Gauge,
+}
+
+/// A snapshot of a pool server's counters (the `Stats` op and the control plane answer this).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct PoolServerStats {
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections closed for a bad frame or failed authentication.
+    pub rejected: u64,
+    /// Of those, bad frames.
+    pub bad_frames: u64,
+    /// Of those, failed authentication.
+    pub auth_failures: u64,
+    /// Put requests.
+    pub puts: u64,
+    /// Of those, puts whose body was streamed to disk as it arrived (`stream_chunk`).
+    pub streamed_puts: u64,
+    /// Get requests.
+    pub gets: u64,
+    /// Gets that found the key (cache or disk).
+    pub get_hits: u64,
+    /// Gets served from the DRAM cache.
+    pub cache_hits: u64,
+    /// Record bytes served from the DRAM cache.
+    pub cache_bytes_out: u64,
+    /// Bound of the DRAM cache in bytes.
+    pub cache_capacity: u64,
+    /// Exists requests.
+    pub exists: u64,
+    /// Delete requests.
+    pub deletes: u64,
+    /// Requests that failed (I/O, no space, draining).
+    pub errors: u64,
+    /// Puts refused because the record failed verification.
+    pub bad_records: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Records in the DRAM cache.
+    pub cache_objects: u64,
+    /// Bytes in the DRAM cache.
+    pub cache_bytes: u64,
+    /// Whether the server is draining (no new writes).
+    pub draining: bool,
+    /// The segment store.
+    pub store: StoreStats,
+}
