@@ -16,17 +16,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::placement::{Member, Placement};
+use super::placement::Placement;
 use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Status};
-use super::{auth, verify_record_hashed, PoolBackend};
+mod backend;
+
+use super::{auth, verify_record_hashed};
 use crate::wire::conn::{
     read_body, read_body_hashed, read_frame, read_header, write_frame, ReadError,
 };
@@ -34,88 +36,10 @@ use kvtier_core::block::BlockHeader;
 use kvtier_core::buf::{AlignedBuf, BufPool};
 use kvtier_core::error::{Error, ErrorKind, Result};
 use kvtier_core::key::BlockKey;
-use kvtier_core::metrics::{Counter, StoreStats};
+use kvtier_core::metrics::Counter;
 
-/// How bytes travel to pool servers (also the agent's `agent.pool_transport` key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// The framed protocol over TCP.
-    #[default]
-    Tcp,
-    /// UCX tagged messages (feature `ucx`), set up over the TCP connection.
-    Ucx,
-}
-
-impl Transport {
-    /// Parses `tcp` or `ucx`.
-    pub fn parse(s: &str) -> Result<Transport> {
-        match s {
-            "tcp" => Ok(Transport::Tcp),
-            "ucx" => Ok(Transport::Ucx),
-            _ => Err(Error::invalid("the pool transport is `tcp` or `ucx`").with_context("got", s)),
-        }
-    }
-}
-
-/// Configuration of a pool client.
-#[derive(Debug, Clone)]
-pub struct PoolClientConfig {
-    /// TCP (default) or UCX.
-    pub transport: Transport,
-    /// The pool servers.
-    pub members: Vec<Member>,
-    /// Copies of each object. Default 1.
-    pub replication: usize,
-    /// The shared secret, when the servers require one.
-    pub secret: Option<Vec<u8>>,
-    /// Deadline of one call (all replicas and reconnects included). Default 2 s.
-    pub timeout: Duration,
-    /// Connections per server. Default 2.
-    pub conns_per_member: usize,
-    /// How long a failed server is skipped. Default 1 s.
-    pub down_for: Duration,
-    /// Largest response body accepted. Default 64 MiB + a page.
-    pub max_body: u32,
-    /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
-    pub buffer_pool_bytes: usize,
-    /// When records of 256 KiB and more are sent without copying them. Default
-    /// [`Splice::Remote`].
-    pub splice: Splice,
-}
-
-/// When the pool client sends a large record over TCP without copying it (`vmsplice` and
-/// `splice`, see [`super::splice`]; it falls back to copying where the kernel refuses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Splice {
-    /// To servers on other hosts only. To one on this host (a loopback address, or this
-    /// side's own address) the receiver would copy out of the sender's pages one 4 KiB
-    /// fragment at a time, which is slower than copying the body twice (4 MiB sends on one
-    /// loopback TCP connection: 2.5 GB/s spliced, 4.5-5.4 GB/s copied).
-    Remote,
-    /// To every server.
-    Always,
-    /// Never.
-    Never,
-}
-
-impl PoolClientConfig {
-    /// Defaults around a member list.
-    pub fn new(members: Vec<Member>) -> Self {
-        PoolClientConfig {
-            transport: Transport::Tcp,
-            members,
-            replication: 1,
-            secret: None,
-            timeout: Duration::from_secs(2),
-            conns_per_member: 2,
-            down_for: Duration::from_secs(1),
-            max_body: (64 << 20) + 4096,
-            buffer_pool_bytes: 256 << 20,
-            splice: Splice::Remote,
-        }
-    }
-}
+mod config;
+pub use config::{PoolClientConfig, Splice, Transport};
 
 /// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
 /// reader computed it on the way in (see [`read_answer`]).
@@ -770,7 +694,7 @@ pub struct PoolClientStats {
 }
 
 /// Waits for all futures, concurrently, keeping their order.
-async fn futures_join_all<F: std::future::Future>(
+pub(super) async fn futures_join_all<F: std::future::Future>(
     futs: impl IntoIterator<Item = F>,
 ) -> Vec<F::Output> {
     let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
@@ -801,123 +725,6 @@ async fn futures_join_all<F: std::future::Future>(
         .collect()
 }
 
-impl PoolClient {
-    /// Copies a fetched record into the caller's buffer (the record buffer is reused).
-    fn copy_out(&self, got: Option<AlignedBuf>, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
-        let Some(rec) = got else {
-            return Ok(None);
-        };
-        let h = BlockHeader::decode(&rec).map_err(Error::from)?;
-        let len = h.record_len().min(rec.len());
-        if buf.len() < len {
-            return Err(Error::invalid(format!(
-                "read buffer of {} bytes for a {len}-byte record",
-                buf.len()
-            )));
-        }
-        buf[..len].copy_from_slice(&rec[..len]);
-        self.recycle(rec);
-        Ok(Some(h))
-    }
-}
-
-/// The agent's view: blocking calls on the client's runtime, each within the deadline.
-impl PoolBackend for Arc<PoolClient> {
-    fn kind(&self) -> &'static str {
-        "servers"
-    }
-
-    fn put_record(&self, record: &[u8]) -> Result<()> {
-        self.put_many(&[record])
-            .pop()
-            .expect("one record, one result")
-    }
-
-    /// Every record copied out (the caller's memory may be reused once this returns), then
-    /// all put at once.
-    fn put_many(&self, records: &[&[u8]]) -> Vec<Result<()>> {
-        let copies: Vec<Result<AlignedBuf>> = records
-            .iter()
-            .map(|record| {
-                let h = BlockHeader::decode(record).map_err(Error::from)?;
-                let len = h.record_len().min(record.len());
-                let mut buf = self.bufs.take(len);
-                buf.copy_from_slice(&record[..len]);
-                Ok(buf)
-            })
-            .collect();
-        let c = self.clone();
-        self.block(async move {
-            let puts = copies.into_iter().map(|b| {
-                let c = c.clone();
-                async move {
-                    let buf = Arc::new(b?);
-                    let r = c.put(buf.clone()).await.map(|_| ());
-                    if let Ok(b) = Arc::try_unwrap(buf) {
-                        c.recycle(b);
-                    }
-                    r
-                }
-            });
-            futures_join_all(puts).await
-        })
-    }
-
-    fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
-        self.get_many_into(&mut [(key, buf)])
-            .pop()
-            .expect("one request, one result")
-    }
-
-    /// Every get at once (each with its own deadline), then copied into its buffer.
-    fn get_many_into(
-        &self,
-        reqs: &mut [(BlockKey, &mut [u8])],
-    ) -> Vec<Result<Option<BlockHeader>>> {
-        let keys: Vec<BlockKey> = reqs.iter().map(|r| r.0).collect();
-        let c = self.clone();
-        let got = self.block(async move {
-            futures_join_all(keys.into_iter().map(|k| {
-                let c = c.clone();
-                async move { c.get(k, false).await }
-            }))
-            .await
-        });
-        reqs.iter_mut()
-            .zip(got)
-            .map(|((_, buf), r)| self.copy_out(r?, buf))
-            .collect()
-    }
-
-    fn contains(&self, key: BlockKey) -> bool {
-        self.contains_many(&[key])[0]
-    }
-
-    fn contains_many(&self, keys: &[BlockKey]) -> Vec<bool> {
-        let (c, ks) = (self.clone(), keys.to_vec());
-        match self.block(async move { c.exists(&ks).await }) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "pool lookup failed (treated as a miss)");
-                vec![false; keys.len()]
-            }
-        }
-    }
-
-    fn stats(&self) -> StoreStats {
-        let c = self.client_stats();
-        StoreStats {
-            hits: c.hits,
-            misses: c.misses,
-            puts: c.puts,
-            corrupt: vec![("payload_checksum", c.corrupt)],
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            ..StoreStats::default()
-        }
-    }
-}
-
 /// Answers of at least this many bytes have their record payload hashed while they arrive (a
 /// threshold chosen, not tuned; measured on 4 MiB records).
 const HASH_WHILE_READING: usize = 256 << 10;
@@ -944,60 +751,4 @@ async fn read_answer<R: tokio::io::AsyncReadExt + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kvtier_core::block::BlockObject;
-    use tokio::io::AsyncWriteExt;
-
-    /// A get answer carrying `record`, written in uneven pieces into a pipe-like stream.
-    async fn answer_hash(record: &[u8], key: BlockKey) -> (AlignedBuf, Option<u64>) {
-        let (mut tx, mut rx) = tokio::io::duplex(64 << 10);
-        let f = Frame::response(
-            &Frame::request(Op::Get, 7, key, 0),
-            Status::Ok,
-            record.len() as u32,
-        );
-        let bytes = [&f.encode()[..], record].concat();
-        let writer = tokio::spawn(async move {
-            for piece in bytes.chunks(33_333) {
-                tx.write_all(piece).await.unwrap();
-            }
-        });
-        let (g, body, hash) = read_answer(&mut rx, 64 << 20, &BufPool::new(0), None)
-            .await
-            .unwrap();
-        writer.await.unwrap();
-        assert_eq!((g.id, g.body_len as usize), (7, record.len()));
-        (body, hash)
-    }
-
-    #[tokio::test]
-    async fn record_answers_are_hashed_on_the_way_in_and_bad_bytes_fail() {
-        let key = BlockKey::from_u128(42);
-        let mut o = BlockObject::new(1_000_000).unwrap();
-        o.payload_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (i * 31 / 7) as u8);
-        o.seal(key, 0, 0);
-        let good = o.into_record();
-        let (body, hash) = answer_hash(&good, key).await;
-        assert!(body[..] == good[..]);
-        assert!(hash.is_some(), "a large record is hashed while it is read");
-        assert!(verify_record_hashed(&body, key, hash).is_ok());
-        // One flipped payload byte: the hash computed on the way in gives it away.
-        let mut bad = AlignedBuf::zeroed(good.len());
-        bad.copy_from_slice(&good);
-        bad[600_000] ^= 0x10;
-        let (body, hash) = answer_hash(&bad, key).await;
-        assert_eq!(
-            verify_record_hashed(&body, key, hash).unwrap_err(),
-            kvtier_core::block::VerifyError::PayloadChecksum
-        );
-        // Not a record at all: no hash, and verification says why.
-        let junk = vec![9u8; 300_000];
-        let (body, hash) = answer_hash(&junk, key).await;
-        assert_eq!(hash, None);
-        assert!(verify_record_hashed(&body, key, hash).is_err());
-    }
-}
+mod tests;
