@@ -1,0 +1,140 @@
+//! Loads: lookup (memory, then the pool), and the leases an engine copies blocks out of.
+
+use super::*;
+
+impl State {
+    /// How many leading `keys` are stored (memory, then pool), and how many of those are in
+    /// memory. With `prefetch`, pool-resident ones are read into memory in the background.
+    pub fn lookup(
+        self: &Arc<Self>,
+        session: u64,
+        keys: &[BlockKey],
+        prefetch: bool,
+    ) -> Result<(u32, u32)> {
+        self.session_digest(session)?;
+        let (mut prefix, mut in_memory) = (0u32, 0u32);
+        let mut from_pool = Vec::new();
+        // Asked of the pool once, in one batch, from the first key not in memory on.
+        let mut in_pool: Option<(usize, Vec<bool>)> = None;
+        for (i, &k) in keys.iter().enumerate() {
+            // Touch what is in memory: prefetching the rest must not evict this prefix's head.
+            if self.arena.touch(k) {
+                in_memory += 1;
+            } else if let Some(store) = &self.store {
+                let (start, has) = in_pool.get_or_insert_with(|| {
+                    (
+                        i,
+                        timed(&self.pool_latency, POOL_EXISTS, keys.len() - i, || {
+                            store.contains_many(&keys[i..])
+                        }),
+                    )
+                });
+                if !has[i - *start] {
+                    break;
+                }
+                from_pool.push(k);
+            } else {
+                break;
+            }
+            prefix += 1;
+        }
+        if prefetch && !from_pool.is_empty() {
+            let mut q = self.prefetch.lock();
+            if q.len() >= PREFETCH_QUEUE {
+                q.pop_front();
+            }
+            q.push_back(from_pool);
+            self.prefetch_cv.notify_one();
+        }
+        Ok((prefix, in_memory))
+    }
+
+    /// Pins the slots of stored keys, reading through from the pool within `budget`. Keys not
+    /// granted are misses.
+    pub fn begin_load(
+        &self,
+        session: u64,
+        keys: &[BlockKey],
+        budget: Duration,
+    ) -> Result<Vec<Granted>> {
+        let (digest, tenant) = self.session_info(session)?;
+        let deadline = Instant::now() + budget;
+        let mut out = Vec::new();
+        // A window at a time: the window's blocks already in memory are pinned first (so the
+        // slots its reads from the pool take cannot evict them), then the others are read
+        // through from the pool and pinned; then each is granted in order.
+        let mut pinned = Vec::new();
+        for i in 0..keys.len() {
+            let j = i % READ_THROUGH_BATCH;
+            if j == 0 {
+                let window = &keys[i..(i + READ_THROUGH_BATCH).min(keys.len())];
+                pinned = window
+                    .iter()
+                    .map(|&k| self.arena.get(k).map(|r| (r, false)))
+                    .collect();
+                let missing: Vec<BlockKey> = window
+                    .iter()
+                    .zip(&pinned)
+                    .filter(|(_, p)| p.is_none())
+                    .map(|(&k, _)| k)
+                    .collect();
+                if !missing.is_empty() && self.store.is_some() && Instant::now() < deadline {
+                    self.read_through_many(&missing);
+                    for (k, p) in window.iter().zip(pinned.iter_mut()) {
+                        if p.is_none() {
+                            *p = self.arena.get(*k).map(|r| (r, true));
+                        }
+                    }
+                }
+            }
+            let (read, from_pool) = match pinned[j].take() {
+                Some((r, p)) => (Some(r), p),
+                None => (None, false),
+            };
+            let granted = read.and_then(|r| {
+                if self.arena.slot_digest(r.id()) != digest {
+                    return None; // another layout's object: never hand it to this engine
+                }
+                let slot = r.id();
+                std::mem::forget(r); // the pin now belongs to the lease
+                Some(slot)
+            });
+            match granted {
+                Some(slot) => match self.grant(session, LeaseKind::Read { slot }) {
+                    Ok(lease) => {
+                        if from_pool {
+                            &self.counters.hits_pool
+                        } else {
+                            &self.counters.hits_memory
+                        }
+                        .inc();
+                        out.push(Granted {
+                            index: i as u32,
+                            slot: slot.0,
+                            lease,
+                        });
+                    }
+                    Err(e) => {
+                        self.arena.unpin(slot);
+                        return Err(e);
+                    }
+                },
+                None => self.counters.misses.inc(),
+            }
+        }
+        let mut t = self.tenants.lock();
+        t.loads[tenant] += out.len() as u64;
+        t.misses[tenant] += (keys.len() - out.len()) as u64;
+        Ok(out)
+    }
+
+    /// Releases load leases.
+    pub fn end_load(&self, session: u64, leases: &[u64]) -> Result<()> {
+        for &lease in leases {
+            if let Some(kind) = self.take_lease(session, lease) {
+                self.release(lease, kind);
+            }
+        }
+        Ok(())
+    }
+}

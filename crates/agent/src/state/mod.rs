@@ -1,0 +1,354 @@
+//! The agent's state and operations, independent of the transport (the gRPC service calls
+//! these; tests can too).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+
+use kvtier_core::error::{Error, ErrorKind, Result};
+use kvtier_core::key::BlockKey;
+use kvtier_core::metrics::{Counter, HistogramSnapshot, OpLatency, StoreStats};
+use kvtier_core::policy::InsertInfo;
+use kvtier_core::tier::host::{Commit, HostArena, SlotId};
+use kvtier_pool::PoolBackend;
+
+use crate::fdpass;
+use crate::AgentConfig;
+
+mod load;
+mod prefetch;
+mod save;
+mod sessions;
+mod stats;
+mod write_behind;
+
+/// Lookups whose pool-resident blocks wait to be prefetched, at most.
+const PREFETCH_QUEUE: usize = 64;
+
+/// Blocks read through from the pool at once (a load's or a prefetch's window): a remote pool
+/// fetches them concurrently instead of one round trip after another.
+const READ_THROUGH_BATCH: usize = 8;
+
+/// Blocks written behind to the pool at once, at most (one batched existence check, then the
+/// missing ones put concurrently by a remote pool).
+const WRITE_BEHIND_BATCH: usize = 8;
+
+/// Distinct tenants (engine names) counted one by one; later names are counted together under
+/// [`OTHER_TENANT`], so that engines named after their pid cannot grow the metrics without bound.
+pub const MAX_TENANTS: usize = 64;
+
+/// The tenant label of engines past the first [`MAX_TENANTS`] names.
+pub const OTHER_TENANT: &str = "_other";
+
+/// The agent's calls to its pool backend, in the order of their latency histograms (see
+/// [`State::pool_latency`]).
+pub const POOL_CALLS: &[&str] = &["put", "get", "exists"];
+const POOL_PUT: usize = 0;
+const POOL_GET: usize = 1;
+const POOL_EXISTS: usize = 2;
+
+/// The agent's RPCs, in the order of their latency histograms (see [`State::observe`]).
+pub const AGENT_OPS: &[&str] = &[
+    "hello",
+    "lookup",
+    "begin_save",
+    "commit_save",
+    "begin_load",
+    "end_load",
+    "goodbye",
+    "stats",
+];
+
+enum LeaseKind {
+    /// An arena slot the engine is filling for `key`.
+    Write {
+        slot: SlotId,
+        key: BlockKey,
+        parent: Option<BlockKey>,
+    },
+    /// A pinned slot the engine is copying out.
+    Read { slot: SlotId },
+}
+
+struct Lease {
+    session: u64,
+    kind: LeaseKind,
+}
+
+struct Session {
+    token: u64,
+    layout_digest: u64,
+    engine: String,
+    /// Index into the tenant table.
+    tenant: usize,
+    leases: HashSet<u64>,
+}
+
+/// Per-tenant counters. A tenant is the engine name an engine gives when it opens a session
+/// (`HelloRequest.engine`): the agent never sees the cache salt that isolates tenants in the
+/// keys, only the name.
+#[derive(Default)]
+struct Tenants {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    saves: Vec<u64>,
+    loads: Vec<u64>,
+    misses: Vec<u64>,
+}
+
+impl Tenants {
+    fn id(&mut self, engine: &str) -> usize {
+        if let Some(&i) = self.index.get(engine) {
+            return i;
+        }
+        let name = if self.names.len() < MAX_TENANTS {
+            engine
+        } else {
+            OTHER_TENANT
+        };
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len();
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        self.saves.push(0);
+        self.loads.push(0);
+        self.misses.push(0);
+        i
+    }
+}
+
+/// One tenant's usage (see [`AgentStats::tenants`]).
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct TenantStats {
+    /// The engine name (or [`OTHER_TENANT`]).
+    pub tenant: String,
+    /// Sessions open now.
+    pub sessions: u64,
+    /// Arena slots leased now.
+    pub leases: u64,
+    /// Blocks the tenant saved that are in the arena now.
+    pub resident_blocks: u64,
+    /// Blocks saved.
+    pub saves: u64,
+    /// Blocks loaded (from memory or through from the pool).
+    pub loads: u64,
+    /// Blocks asked for and not delivered.
+    pub misses: u64,
+}
+
+/// A granted lease: index of the key in the request, the slot, the lease id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// Index of the key in the request.
+    pub index: u32,
+    /// Arena slot.
+    pub slot: u32,
+    /// Lease id.
+    pub lease: u64,
+}
+
+/// Counters of an agent.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Open sessions.
+    pub sessions: u64,
+    /// Arena slots.
+    pub arena_slots: u64,
+    /// Arena slots holding objects.
+    pub arena_used: u64,
+    /// Leases outstanding.
+    pub leases: u64,
+    /// Blocks loaded from memory.
+    pub hits_memory: u64,
+    /// Blocks loaded by reading through from the pool.
+    pub hits_pool: u64,
+    /// Blocks asked for and not delivered.
+    pub misses: u64,
+    /// Blocks saved.
+    pub saves: u64,
+    /// Saves skipped because the key was stored or in flight.
+    pub deduplicated: u64,
+    /// Blocks written to the pool.
+    pub pool_writes: u64,
+    /// Pool writes dropped from a full queue.
+    pub dropped_writes: u64,
+    /// Objects that failed their checksum on the way back from the pool.
+    pub corrupt: u64,
+    /// Leases released because their engine's connection closed.
+    pub reclaimed_leases: u64,
+    /// Arena objects evicted to make room.
+    pub evictions: u64,
+    /// Payload bytes of one block object.
+    pub object_bytes: u64,
+    /// Bytes of one arena slot (header and payload, page-aligned).
+    pub slot_bytes: u64,
+    /// Blocks waiting to be written behind to the pool.
+    pub write_queue: u64,
+    /// Bound of the write-behind queue.
+    pub write_queue_capacity: u64,
+    /// Lookups waiting for their blocks to be prefetched.
+    pub prefetch_queue: u64,
+    /// Bound of the prefetch queue.
+    pub prefetch_queue_capacity: u64,
+    /// The pool backend (`embedded`, `servers`, `shared-dir`) and its counters; `None` without
+    /// a pool.
+    pub pool: Option<(String, StoreStats)>,
+    /// Usage per tenant (engine name), in order of first appearance.
+    pub tenants: Vec<TenantStats>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits_memory: Counter,
+    hits_pool: Counter,
+    misses: Counter,
+    saves: Counter,
+    deduplicated: Counter,
+    pool_writes: Counter,
+    dropped_writes: Counter,
+    reclaimed_leases: Counter,
+}
+
+/// The agent's shared state.
+pub struct State {
+    arena: HostArena,
+    store: Option<Arc<dyn PoolBackend>>,
+    sessions: Mutex<HashMap<u64, Session>>,
+    leases: Mutex<HashMap<u64, Lease>>,
+    /// Keys with a write lease outstanding (dedup of concurrent saves).
+    saving: Mutex<HashMap<BlockKey, u64>>,
+    /// Descriptor connections alive, by token.
+    tokens: Mutex<HashSet<u64>>,
+    next_id: AtomicU64,
+    queue: Mutex<VecDeque<BlockKey>>,
+    queue_cv: Condvar,
+    queue_cap: usize,
+    stopping: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Chains to read from the pool into memory (bounded: the oldest is dropped when full).
+    prefetch: Mutex<VecDeque<Vec<BlockKey>>>,
+    prefetch_cv: Condvar,
+    prefetcher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Counters,
+    tenants: Mutex<Tenants>,
+    /// Which tenant saved each key in the arena (pruned of evicted keys when it outgrows the
+    /// arena, and on every stats snapshot).
+    owners: Mutex<HashMap<BlockKey, usize>>,
+    latency: OpLatency,
+    /// Latency of calls to the pool backend, by [`POOL_CALLS`].
+    pool_latency: OpLatency,
+}
+
+/// Times `f`, a call about `blocks` blocks, into `hists[op]`: once per block (each waited
+/// for the whole call), so the counts are blocks whatever the batching.
+fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) -> T {
+    let t0 = std::time::Instant::now();
+    let r = f();
+    hists.observe_n(op, t0.elapsed(), blocks as u64);
+    r
+}
+
+/// Where this agent's session, lease and descriptor ids start: different for every agent
+/// process. An engine whose agent restarted reaches the new one through the same socket path
+/// with its old session id; were ids to start at 1 in every agent, that id could name another
+/// engine's new session, and the engine would copy blocks from its stale mapping of the old
+/// arena at slots the new agent granted: wrong KV, silently. A fresh random start makes the
+/// old id unknown (the call fails, the engine reconnects and maps the new arena).
+fn first_id() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    // High bit clear: billions of ids before it could wrap; never 0.
+    (u64::from_le_bytes(b) >> 1) | 1
+}
+
+impl State {
+    /// Creates the arena and opens the store, and starts the write-behind worker.
+    pub fn new(cfg: &AgentConfig) -> Result<Arc<Self>> {
+        let arena = HostArena::new(&cfg.arena)?;
+        let store = cfg.pool.as_ref().map(|p| p.open()).transpose()?;
+        let state = Arc::new(State {
+            arena,
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            saving: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashSet::new()),
+            next_id: AtomicU64::new(first_id()),
+            queue: Mutex::new(VecDeque::new()),
+            queue_cv: Condvar::new(),
+            prefetch: Mutex::new(VecDeque::new()),
+            prefetch_cv: Condvar::new(),
+            prefetcher: Mutex::new(None),
+            queue_cap: cfg.write_queue.max(1),
+            stopping: AtomicBool::new(false),
+            writer: Mutex::new(None),
+            counters: Counters::default(),
+            tenants: Mutex::new(Tenants::default()),
+            owners: Mutex::new(HashMap::new()),
+            latency: OpLatency::new(AGENT_OPS),
+            pool_latency: OpLatency::new(POOL_CALLS),
+        });
+        if state.store.is_some() {
+            let s = state.clone();
+            let handle = std::thread::Builder::new()
+                .name("kvtier-write-behind".into())
+                .spawn(move || s.write_behind())
+                .map_err(|e| Error::io("starting the write-behind thread", e))?;
+            *state.writer.lock() = Some(handle);
+            let s = state.clone();
+            let handle = std::thread::Builder::new()
+                .name("kvtier-prefetch".into())
+                .spawn(move || s.prefetch_worker())
+                .map_err(|e| Error::io("starting the prefetch thread", e))?;
+            *state.prefetcher.lock() = Some(handle);
+        }
+        Ok(state)
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The arena (for tests and the stats view).
+    pub fn arena(&self) -> &HostArena {
+        &self.arena
+    }
+
+    /// Whether the agent is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Stops the write-behind worker after it drains the queue.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.queue_cv.notify_all();
+        self.prefetch_cv.notify_all();
+        for worker in [&self.writer, &self.prefetcher] {
+            if let Some(h) = worker.lock().take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_call_indices_name_their_ops() {
+        assert_eq!(POOL_CALLS[POOL_PUT], "put");
+        assert_eq!(POOL_CALLS[POOL_GET], "get");
+        assert_eq!(POOL_CALLS[POOL_EXISTS], "exists");
+        assert_eq!(POOL_CALLS.len(), 3);
+    }
+}
