@@ -9,8 +9,12 @@
 //! miss, counted by reason, and the entry is dropped. On open, the store recovers its index
 //! from the segment files (see `recover`).
 
+mod evict;
 mod file;
 mod recover;
+mod slot;
+
+pub use slot::RecordSlot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -173,120 +177,6 @@ pub struct SegmentStore {
     active: Mutex<Active>,
     next_id: AtomicU64,
     counters: Counters,
-}
-
-/// Drops an evicted segment off the caller's thread: closing the last descriptor of an
-/// unlinked, written segment frees its extents, which takes tens of milliseconds (33 ms for
-/// 256 MiB on ext4 here), and would stall the put that rolled the segment. A reader still
-/// holding the segment closes it instead when it is done.
-fn close_in_background(seg: Arc<Segment>) {
-    // Should the thread not start, the closure (and the segment) is dropped here instead.
-    let _ = std::thread::Builder::new()
-        .name("kvtier-segment-close".into())
-        .spawn(move || drop(seg));
-}
-
-/// The extent of one record being written in parts: see [`SegmentStore::reserve_record`].
-/// Its first page (the record header) is held in memory and written last, by
-/// [`SegmentStore::commit_record`], once every other byte is on disk: a record given up at
-/// any point never has a header on disk for recovery to find.
-pub struct RecordSlot {
-    seg: Arc<Segment>,
-    off: u64,
-    len: usize,
-    io: Arc<dyn IoEngine>,
-    /// The record's first page, once the part holding it arrived.
-    head: parking_lot::Mutex<Option<AlignedBuf>>,
-    /// Bytes written by successful parts.
-    written: AtomicU64,
-    finished: AtomicBool,
-    failed: AtomicBool,
-}
-
-impl RecordSlot {
-    /// Writes `bytes` (a page-aligned buffer of whole pages) at byte `at` (page-aligned) of
-    /// the record. Parts may go from any thread, in any order; a record is committed once
-    /// every byte was written once. The record's first page is kept, not written (see
-    /// [`RecordSlot`]).
-    pub fn write_part(&self, at: usize, bytes: &[u8]) -> std::io::Result<()> {
-        if self.finished.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other(
-                "this record was already committed or abandoned",
-            ));
-        }
-        if at % ALIGN != 0
-            || bytes.len() % ALIGN != 0
-            || bytes.as_ptr() as usize % ALIGN != 0
-            || at + bytes.len() > self.len
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a record part is whole, page-aligned pages inside the record: {} bytes at {at} of a {}-byte record",
-                    bytes.len(),
-                    self.len
-                ),
-            ));
-        }
-        let (at, bytes) = if at == 0 {
-            let mut head = AlignedBuf::zeroed(ALIGN);
-            head.copy_from_slice(&bytes[..ALIGN]);
-            *self.head.lock() = Some(head);
-            self.written.fetch_add(ALIGN as u64, Ordering::Relaxed);
-            (ALIGN, &bytes[ALIGN..])
-        } else {
-            (at, bytes)
-        };
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        match self
-            .io
-            .write_at(&self.seg.file, bytes, self.off + at as u64)
-        {
-            Ok(()) => {
-                self.written
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed.store(true, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl RecordSlot {
-    /// Gives the record up unless it is finished: zeroes its first page (best effort, even if
-    /// no part reported success: a failed write may have left part of a header) so recovery
-    /// never finds a header there, and ends the reservation. True when this ended it.
-    fn abandon(&self) -> bool {
-        if self.finished.load(Ordering::Relaxed) {
-            return false;
-        }
-        let _ = self
-            .io
-            .write_at(&self.seg.file, &AlignedBuf::zeroed(ALIGN), self.off);
-        self.finish()
-    }
-
-    /// Ends the reservation once (true the first time).
-    fn finish(&self) -> bool {
-        let first = !self.finished.swap(true, Ordering::Relaxed);
-        if first {
-            self.seg.finish_write(self.io.as_ref());
-        }
-        first
-    }
-}
-
-impl Drop for RecordSlot {
-    /// A slot neither committed nor abandoned is abandoned (one page write: the abandon paths
-    /// do this themselves, off any async thread).
-    fn drop(&mut self) {
-        self.abandon();
-    }
 }
 
 /// What [`SegmentStore::open`] found on disk.
@@ -522,89 +412,6 @@ impl SegmentStore {
         self.counters.bytes_in.add(len);
     }
 
-    /// Reserves the extent of one record of `len` bytes (page-aligned), to be written in parts
-    /// ([`RecordSlot::write_part`], from any thread, in any order) while its bytes arrive (a
-    /// pool server streams a put from the socket to the disk this way), then committed with
-    /// [`commit_record`](Self::commit_record) or given up with
-    /// [`abandon_record`](Self::abandon_record). Nothing finds the record before it is
-    /// committed. Dropping the slot without either abandons it.
-    pub fn reserve_record(&self, len: usize) -> Result<RecordSlot> {
-        self.check_len(len as u64)?;
-        let (seg, off, victim) = self.reserve(len as u64)?;
-        let slot = RecordSlot {
-            seg,
-            off,
-            len,
-            io: self.io.clone(),
-            head: parking_lot::Mutex::new(None),
-            written: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-        };
-        if let Some(v) = victim {
-            self.drop_segment(v, self.cfg.second_chance);
-        }
-        Ok(slot)
-    }
-
-    /// Makes a reserved record findable under `key`, once every byte of it has been written
-    /// (each byte once) and the caller has verified its payload (the store checks the header
-    /// on every read, and the payload checksum on every read too). Syncs per `durability`.
-    pub fn commit_record(&self, slot: &RecordSlot, key: BlockKey) -> Result<()> {
-        let written = slot.written.load(Ordering::Relaxed);
-        if slot.failed.load(Ordering::Relaxed)
-            || slot.finished.load(Ordering::Relaxed)
-            || written != slot.len as u64
-        {
-            self.abandon_record(slot);
-            return Err(Error::invalid(format!(
-                "a record slot is committed once, after all of its {} bytes were written ({written} were, a part failed: {})",
-                slot.len,
-                slot.failed.load(Ordering::Relaxed)
-            )));
-        }
-        let seg = slot.seg.clone();
-        // The header last: only now can recovery find the record.
-        let head = slot.head.lock().take();
-        let wrote = match &head {
-            Some(h) => self.io.write_at(&seg.file, h, slot.off),
-            None => Err(std::io::Error::other(
-                "the record's first page never arrived",
-            )),
-        };
-        if let Err(e) = wrote {
-            self.counters.write_errors.inc();
-            self.abandon_record(slot);
-            return Err(Error::io("writing a record's header", e)
-                .with_context("segment", seg.path.display()));
-        }
-        if self.cfg.durability == Durability::Synced {
-            if let Err(e) = self.io.sync(&seg.file) {
-                self.counters.write_errors.inc();
-                self.abandon_record(slot);
-                return Err(
-                    Error::io("syncing a record", e).with_context("segment", seg.path.display())
-                );
-            }
-        }
-        let (off, len) = (slot.off, slot.len as u64);
-        seg.keys.lock().push((key, off));
-        seg.live_bytes.fetch_add(len, Ordering::Relaxed);
-        // Indexed before the reservation ends (see `append`).
-        self.index_record(seg.id, off, len, key, Origin::Put);
-        slot.finish();
-        Ok(())
-    }
-
-    /// Gives up a reserved record (a part failed, its bytes never all arrived, or they
-    /// failed verification): nothing is indexed, and its first page is zeroed (best effort)
-    /// so that recovery never finds a header there.
-    pub fn abandon_record(&self, slot: &RecordSlot) {
-        if slot.abandon() && slot.failed.load(Ordering::Relaxed) {
-            self.counters.write_errors.inc();
-        }
-    }
-
     /// Reserves `len` bytes in the active segment, rolling to a new one when it is full.
     fn reserve(&self, len: u64) -> Result<(Arc<Segment>, u64, Option<Arc<Segment>>)> {
         let mut active = self.active.lock();
@@ -668,103 +475,6 @@ impl SegmentStore {
 
     fn finish_write(&self, seg: &Arc<Segment>) {
         seg.finish_write(self.io.as_ref());
-    }
-
-    fn pick_victim(&self, exclude: Option<u64>) -> Option<Arc<Segment>> {
-        let mut segs = self.segments.write();
-        let id = segs.iter().find_map(|(id, s)| {
-            let st = s.state.lock();
-            (Some(*id) != exclude && st.closed && st.inflight == 0).then_some(*id)
-        })?;
-        let seg = segs.remove(&id)?;
-        drop(segs);
-        if let Err(e) = std::fs::remove_file(&seg.path) {
-            tracing::warn!(segment = %seg.path.display(), error = %e, "could not remove evicted segment");
-        }
-        self.counters.segments_evicted.inc();
-        Some(seg)
-    }
-
-    /// Drops a victim's index entries; first re-appends the ones the policy values when
-    /// `second_chance` (see [`SegmentStore`]).
-    fn drop_segment(&self, victim: Arc<Segment>, second_chance: bool) {
-        let keys = std::mem::take(&mut *victim.keys.lock());
-        // The victim's live records: (key, offset, length, read since written).
-        let live: Vec<(BlockKey, u64, usize, bool)> = keys
-            .into_iter()
-            .filter_map(|(key, off)| match self.index.get(&key) {
-                Some(l) if l.seg == victim.id && l.off == off => {
-                    Some((key, off, l.len as usize, l.hot.load(Ordering::Relaxed)))
-                }
-                _ => None,
-            })
-            .collect();
-        let keep = if second_chance {
-            self.second_chances(&live)
-        } else {
-            Vec::new()
-        };
-        let mut budget = self.cfg.segment_bytes / 2;
-        let mut buf = AlignedBuf::zeroed(0);
-        let mut kept = vec![false; live.len()];
-        for i in keep {
-            let (key, off, len, _) = live[i];
-            if len as u64 > budget {
-                continue;
-            }
-            budget -= len as u64;
-            if buf.len() < len {
-                buf = AlignedBuf::zeroed(len);
-            }
-            kept[i] = self.io.read_at(&victim.file, &mut buf[..len], off).is_ok()
-                && self.verify(&buf[..len], key).is_ok()
-                && self.append(&buf[..len], key, Origin::SecondChance).is_ok();
-            if kept[i] {
-                self.counters.second_chances.inc();
-            }
-        }
-        let mut dropped = Vec::new();
-        for (&(key, off, _, _), kept) in live.iter().zip(kept) {
-            if !kept
-                && self
-                    .index
-                    .remove_if(&key, |_, l| l.seg == victim.id && l.off == off)
-                    .is_some()
-            {
-                self.counters.evictions.inc();
-                dropped.push(key);
-            }
-        }
-        self.with_policy(|p| dropped.into_iter().for_each(|k| p.evicted(k)));
-        close_in_background(victim);
-    }
-
-    /// Which of a victim's live records get a second chance, best first (indices into `live`).
-    fn second_chances(&self, live: &[(BlockKey, u64, usize, bool)]) -> Vec<usize> {
-        let standing: Vec<_> = {
-            let p = self.policy.lock();
-            live.iter()
-                .map(|r| p.as_ref().and_then(|p| p.standing(&r.0)))
-                .collect()
-        };
-        let mut densities: Vec<f64> = standing.iter().flatten().map(|s| s.density).collect();
-        densities.sort_by(f64::total_cmp);
-        let learnt = densities.last().is_some_and(|&d| d > 0.0);
-        let median = densities.get(densities.len() / 2).copied().unwrap_or(0.0);
-        let mut keep: Vec<(f64, usize)> = live
-            .iter()
-            .zip(&standing)
-            .enumerate()
-            .filter_map(|(i, (&(_, _, _, hot), st))| match st {
-                Some(s) if learnt => (s.uses >= 2 && s.density > 0.0 && s.density >= median)
-                    .then_some((s.density, i)),
-                // No ranking (LRU, an untracked record) or nothing learnt: read since written.
-                _ => hot.then_some((f64::INFINITY, i)),
-            })
-            .collect();
-        // Highest density first; among equals, oldest first.
-        keep.sort_by(|a, b| b.0.total_cmp(&a.0));
-        keep.into_iter().map(|(_, i)| i).collect()
     }
 
     fn verify(&self, record: &[u8], key: BlockKey) -> Result<BlockHeader, VerifyError> {
