@@ -1,7 +1,7 @@
 //! Operating kvtier, against the real binaries: `/metrics` counts exactly what traffic did on
 //! an agent and a pool server, `/readyz` follows the pool, `kvtier stat --once --json` prints
 //! the counts of `/metrics`, logs come as JSON with the span of each request, configuration
-//! errors name their field, and the README documents every key and metric. (The Kubernetes
+//! errors name their field, and docs/operations.md documents every key and metric. (The Kubernetes
 //! manifests: tests/k8s.rs.)
 
 use std::collections::BTreeMap;
@@ -615,19 +615,20 @@ fn bad_configurations_fail_naming_the_field() {
     drop(listener);
 }
 
-/// The README's operations section lists every configuration key and every metric the daemons
-/// export.
+/// The operations page (docs/operations.md) lists every configuration key and every metric the
+/// daemons export.
 #[test]
-fn the_readme_documents_every_key_and_metric() {
+fn the_operations_page_documents_every_key_and_metric() {
     use kvtier_agent::{AgentStats, TenantStats};
     use kvtier_core::metrics::{HistogramSnapshot, StoreStats};
     use kvtier_ops::render;
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
     let ops = &readme[readme.find("## Operations").expect("an Operations section")..];
     for k in kvtier_ops::config::KEYS {
         for s in [k.path(), k.env(), k.flag()] {
-            assert!(ops.contains(&format!("`{s}`")), "README: {s}");
+            assert!(ops.contains(&format!("`{s}`")), "docs/operations.md: {s}");
         }
     }
     let agent = AgentStats {
@@ -653,7 +654,10 @@ fn the_readme_documents_every_key_and_metric() {
                 .iter()
                 .find_map(|x| s.name.strip_suffix(x))
                 .unwrap_or(&s.name);
-            assert!(ops.contains(&format!("`{name}`")), "README: metric {name}");
+            assert!(
+                ops.contains(&format!("`{name}`")),
+                "docs/operations.md: metric {name}"
+            );
         }
     }
 }

@@ -246,7 +246,7 @@ impl OpLatency {
     }
 }
 
-/// Metric names (Prometheus style). Every exported metric is named here; the README's
+/// Metric names (Prometheus style). Every exported metric is named here; docs/operations.md
 /// operations section lists them with their labels.
 pub mod names {
     /// Daemon identity: `role` (agent, pool) and `version` labels, value 1.

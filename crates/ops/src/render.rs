@@ -1,5 +1,5 @@
 //! The daemons' `/metrics` pages, from their counter snapshots. Names come from
-//! [`kvtier_core::metrics::names`]; the README's operations section documents each one.
+//! [`kvtier_core::metrics::names`]; docs/operations.md documents each one.
 //!
 //! Tiers: the agent's are `memory` (its arena) then `pool` (whichever backend it writes behind
 //! to); a pool server's are `cache` (its DRAM cache) then `disk` (its segment store).

@@ -18,7 +18,7 @@
 //! one thread): it sends queued frames, probes for incoming headers, posts receives for bodies
 //! straight into page-aligned buffers, and sleeps on the worker's event descriptor (armed) and
 //! an eventfd that the tokio side rings when it queues something. Requests are handled by the
-//! same code as TCP requests ([`super::server::PoolServer`]), so semantics are identical.
+//! same code as TCP requests (the [`crate::wire::Handler`] that the pool server is), so semantics are identical.
 
 #![allow(unsafe_code)]
 
@@ -409,7 +409,7 @@ pub(crate) enum ToServer {
     /// The client's TCP control connection closed.
     Unregister(u32),
     /// A response to send.
-    Send(u32, Frame, super::server::Body),
+    Send(u32, Frame, crate::wire::Body),
 }
 
 /// The server's UCX thread, reached through a channel and a bell.
@@ -423,7 +423,7 @@ pub(crate) struct UcxServer {
 impl UcxServer {
     /// Starts the UCX thread; requests are handed to `handle` on `rt`.
     pub(crate) fn start(
-        server: Arc<super::server::PoolServer>,
+        server: Arc<dyn crate::wire::Handler>,
         rt: tokio::runtime::Handle,
         max_body: u32,
     ) -> Result<UcxServer> {
@@ -483,7 +483,7 @@ fn server_loop(
     tx: std::sync::mpsc::Sender<ToServer>,
     bell: Arc<Bell>,
     stop: Arc<AtomicBool>,
-    server: Arc<super::server::PoolServer>,
+    server: Arc<dyn crate::wire::Handler>,
     rt: tokio::runtime::Handle,
     max_body: u32,
 ) {
@@ -524,9 +524,9 @@ fn server_loop(
                 ToServer::Send(cid, f, body) => {
                     let Some(&ep) = eps.get(&cid) else { continue };
                     let keep = match body {
-                        super::server::Body::Empty => None,
-                        super::server::Body::Bytes(b) => Some(Keep::Bytes(b)),
-                        super::server::Body::Record(r) => Some(Keep::Record(r)),
+                        crate::wire::Body::Empty => None,
+                        crate::wire::Body::Bytes(b) => Some(Keep::Bytes(b)),
+                        crate::wire::Body::Record(r) => Some(Keep::Record(r)),
                     };
                     if let Err(e) = send_frame(&w, ep, cid, &f, keep, &mut inflight) {
                         tracing::warn!(client = cid, error = %e, "UCX send failed");
@@ -590,7 +590,7 @@ fn server_loop(
 // ---------------------------------------------------------------------------------------------
 
 type Outgoing = (Frame, Option<Arc<AlignedBuf>>, Vec<u8>);
-type Pending = Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<super::client::Reply>>>>;
+type Pending = Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<crate::wire::Reply>>>>;
 
 /// Starts a client's UCX thread over an authenticated TCP connection: exchanges worker
 /// addresses with `UcxHello`, then serves frames from `out` and answers into `pending`.

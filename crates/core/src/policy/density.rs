@@ -43,7 +43,7 @@
 //! reproduced its figures on the conversation trace to 0.03 points (it forgets a ghost whose
 //! last touch is past the horizon even when the block was evicted after that; the prototype
 //! kept those forever). `kvtier sim --sweep
-//! default` gives the figures in the README.
+//! default` gives the figures in docs/benchmarks.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -2,7 +2,7 @@
 
 /// One configuration key: its section and name, its default as written in the file, and what
 /// it does. The table [`KEYS`] drives the flags, the environment variables, the commented
-/// default file (`kvtier config default`) and the README's reference.
+/// default file (`kvtier config default`) and the reference in docs/operations.md.
 #[derive(Debug)]
 pub struct Key {
     /// `log`, `agent` or `pool`.

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::placement::Placement;
 use super::splice::SPLICE_MIN;
-use super::wire::{self, Frame, Op, Status};
+use super::wire::{self, Frame, Op, Reply, Status};
 mod backend;
 
 use super::{auth, verify_record_hashed};
@@ -40,10 +40,6 @@ use kvtier_core::metrics::Counter;
 
 mod config;
 pub use config::{PoolClientConfig, Splice, Transport};
-
-/// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
-/// reader computed it on the way in (see [`read_answer`]).
-pub(super) type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
 
 /// One multiplexed connection.
 struct Conn {

@@ -31,7 +31,7 @@ use super::proto;
 use super::wire::conn::{
     read_body, read_body_hashed, read_frame, read_header, write_frame, ReadError,
 };
-use super::wire::{self, Frame, Op, Status};
+use super::wire::{self, Body, Frame, Handler, Op, Status};
 
 use kvtier_core::buf::{AlignedBuf, BufPool};
 use kvtier_core::error::{Error, ErrorKind, Result};
@@ -136,13 +136,6 @@ pub struct BoundServer {
     control: Option<TcpListener>,
 }
 
-/// A response body.
-pub(crate) enum Body {
-    Empty,
-    Bytes(Vec<u8>),
-    Record(Arc<AlignedBuf>),
-}
-
 impl BoundServer {
     /// The data-plane address.
     pub fn data_addr(&self) -> SocketAddr {
@@ -174,7 +167,7 @@ impl BoundServer {
         #[cfg(feature = "ucx")]
         if server.cfg.ucx {
             let u = super::ucx::UcxServer::start(
-                server.clone(),
+                server.clone() as Arc<dyn Handler>,
                 tokio::runtime::Handle::current(),
                 server.cfg.max_body,
             )?;
@@ -520,7 +513,7 @@ impl PoolServer {
             let (s, tx) = (self.clone(), tx.clone());
             tokio::spawn(async move {
                 s.counters.in_flight.add(1);
-                let resp = s.clone().handle(frame, body, hash).await;
+                let resp = s.clone().handle_request(frame, body, hash).await;
                 s.counters.in_flight.sub(1);
                 let _ = tx.send(resp).await;
                 drop((permit, ticket));
@@ -580,7 +573,7 @@ impl PoolServer {
     /// (`pool_request{op, key, bytes}`), timed into the op's latency histogram. `hash`: a
     /// put payload's xxh3-64, when it was computed while the body arrived (else the put
     /// computes it).
-    pub(crate) async fn handle(
+    async fn handle_request(
         self: Arc<Self>,
         f: Frame,
         body: AlignedBuf,
@@ -770,5 +763,16 @@ impl PoolServer {
         self.store
             .put_record(record)
             .map_err(|e| (status_of(&e), e.to_string()))
+    }
+}
+
+impl Handler for PoolServer {
+    fn handle(
+        self: Arc<Self>,
+        f: Frame,
+        body: AlignedBuf,
+        hash: Option<u64>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (Frame, Body)> + Send>> {
+        Box::pin(self.handle_request(f, body, hash))
     }
 }

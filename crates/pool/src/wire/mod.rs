@@ -27,6 +27,40 @@ use kvtier_core::key::BlockKey;
 
 pub mod conn;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kvtier_core::buf::AlignedBuf;
+
+/// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
+/// reader computed it on the way in (the client's readers, TCP and UCX).
+pub type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
+
+/// An answer's body: nothing, bytes, or a whole record shared with the server's cache.
+#[derive(Debug)]
+pub enum Body {
+    /// No body.
+    Empty,
+    /// Bytes built for this answer (stats, exists bits).
+    Bytes(Vec<u8>),
+    /// A record, shared with the server's DRAM cache.
+    Record(Arc<AlignedBuf>),
+}
+
+/// What answers a request frame: the pool server, behind its TCP and UCX data planes alike, so
+/// both serve requests with the same code (and neither data plane depends on the server).
+pub trait Handler: Send + Sync + 'static {
+    /// Answers request `f` with its body (`hash`: the record payload's xxh3-64 when the reader
+    /// computed it on the way in).
+    fn handle(
+        self: Arc<Self>,
+        f: Frame,
+        body: AlignedBuf,
+        hash: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = (Frame, Body)> + Send>>;
+}
+
 /// "KVTP", little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KVTP");
 /// The only version spoken today.
