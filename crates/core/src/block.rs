@@ -236,9 +236,9 @@ pub const fn record_len(payload_len: usize) -> usize {
 /// `[header][payload][zero padding]`.
 ///
 /// ```
-/// use kvtier::block::{BlockObject, VerifyError};
-/// use kvtier::buf::AlignedBuf;
-/// use kvtier::BlockKey;
+/// use kvtier_core::block::{BlockObject, VerifyError};
+/// use kvtier_core::buf::AlignedBuf;
+/// use kvtier_core::BlockKey;
 ///
 /// let key = BlockKey::from_u128(7);
 /// let obj = BlockObject::from_payload(key, 0xfeed, &[1u8; 1000]).unwrap();

@@ -192,7 +192,7 @@ impl NamespaceParams {
 /// A validated namespace: the root of every key chain, and the block size the chain uses.
 ///
 /// ```
-/// use kvtier::{KvDtype, Namespace, NamespaceParams};
+/// use kvtier_core::{KvDtype, Namespace, NamespaceParams};
 ///
 /// let params = NamespaceParams {
 ///     model: "meta-llama/Llama-3.1-8B-Instruct".into(),

@@ -247,7 +247,7 @@ impl OpLatency {
 }
 
 /// Metric names (Prometheus style). Every exported metric is named here; docs/operations.md
-/// operations section lists them with their labels.
+/// lists them with their labels.
 pub mod names {
     /// Daemon identity: `role` (agent, pool) and `version` labels, value 1.
     pub const BUILD_INFO: &str = "kvtier_build_info";
