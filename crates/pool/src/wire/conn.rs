@@ -92,6 +92,12 @@ pub struct PayloadHasher {
     hashed: usize,
 }
 
+impl Default for PayloadHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PayloadHasher {
     /// A hasher for one body.
     pub fn new() -> Self {
