@@ -26,7 +26,7 @@ use kvtier_core::error::{Error, Result};
 use kvtier_core::tier::host::HostArenaConfig;
 use kvtier_pool::PoolSpec;
 
-pub use state::{AgentStats, State, TenantStats, AGENT_OPS, MAX_TENANTS, OTHER_TENANT};
+pub use state::{AgentOp, AgentStats, PoolCall, State, TenantStats, MAX_TENANTS, OTHER_TENANT};
 
 /// Configuration of an agent.
 #[derive(Debug, Clone)]

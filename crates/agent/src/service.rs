@@ -10,9 +10,10 @@ use tracing::Instrument;
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, agent_server::Agent};
-use super::state::{Granted, State, AGENT_OPS};
+use super::state::{AgentOp, Granted, State};
 use kvtier_core::error::{Error, ErrorKind};
 use kvtier_core::key::BlockKey;
+use kvtier_core::metrics::OpSet;
 
 pub(super) struct Service {
     state: Arc<State>,
@@ -24,11 +25,11 @@ impl Service {
     }
 
     /// The span of one request: `blocks` keys of `session`, `bytes` of payload they stand for.
-    fn span(&self, op: usize, session: u64, blocks: usize) -> tracing::Span {
+    fn span(&self, op: AgentOp, session: u64, blocks: usize) -> tracing::Span {
         let bytes = blocks as u64 * self.state.arena().payload_len() as u64;
         tracing::info_span!(
             "rpc",
-            op = AGENT_OPS[op],
+            op = op.name(),
             session,
             blocks,
             bytes,
@@ -37,10 +38,9 @@ impl Service {
     }
 
     /// Runs `f` on the blocking pool inside `span`, and records its latency under `op`
-    /// (an index into [`AGENT_OPS`]).
     async fn run<T: Send + 'static>(
         &self,
-        op: usize,
+        op: AgentOp,
         span: tracing::Span,
         f: impl FnOnce(&Arc<State>) -> kvtier_core::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
@@ -63,15 +63,6 @@ impl Service {
         r.map_err(to_status)
     }
 }
-
-const HELLO: usize = 0;
-const LOOKUP: usize = 1;
-const BEGIN_SAVE: usize = 2;
-const COMMIT_SAVE: usize = 3;
-const BEGIN_LOAD: usize = 4;
-const END_LOAD: usize = 5;
-const GOODBYE: usize = 6;
-const STATS: usize = 7;
 
 fn to_status(e: Error) -> Status {
     let msg = e.to_string();
@@ -110,9 +101,9 @@ impl Agent for Service {
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloResponse>, Status> {
         let r = req.into_inner();
-        let span = tracing::info_span!("rpc", op = AGENT_OPS[HELLO], engine = %r.engine);
+        let span = tracing::info_span!("rpc", op = AgentOp::Hello.name(), engine = %r.engine);
         let session = self
-            .run(HELLO, span, move |s| {
+            .run(AgentOp::Hello, span, move |s| {
                 s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine)
             })
             .await?;
@@ -130,9 +121,9 @@ impl Agent for Service {
         req: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupResponse>, Status> {
         let r = req.into_inner();
-        let span = self.span(LOOKUP, r.session, r.keys.len());
+        let span = self.span(AgentOp::Lookup, r.session, r.keys.len());
         let (prefix_blocks, in_memory) = self
-            .run(LOOKUP, span, move |s| {
+            .run(AgentOp::Lookup, span, move |s| {
                 s.lookup(r.session, &keys(&r.keys), r.prefetch)
             })
             .await?;
@@ -147,9 +138,9 @@ impl Agent for Service {
         req: Request<proto::BeginSaveRequest>,
     ) -> Result<Response<proto::BeginSaveResponse>, Status> {
         let r = req.into_inner();
-        let span = self.span(BEGIN_SAVE, r.session, r.keys.len());
+        let span = self.span(AgentOp::BeginSave, r.session, r.keys.len());
         let g = self
-            .run(BEGIN_SAVE, span, move |s| {
+            .run(AgentOp::BeginSave, span, move |s| {
                 s.begin_save(r.session, &keys(&r.keys))
             })
             .await?;
@@ -163,9 +154,9 @@ impl Agent for Service {
         req: Request<proto::CommitSaveRequest>,
     ) -> Result<Response<proto::CommitSaveResponse>, Status> {
         let r = req.into_inner();
-        let span = self.span(COMMIT_SAVE, r.session, r.leases.len());
+        let span = self.span(AgentOp::CommitSave, r.session, r.leases.len());
         let (stored, deduplicated) = self
-            .run(COMMIT_SAVE, span, move |s| {
+            .run(AgentOp::CommitSave, span, move |s| {
                 s.commit_save(r.session, &r.leases)
             })
             .await?;
@@ -181,9 +172,9 @@ impl Agent for Service {
     ) -> Result<Response<proto::BeginLoadResponse>, Status> {
         let r = req.into_inner();
         let budget = Duration::from_millis(r.budget_ms as u64);
-        let span = self.span(BEGIN_LOAD, r.session, r.keys.len());
+        let span = self.span(AgentOp::BeginLoad, r.session, r.keys.len());
         let g = self
-            .run(BEGIN_LOAD, span, move |s| {
+            .run(AgentOp::BeginLoad, span, move |s| {
                 s.begin_load(r.session, &keys(&r.keys), budget)
             })
             .await?;
@@ -197,9 +188,11 @@ impl Agent for Service {
         req: Request<proto::EndLoadRequest>,
     ) -> Result<Response<proto::EndLoadResponse>, Status> {
         let r = req.into_inner();
-        let span = self.span(END_LOAD, r.session, r.leases.len());
-        self.run(END_LOAD, span, move |s| s.end_load(r.session, &r.leases))
-            .await?;
+        let span = self.span(AgentOp::EndLoad, r.session, r.leases.len());
+        self.run(AgentOp::EndLoad, span, move |s| {
+            s.end_load(r.session, &r.leases)
+        })
+        .await?;
         Ok(Response::new(proto::EndLoadResponse {}))
     }
 
@@ -208,8 +201,8 @@ impl Agent for Service {
         req: Request<proto::GoodbyeRequest>,
     ) -> Result<Response<proto::GoodbyeResponse>, Status> {
         let r = req.into_inner();
-        let span = self.span(GOODBYE, r.session, 0);
-        self.run(GOODBYE, span, move |s| {
+        let span = self.span(AgentOp::Goodbye, r.session, 0);
+        self.run(AgentOp::Goodbye, span, move |s| {
             s.goodbye(r.session);
             Ok(())
         })
@@ -221,8 +214,8 @@ impl Agent for Service {
         &self,
         _req: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let span = tracing::info_span!("rpc", op = AGENT_OPS[STATS]);
-        let s = self.run(STATS, span, |s| Ok(s.stats())).await?;
+        let span = tracing::info_span!("rpc", op = AgentOp::Stats.name());
+        let s = self.run(AgentOp::Stats, span, |s| Ok(s.stats())).await?;
         Ok(Response::new(proto::StatsResponse {
             sessions: s.sessions,
             arena_slots: s.arena_slots,

@@ -208,40 +208,70 @@ impl HistogramSnapshot {
     }
 }
 
-/// One latency histogram per operation of a fixed set (the agent's RPCs, the pool's ops).
-#[derive(Debug)]
-pub struct OpLatency {
-    ops: &'static [&'static str],
-    hists: Vec<Histogram>,
+/// A fixed set of operations, each timed into a histogram of its own ([`OpLatency`]): an enum
+/// declared with [`op_set!`](crate::op_set).
+pub trait OpSet: Copy + 'static {
+    /// Every op, in export order.
+    const ALL: &'static [Self];
+    /// The `op` label.
+    fn name(self) -> &'static str;
+    /// The op's position in [`ALL`](Self::ALL).
+    fn index(self) -> usize;
 }
 
-impl OpLatency {
-    /// A histogram for each of `ops`.
-    pub fn new(ops: &'static [&'static str]) -> Self {
+/// Declares an enum of ops with their `op` labels and implements [`OpSet`] for it:
+/// `op_set! { pub enum PoolCall { Put => "put", Get => "get" } }`.
+#[macro_export]
+macro_rules! op_set {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vm])* $v),+ }
+        impl $crate::metrics::OpSet for $name {
+            const ALL: &'static [Self] = &[$($name::$v),+];
+            fn name(self) -> &'static str {
+                match self { $($name::$v => $s),+ }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+/// One latency histogram per op of an [`OpSet`] (the agent's RPCs, the pool's ops).
+#[derive(Debug)]
+pub struct OpLatency<O: OpSet> {
+    hists: Vec<Histogram>,
+    ops: std::marker::PhantomData<O>,
+}
+
+impl<O: OpSet> Default for OpLatency<O> {
+    fn default() -> Self {
         OpLatency {
-            ops,
-            hists: ops.iter().map(|_| Histogram::default()).collect(),
+            hists: O::ALL.iter().map(|_| Histogram::default()).collect(),
+            ops: std::marker::PhantomData,
         }
     }
+}
 
-    /// Records one observation of `op` (an index into the list given to [`new`](Self::new)).
-    pub fn observe(&self, op: usize, d: std::time::Duration) {
+impl<O: OpSet> OpLatency<O> {
+    /// Records one observation of `op`.
+    pub fn observe(&self, op: O, d: std::time::Duration) {
         self.observe_n(op, d, 1);
     }
 
-    /// Records `n` observations of `d` for op `op` at once.
-    pub fn observe_n(&self, op: usize, d: std::time::Duration, n: u64) {
-        if let Some(h) = self.hists.get(op) {
-            h.observe_n(d, n);
-        }
+    /// Records `n` observations of `d` for `op` at once.
+    pub fn observe_n(&self, op: O, d: std::time::Duration, n: u64) {
+        self.hists[op.index()].observe_n(d, n);
     }
 
-    /// `(op, counts)` for every op.
+    /// `(op label, counts)` for every op, in export order.
     pub fn snapshot(&self) -> Vec<(&'static str, HistogramSnapshot)> {
-        self.ops
+        O::ALL
             .iter()
             .zip(&self.hists)
-            .map(|(op, h)| (*op, h.snapshot()))
+            .map(|(op, h)| (op.name(), h.snapshot()))
             .collect()
     }
 }
@@ -383,12 +413,18 @@ mod tests {
         assert!((s.sum_seconds - 60.003_021).abs() < 1e-9);
     }
 
+    crate::op_set! {
+        /// Two ops, for the test.
+        enum TwoOps { A => "a", B => "b" }
+    }
+
     #[test]
-    fn op_latency_ignores_an_unknown_op() {
-        let l = OpLatency::new(&["a", "b"]);
-        l.observe(1, Duration::from_millis(1));
-        l.observe(7, Duration::from_millis(1));
+    fn op_latency_times_each_op_under_its_label() {
+        let l = OpLatency::<TwoOps>::default();
+        l.observe(TwoOps::B, Duration::from_millis(1));
+        l.observe_n(TwoOps::A, Duration::from_millis(1), 3);
         let s = l.snapshot();
-        assert_eq!((s[0].1.count(), s[1].1.count()), (0, 1));
+        assert_eq!((s[0].0, s[1].0), ("a", "b"));
+        assert_eq!((s[0].1.count(), s[1].1.count()), (3, 1));
     }
 }

@@ -24,7 +24,7 @@ impl State {
                 let (start, has) = in_pool.get_or_insert_with(|| {
                     (
                         i,
-                        timed(&self.pool_latency, POOL_EXISTS, keys.len() - i, || {
+                        timed(&self.pool_latency, PoolCall::Exists, keys.len() - i, || {
                             store.contains_many(&keys[i..])
                         }),
                     )

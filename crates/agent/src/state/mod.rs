@@ -46,24 +46,39 @@ pub const MAX_TENANTS: usize = 64;
 /// The tenant label of engines past the first [`MAX_TENANTS`] names.
 pub const OTHER_TENANT: &str = "_other";
 
-/// The agent's calls to its pool backend, in the order of their latency histograms (see
-/// [`State::pool_latency`]).
-pub const POOL_CALLS: &[&str] = &["put", "get", "exists"];
-const POOL_PUT: usize = 0;
-const POOL_GET: usize = 1;
-const POOL_EXISTS: usize = 2;
+kvtier_core::op_set! {
+    /// The agent's calls to its pool backend, each timed (see [`State::pool_latency`]).
+    pub enum PoolCall {
+        /// Write-behind puts.
+        Put => "put",
+        /// Read-through gets.
+        Get => "get",
+        /// Existence checks (lookups, write-behind dedup).
+        Exists => "exists",
+    }
+}
 
-/// The agent's RPCs, in the order of their latency histograms (see [`State::observe`]).
-pub const AGENT_OPS: &[&str] = &[
-    "hello",
-    "lookup",
-    "begin_save",
-    "commit_save",
-    "begin_load",
-    "end_load",
-    "goodbye",
-    "stats",
-];
+kvtier_core::op_set! {
+    /// The agent's RPCs, each timed (see [`State::observe`]).
+    pub enum AgentOp {
+        /// An engine opens a session.
+        Hello => "hello",
+        /// How many leading blocks of a prefix are stored.
+        Lookup => "lookup",
+        /// Slots for the blocks an engine saves.
+        BeginSave => "begin_save",
+        /// The saved blocks are filled.
+        CommitSave => "commit_save",
+        /// Slots an engine copies blocks out of.
+        BeginLoad => "begin_load",
+        /// The loaded blocks are copied out.
+        EndLoad => "end_load",
+        /// An engine closes its session.
+        Goodbye => "goodbye",
+        /// The agent's counters.
+        Stats => "stats",
+    }
+}
 
 enum LeaseKind {
     /// An arena slot the engine is filling for `key`.
@@ -242,14 +257,14 @@ pub struct State {
     /// Which tenant saved each key in the arena (pruned of evicted keys when it outgrows the
     /// arena, and on every stats snapshot).
     owners: Mutex<HashMap<BlockKey, usize>>,
-    latency: OpLatency,
-    /// Latency of calls to the pool backend, by [`POOL_CALLS`].
-    pool_latency: OpLatency,
+    latency: OpLatency<AgentOp>,
+    /// Latency of calls to the pool backend, by [`PoolCall`].
+    pool_latency: OpLatency<PoolCall>,
 }
 
 /// Times `f`, a call about `blocks` blocks, into `hists[op]`: once per block (each waited
 /// for the whole call), so the counts are blocks whatever the batching.
-fn timed<T>(hists: &OpLatency, op: usize, blocks: usize, f: impl FnOnce() -> T) -> T {
+fn timed<T>(hists: &OpLatency<PoolCall>, op: PoolCall, blocks: usize, f: impl FnOnce() -> T) -> T {
     let t0 = std::time::Instant::now();
     let r = f();
     hists.observe_n(op, t0.elapsed(), blocks as u64);
@@ -293,8 +308,8 @@ impl State {
             counters: Counters::default(),
             tenants: Mutex::new(Tenants::default()),
             owners: Mutex::new(HashMap::new()),
-            latency: OpLatency::new(AGENT_OPS),
-            pool_latency: OpLatency::new(POOL_CALLS),
+            latency: OpLatency::default(),
+            pool_latency: OpLatency::default(),
         });
         if state.store.is_some() {
             let s = state.clone();
@@ -345,10 +360,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pool_call_indices_name_their_ops() {
-        assert_eq!(POOL_CALLS[POOL_PUT], "put");
-        assert_eq!(POOL_CALLS[POOL_GET], "get");
-        assert_eq!(POOL_CALLS[POOL_EXISTS], "exists");
-        assert_eq!(POOL_CALLS.len(), 3);
+    fn pool_calls_name_their_ops() {
+        use kvtier_core::metrics::OpSet;
+        let names: Vec<_> = PoolCall::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["put", "get", "exists"]);
     }
 }

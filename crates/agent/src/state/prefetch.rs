@@ -52,7 +52,7 @@ impl State {
             .map(|&(j, s)| (keys[j], unsafe { self.arena.slot_bytes_mut(s) }))
             .collect();
         let n = reqs.len();
-        let got = timed(&self.pool_latency, POOL_GET, n, || {
+        let got = timed(&self.pool_latency, PoolCall::Get, n, || {
             store.get_many_into(&mut reqs)
         });
         drop(reqs);

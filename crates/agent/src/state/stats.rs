@@ -3,8 +3,8 @@
 use super::*;
 
 impl State {
-    /// Records how long an RPC took (`op` indexes [`AGENT_OPS`]).
-    pub fn observe(&self, op: usize, took: Duration) {
+    /// Records how long an RPC took.
+    pub fn observe(&self, op: AgentOp, took: Duration) {
         self.latency.observe(op, took);
     }
 

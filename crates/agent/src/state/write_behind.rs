@@ -43,7 +43,7 @@ impl State {
                     true
                 }
             });
-            let stored = timed(&self.pool_latency, POOL_EXISTS, keys.len(), || {
+            let stored = timed(&self.pool_latency, PoolCall::Exists, keys.len(), || {
                 store.contains_many(&keys)
             });
             // Straight from the shared arena slots to the pool (each slot is a page-aligned
@@ -62,7 +62,7 @@ impl State {
                 self.arena.seal(s.id(), *k);
             }
             let records: Vec<&[u8]> = slots.iter().map(|(_, s)| s.record()).collect();
-            let results = timed(&self.pool_latency, POOL_PUT, records.len(), || {
+            let results = timed(&self.pool_latency, PoolCall::Put, records.len(), || {
                 store.put_many(&records)
             });
             for ((key, _), r) in slots.iter().zip(results) {

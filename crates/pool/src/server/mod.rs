@@ -47,8 +47,8 @@ mod stream;
 use control::Control;
 pub use records::check_streaming;
 use records::{check_header, record_len_of, status_of, Cache};
-use stats::{op_index, Counters};
-pub use stats::{PoolServerStats, POOL_OPS};
+use stats::Counters;
+pub use stats::{PoolOp, PoolServerStats};
 
 /// Configuration of a pool server.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ pub struct PoolServer {
     /// Accepting connections (from the start of `serve` until its shutdown).
     serving: AtomicBool,
     counters: Counters,
-    latency: OpLatency,
+    latency: OpLatency<PoolOp>,
     /// Request and response buffers, reused (see [`BufPool`]).
     bufs: BufPool,
     /// TCP puts received and not yet answered (a put is streamed only when it is alone).
@@ -267,7 +267,7 @@ impl PoolServer {
             draining: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             counters: Counters::default(),
-            latency: OpLatency::new(POOL_OPS),
+            latency: OpLatency::default(),
             bufs: BufPool::new(256 << 20),
             puts_in_flight: Default::default(),
             #[cfg(feature = "ucx")]
@@ -324,7 +324,7 @@ impl PoolServer {
         }
     }
 
-    /// The request latency histograms, by op ([`POOL_OPS`]).
+    /// The request latency histograms, by op ([`PoolOp`]).
     pub fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         self.latency.snapshot()
     }
@@ -579,10 +579,10 @@ impl PoolServer {
         body: AlignedBuf,
         hash: Option<u64>,
     ) -> (Frame, Body) {
-        let op = op_index(f.op);
+        let op = PoolOp::of(f.op);
         let span = tracing::info_span!(
             "pool_request",
-            op = POOL_OPS[op],
+            op = kvtier_core::metrics::OpSet::name(op),
             key = %f.key,
             bytes = f.body_len,
             tier = "disk"

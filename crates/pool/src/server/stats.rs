@@ -5,17 +5,35 @@ use serde::Serialize;
 use crate::wire::Op;
 use kvtier_core::metrics::{Counter, Gauge, StoreStats};
 
-/// The data-plane ops timed into latency histograms, in order (see [`PoolServer::latency`]).
-pub const POOL_OPS: &[&str] = &["put", "get", "exists", "delete", "stats", "other"];
+kvtier_core::op_set! {
+    /// The data-plane ops timed into latency histograms (see [`PoolServer::latency`](super::PoolServer::latency)).
+    pub enum PoolOp {
+        /// Puts, whole or streamed.
+        Put => "put",
+        /// Gets.
+        Get => "get",
+        /// Batched existence checks.
+        Exists => "exists",
+        /// Deletes.
+        Delete => "delete",
+        /// The `Stats` op.
+        Stats => "stats",
+        /// Anything else (authentication, UCX set-up).
+        Other => "other",
+    }
+}
 
-pub(super) fn op_index(op: Op) -> usize {
-    match op {
-        Op::Put => 0,
-        Op::Get => 1,
-        Op::Exists => 2,
-        Op::Delete => 3,
-        Op::Stats => 4,
-        _ => 5,
+impl PoolOp {
+    /// The op a request frame is timed under.
+    pub fn of(op: Op) -> PoolOp {
+        match op {
+            Op::Put => PoolOp::Put,
+            Op::Get => PoolOp::Get,
+            Op::Exists => PoolOp::Exists,
+            Op::Delete => PoolOp::Delete,
+            Op::Stats => PoolOp::Stats,
+            _ => PoolOp::Other,
+        }
     }
 }
 

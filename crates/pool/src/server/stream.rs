@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
-use super::{check_header, op_index, Body, PoolServer};
+use super::{check_header, Body, PoolOp, PoolServer};
 use crate::wire::conn::{PayloadHasher, ReadError};
 use crate::wire::{Frame, Op, Status};
 use kvtier_core::buf::AlignedBuf;
@@ -194,7 +194,7 @@ impl PoolServer {
             if let Some(old) = me.cache.lock().remove(&f.key) {
                 me.recycle(old);
             }
-            me.latency.observe(op_index(Op::Put), t0.elapsed());
+            me.latency.observe(PoolOp::Put, t0.elapsed());
             (Frame::response(&f, Status::Ok, 0), Body::Empty)
         }))
     }
@@ -246,7 +246,7 @@ impl PoolServer {
     /// An error answer to a streamed put, counted and timed like any request's.
     fn refusal(&self, f: Frame, t0: Instant, status: Status, why: String) -> (Frame, Body) {
         self.counters.errors.inc();
-        self.latency.observe(op_index(Op::Put), t0.elapsed());
+        self.latency.observe(PoolOp::Put, t0.elapsed());
         tracing::debug!(key = %f.key, ?status, reason = %why, "streamed put refused");
         let b = why.into_bytes();
         (Frame::response(&f, status, b.len() as u32), Body::Bytes(b))
