@@ -286,15 +286,8 @@ impl BlockObject {
         expect_key: Option<BlockKey>,
         expect_layout: Option<u64>,
     ) -> Result<Self, VerifyError> {
-        let h = BlockHeader::decode(&buf)?;
+        let h = verify_record(&buf, expect_key, None)?;
         let payload_len = h.payload_len() as usize;
-        if buf.len() < HEADER_LEN + payload_len {
-            return Err(VerifyError::Length);
-        }
-        h.verify_payload(&buf[HEADER_LEN..HEADER_LEN + payload_len])?;
-        if expect_key.is_some_and(|k| k != h.key()) {
-            return Err(VerifyError::WrongKey);
-        }
         if expect_layout.is_some_and(|d| d != h.layout_digest()) {
             return Err(VerifyError::WrongLayout);
         }
@@ -344,6 +337,30 @@ impl BlockObject {
     pub fn into_record(self) -> AlignedBuf {
         self.buf
     }
+}
+
+/// Verifies a whole record as read from anywhere (a segment file, a socket, a shared
+/// directory's file): its header, the expected `key` (if any), and its payload's checksum.
+/// `payload_hash` is the payload's xxh3-64 when the reader computed it while the record
+/// arrived; `None` computes it here. Every reader of records runs this one check, and a record
+/// that fails it is a miss. Returns the header.
+pub fn verify_record(
+    record: &[u8],
+    key: Option<BlockKey>,
+    payload_hash: Option<u64>,
+) -> Result<BlockHeader, VerifyError> {
+    let h = BlockHeader::decode(record)?;
+    if key.is_some_and(|k| k != h.key()) {
+        return Err(VerifyError::WrongKey);
+    }
+    let end = HEADER_LEN + h.payload_len() as usize;
+    let payload = record.get(HEADER_LEN..end).ok_or(VerifyError::Length)?;
+    match payload_hash {
+        Some(x) if x != h.payload_checksum() => return Err(VerifyError::PayloadChecksum),
+        Some(_) => {}
+        None => h.verify_payload(payload)?,
+    }
+    Ok(h)
 }
 
 #[cfg(test)]

@@ -125,34 +125,3 @@ impl PoolSpec {
         })
     }
 }
-
-/// Verifies a whole record as read from anywhere: header, expected key, payload checksum.
-/// Returns the header, or the reason the record must be treated as a miss.
-pub fn verify_record(
-    record: &[u8],
-    key: BlockKey,
-) -> std::result::Result<BlockHeader, kvtier_core::block::VerifyError> {
-    verify_record_hashed(record, key, None)
-}
-
-/// [`verify_record`], given the xxh3-64 of the payload already computed (while the record
-/// was read from a socket, say) as `payload_hash`; `None` computes it.
-pub fn verify_record_hashed(
-    record: &[u8],
-    key: BlockKey,
-    payload_hash: Option<u64>,
-) -> std::result::Result<BlockHeader, kvtier_core::block::VerifyError> {
-    use kvtier_core::block::{VerifyError, HEADER_LEN};
-    let h = BlockHeader::decode(record)?;
-    if h.key() != key {
-        return Err(VerifyError::WrongKey);
-    }
-    let end = HEADER_LEN + h.payload_len() as usize;
-    let payload = record.get(HEADER_LEN..end).ok_or(VerifyError::Length)?;
-    match payload_hash {
-        Some(x) if x != h.payload_checksum() => return Err(VerifyError::PayloadChecksum),
-        Some(_) => {}
-        None => h.verify_payload(payload)?,
-    }
-    Ok(h)
-}

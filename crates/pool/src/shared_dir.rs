@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::{verify_record, PoolBackend};
+use super::PoolBackend;
+use kvtier_core::block::verify_record;
 use kvtier_core::block::{BlockHeader, VerifyError};
 use kvtier_core::buf::ALIGN;
 use kvtier_core::error::{Error, Result};
@@ -328,7 +329,7 @@ impl PoolBackend for SharedDirStore {
         }
         let res = read_full(&f, &mut buf[..len]);
         let verdict = match res {
-            Ok(()) => verify_record(&buf[..len], key),
+            Ok(()) => verify_record(&buf[..len], Some(key), None),
             Err(_) => Err(VerifyError::Length),
         };
         match verdict {

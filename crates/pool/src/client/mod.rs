@@ -28,10 +28,11 @@ use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Reply, Status};
 mod backend;
 
-use super::{auth, verify_record_hashed};
+use super::auth;
 use crate::wire::conn::{
     read_body, read_body_hashed, read_frame, read_header, write_frame, ReadError,
 };
+use kvtier_core::block::verify_record;
 use kvtier_core::block::BlockHeader;
 use kvtier_core::buf::{AlignedBuf, BufPool};
 use kvtier_core::error::{Error, ErrorKind, Result};
@@ -523,7 +524,7 @@ impl PoolClient {
                     let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
                     match self.call_hashed(m, f, None, Vec::new()).await {
                         Ok((f, body, hash)) if f.status == Status::Ok => {
-                            match verify_record_hashed(&body, key, hash) {
+                            match verify_record(&body, Some(key), hash) {
                                 Ok(_) => return Ok(Some(body)),
                                 Err(v) => {
                                     self.recycle(body);

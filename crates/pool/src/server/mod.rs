@@ -753,7 +753,7 @@ impl PoolServer {
         key: BlockKey,
         hash: Option<u64>,
     ) -> std::result::Result<(), (Status, String)> {
-        if let Err(v) = super::verify_record_hashed(record, key, hash) {
+        if let Err(v) = kvtier_core::block::verify_record(record, Some(key), hash) {
             self.counters.bad_records.inc();
             return Err((
                 Status::Error,

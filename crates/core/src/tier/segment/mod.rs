@@ -24,7 +24,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use crate::block::{BlockHeader, BlockObject, VerifyError, HEADER_LEN};
+use crate::block::{BlockHeader, BlockObject, VerifyError};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
@@ -478,14 +478,7 @@ impl SegmentStore {
     }
 
     fn verify(&self, record: &[u8], key: BlockKey) -> Result<BlockHeader, VerifyError> {
-        let h = BlockHeader::decode(record)?;
-        let end = HEADER_LEN + h.payload_len() as usize;
-        let payload = record.get(HEADER_LEN..end).ok_or(VerifyError::Length)?;
-        h.verify_payload(payload)?;
-        if h.key() != key {
-            return Err(VerifyError::WrongKey);
-        }
-        Ok(h)
+        crate::block::verify_record(record, Some(key), None)
     }
 
     /// Reads and verifies the object under `key` into `buf` (grown if needed). Returns its

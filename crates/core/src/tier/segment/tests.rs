@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
+use crate::block::HEADER_LEN;
 use crate::tier::io::Psync;
 
 const PAYLOAD: usize = 20_000; // a 24 KiB record
