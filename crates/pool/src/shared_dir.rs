@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::PoolBackend;
+use crate::backend::PoolBackend;
 use kvtier_core::block::verify_record;
 use kvtier_core::block::{BlockHeader, VerifyError};
 use kvtier_core::buf::ALIGN;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{futures_join_all, PoolClient};
-use crate::PoolBackend;
+use crate::backend::PoolBackend;
 use kvtier_core::block::BlockHeader;
 use kvtier_core::buf::AlignedBuf;
 use kvtier_core::error::{Error, Result};
