@@ -8,7 +8,8 @@ prompts of each size (fresh random token ids per round), for:
   example          vLLM's ExampleConnector hit (server C, files under a scratch folder)
   prefix_cache     vLLM's in-memory prefix-cache hit (server D, no connector): the floor
 Servers A and B run together, then C and D.
-Run with the vLLM venv's python (scripts/vllm_setup.sh bench builds it and the model):
+Run with the vLLM venv's python (scripts/vllm_setup.sh bench builds it and the model, and installs
+this checkout's kvtier and kvtier-vllm packages into it, which the servers import):
     python scripts/bench_ttft.py --model DIR --kvtier-bin target/release/kvtier \
         --kvtier-lib target/release/libkvtier.so [--sizes 2048,4096,8192] [--rounds 3] [--json]
 Progress goes to stderr; the table (or --json) to stdout."""
@@ -26,7 +27,6 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ["miss", "kvtier_same", "kvtier_other", "example", "prefix_cache"]
 BLOCK = 128
 
@@ -150,8 +150,6 @@ def main() -> int:
     env = dict(os.environ)
     env.update({
         "KVTIER_LIB": os.path.abspath(a.kvtier_lib),
-        "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "integrations", "python"),
-                                       os.path.join(ROOT, "integrations", "vllm"), env.get("PYTHONPATH", "")]),
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu",
         "TMPDIR": work, "VLLM_CACHE_ROOT": os.path.join(work, "vllm-cache"), "VLLM_NO_USAGE_STATS": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib),

@@ -5,6 +5,8 @@
 #   $CACHE/models/tiny-llama    random-weight Llama for the tests (2 layers, hidden 256, fp32-friendly)
 #   $CACHE/models/bench-llama   random-weight Llama for benchmarks (8 layers, hidden 1024, 8 heads,
 #                               2 KV heads: 8 KiB of bf16 KV per token)
+# and installs this checkout's `kvtier` and `kvtier-vllm` packages (integrations/python,
+# integrations/vllm) into the venv, on every run (the sources may have changed since the last).
 # CACHE is ${KVTIER_CACHE_DIR:-/var/cache/kvtier}. Usage: scripts/vllm_setup.sh [tiny] [bench]
 # (default: tiny). Prints the venv's python on its last line.
 #
@@ -13,6 +15,7 @@
 # wheel's other Requires-Dist lines with torch==2.13.0 as a constraint.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
 CACHE="${KVTIER_CACHE_DIR:-/var/cache/kvtier}"
 VENV="$CACHE/vllm-venv"
 PY_BASE="${KVTIER_VLLM_BASE_PYTHON:-python3}"
@@ -25,11 +28,11 @@ exec 9>"$CACHE/.vllm-setup.lock"
 flock 9
 
 say() { echo "vllm_setup: $*" >&2; }
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 if [ ! -f "$VENV/.kvtier-vllm-ok" ]; then
   say "building $VENV (about 3 GB downloaded, a few minutes)"
   [ -x "$VENV/bin/python" ] || "$PY_BASE" -m venv "$VENV"
-  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
   "${PIP[@]}" install --quiet --upgrade pip packaging
   if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     "${PIP[@]}" install --quiet "torch==$TORCH_VERSION"
@@ -54,11 +57,22 @@ open(sys.argv[1], "w").write("\n".join(out) + "\n")
 PY
   echo "torch==$TORCH_VERSION" > "$DL/constraints.txt"
   "${PIP[@]}" install --quiet -r "$DL/reqs.txt" -c "$DL/constraints.txt"
-  # pytest for the end-to-end tests.
-  "${PIP[@]}" install --quiet pytest
+  # pytest for the end-to-end tests; setuptools (with bdist_wheel) to build kvtier's packages.
+  "${PIP[@]}" install --quiet pytest "setuptools>=70.1"
   VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
   touch "$VENV/.kvtier-vllm-ok"
 fi
+
+# This checkout's packages, as `pip install ./integrations/vllm` gives them to an engine (copies,
+# not editable), reinstalled every time: the tests and the benchmark import the installed
+# `kvtier` and `kvtier_vllm`, not the sources. --no-deps: the binding comes from this checkout too;
+# --no-build-isolation: built with the venv's setuptools, nothing downloaded.
+if ! "$VENV/bin/python" -c 'import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' 2>/dev/null; then
+  "${PIP[@]}" install --quiet "setuptools>=70.1"
+fi
+say "installing kvtier and kvtier-vllm from $ROOT/integrations into $VENV"
+"${PIP[@]}" install --quiet --no-deps --force-reinstall --no-build-isolation \
+  "$ROOT/integrations/python" "$ROOT/integrations/vllm" >&2
 
 for m in "${MODELS[@]}"; do
   case "$m" in

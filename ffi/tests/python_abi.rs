@@ -1,6 +1,7 @@
-//! The Python ctypes binding (`integrations/python/kvtier`) against libkvtier.so: key vectors
-//! (with extra keys), errors, the copy engine, and two Python engine processes sharing blocks
-//! through a real agent.
+//! The Python ctypes binding (`integrations/python/kvtier`) against libkvtier.so and the committed
+//! header: key vectors (with extra keys), errors, the copy engine, two Python engine processes
+//! sharing blocks through a real agent, and the binding's ctypes signatures, structs and status
+//! codes against `ffi/include/kvtier.h`. The scripts are in `tests/python/binding/`.
 
 use std::process::Command;
 
@@ -13,7 +14,7 @@ fn run_py(script: &str, args: &[&str]) -> String {
     let out = Command::new(&py)
         .arg(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../integrations/python/tests")
+                .join("../tests/python/binding")
                 .join(script),
         )
         .args(args)
@@ -32,6 +33,12 @@ fn run_py(script: &str, args: &[&str]) -> String {
 #[test]
 fn python_binding_reproduces_vectors_and_copies() {
     let out = run_py("test_abi.py", &[]);
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn python_binding_matches_the_committed_header() {
+    let out = run_py("test_header.py", &[]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 

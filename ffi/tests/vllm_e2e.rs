@@ -1,6 +1,7 @@
 //! The vLLM connector's end-to-end tests on a real vLLM (CPU backend), run from `cargo test` so
 //! that the README's one test command covers them: `scripts/vllm_e2e.sh` (pytest over
-//! `tests/vllm/`) with the release `kvtier` binary and libkvtier of this target directory.
+//! `tests/python/vllm/`, against this checkout's `kvtier` and `kvtier-vllm` packages installed into
+//! the vLLM venv) with the release `kvtier` binary and libkvtier of this target directory.
 //!
 //! Needs the vLLM venv and the tiny model in the cache folder, which `.ci/run` builds
 //! (`scripts/vllm_setup.sh tiny`, reused when present). Without them this test fails and says

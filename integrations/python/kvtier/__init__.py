@@ -21,6 +21,7 @@ import ctypes.util
 import os
 from typing import List, Optional, Sequence
 
+# KVT_ABI_VERSION and the status codes (KVT_OK, KVT_ERR_*) of ffi/include/kvtier.h.
 ABI_VERSION = 1
 
 KVT_OK = 0
@@ -40,6 +41,8 @@ class KvtierError(Exception):
         self.message = message
 
 
+# The header's structs, field for field; `_CamelCase` is the header's `kvt_camel_case` (the
+# header check, tests/python/binding/test_header.py, pairs them by that rule).
 class _Key(ctypes.Structure):
     _fields_ = [("lo", ctypes.c_uint64), ("hi", ctypes.c_uint64)]
 
@@ -91,45 +94,51 @@ def _find_library() -> str:
                   "(cargo build --release -p kvtier-ffi puts it in target/release/)")
 
 
+# Every function this binding calls, as `name: (argtypes, restype)`, typed after the header
+# (ffi/include/kvtier.h; tests/python/binding/test_header.py checks them against it, and the
+# structs above, the status codes and ABI_VERSION too). A pointer to an opaque handle
+# (kvt_client, kvt_layout, ...) or to untyped bytes is c_void_p.
+_st = ctypes.c_int  # kvt_status
+_SIGNATURES = {
+    "kvt_abi_version": ([], ctypes.c_uint32),
+    "kvt_last_error": ([], ctypes.c_char_p),
+    "kvt_namespace_new": ([ctypes.POINTER(_NamespaceParams), ctypes.POINTER(ctypes.c_void_p)], _st),
+    "kvt_namespace_free": ([ctypes.c_void_p], None),
+    "kvt_namespace_digest": ([ctypes.c_void_p, ctypes.POINTER(_Key)], _st),
+    "kvt_block_count": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_size_t),
+    "kvt_block_keys": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t,
+                        ctypes.POINTER(_Extra), ctypes.c_size_t, ctypes.POINTER(_Key),
+                        ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], _st),
+    "kvt_layout_new": ([ctypes.POINTER(_LayoutParams), ctypes.POINTER(ctypes.c_void_p)], _st),
+    "kvt_layout_free": ([ctypes.c_void_p], None),
+    "kvt_layout_object_len": ([ctypes.c_void_p], ctypes.c_uint64),
+    "kvt_layout_layer_bytes": ([ctypes.c_void_p], ctypes.c_uint64),
+    "kvt_gather": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                    ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], _st),
+    "kvt_scatter": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                     ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], _st),
+    "kvt_client_connect": ([ctypes.POINTER(_ClientParams), ctypes.POINTER(ctypes.c_void_p)], _st),
+    "kvt_client_close": ([ctypes.c_void_p], None),
+    "kvt_client_free": ([ctypes.c_void_p], None),
+    "kvt_register_kv": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                         ctypes.c_size_t], _st),
+    "kvt_register_kv_device": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+                                ctypes.c_size_t, ctypes.c_int32], _st),
+    "kvt_lookup": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t,
+                    ctypes.POINTER(ctypes.c_uint32)], _st),
+    "kvt_save": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
+                  ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], _st),
+    "kvt_load_start": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
+                        ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)], _st),
+    "kvt_ticket_wait": ([ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8),
+                         ctypes.c_size_t], _st),
+    "kvt_ticket_free": ([ctypes.c_void_p], None),
+}
+
+
 def _load():
     lib = ctypes.CDLL(_find_library())
-    st = ctypes.c_int
-    sigs = {
-        "kvt_abi_version": ([], ctypes.c_uint32),
-        "kvt_last_error": ([], ctypes.c_char_p),
-        "kvt_namespace_new": ([ctypes.POINTER(_NamespaceParams), ctypes.POINTER(ctypes.c_void_p)], st),
-        "kvt_namespace_free": ([ctypes.c_void_p], None),
-        "kvt_namespace_digest": ([ctypes.c_void_p, ctypes.POINTER(_Key)], st),
-        "kvt_block_count": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_size_t),
-        "kvt_block_keys": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t,
-                            ctypes.POINTER(_Extra), ctypes.c_size_t, ctypes.POINTER(_Key),
-                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], st),
-        "kvt_layout_new": ([ctypes.POINTER(_LayoutParams), ctypes.POINTER(ctypes.c_void_p)], st),
-        "kvt_layout_free": ([ctypes.c_void_p], None),
-        "kvt_layout_object_len": ([ctypes.c_void_p], ctypes.c_uint64),
-        "kvt_layout_layer_bytes": ([ctypes.c_void_p], ctypes.c_uint64),
-        "kvt_gather": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
-                        ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
-        "kvt_scatter": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
-                         ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t], st),
-        "kvt_client_connect": ([ctypes.POINTER(_ClientParams), ctypes.POINTER(ctypes.c_void_p)], st),
-        "kvt_client_close": ([ctypes.c_void_p], None),
-        "kvt_client_free": ([ctypes.c_void_p], None),
-        "kvt_register_kv": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-                             ctypes.c_size_t], st),
-        "kvt_register_kv_device": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
-                                    ctypes.c_size_t, ctypes.c_int32], st),
-        "kvt_lookup": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t,
-                        ctypes.POINTER(ctypes.c_uint32)], st),
-        "kvt_save": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
-                      ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], st),
-        "kvt_load_start": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
-                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)], st),
-        "kvt_ticket_wait": ([ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8),
-                             ctypes.c_size_t], st),
-        "kvt_ticket_free": ([ctypes.c_void_p], None),
-    }
-    for name, (args, res) in sigs.items():
+    for name, (args, res) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = res

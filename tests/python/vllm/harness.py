@@ -1,4 +1,4 @@
-"""Processes for the vLLM end-to-end tests: kvtier agents and vLLM replicas (tests/vllm/replica.py)."""
+"""Processes for the vLLM end-to-end tests: kvtier agents and vLLM replicas (tests/python/vllm/replica.py)."""
 import glob
 import json
 import os
@@ -83,7 +83,7 @@ class Agent:
 
 
 class Replica:
-    """A vLLM engine process (tests/vllm/replica.py); `socket` None runs it without kvtier."""
+    """A vLLM engine process (tests/python/vllm/replica.py); `socket` None runs it without kvtier."""
 
     def __init__(self, python: str, model: str, log_path: str, socket: Optional[str] = None,
                  stats_dir: Optional[str] = None, env: Optional[Dict[str, str]] = None,
@@ -189,7 +189,7 @@ class Replica:
         self._log.close()
 
 
-# ---- the pool's segment files (src/block.rs: 64-byte record header, magic KVTB) ----
+# ---- the pool's segment files (crates/core/src/block.rs: 64-byte record header, magic KVTB) ----
 
 _BLOCK_MAGIC = b"KVTB"
 _PAGE = 4096
