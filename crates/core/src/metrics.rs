@@ -123,6 +123,44 @@ impl CorruptionCounters {
     }
 }
 
+/// The counters every store keeps behind its [`StoreStats`] (the segment store, the shared
+/// directory): hits, misses, puts, evictions, bytes in and out, and corrupt objects by reason.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Lookups that found the object.
+    pub hits: Counter,
+    /// Lookups that did not.
+    pub misses: Counter,
+    /// Objects stored.
+    pub puts: Counter,
+    /// Objects evicted to make room.
+    pub evictions: Counter,
+    /// Bytes stored.
+    pub bytes_in: Counter,
+    /// Bytes returned.
+    pub bytes_out: Counter,
+    /// Objects dropped as corrupt, by reason.
+    pub corrupt: CorruptionCounters,
+}
+
+impl StoreCounters {
+    /// The snapshot, with the store's own `objects`, `used_bytes` and `capacity_bytes`.
+    pub fn snapshot(&self, objects: u64, used_bytes: u64, capacity_bytes: u64) -> StoreStats {
+        StoreStats {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            puts: self.puts.get(),
+            evictions: self.evictions.get(),
+            corrupt: self.corrupt.snapshot(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            objects,
+            used_bytes,
+            capacity_bytes,
+        }
+    }
+}
+
 /// Upper bounds of the latency histograms' buckets, in seconds (10 µs to 10 s; the last bucket,
 /// `+Inf`, is implicit).
 pub const LATENCY_BUCKETS: [f64; 19] = [

@@ -29,7 +29,7 @@ use kvtier_core::block::{BlockHeader, VerifyError};
 use kvtier_core::buf::ALIGN;
 use kvtier_core::error::{Error, Result};
 use kvtier_core::key::BlockKey;
-use kvtier_core::metrics::{CorruptionCounters, Counter, StoreStats};
+use kvtier_core::metrics::{StoreCounters, StoreStats};
 use kvtier_core::tier::io::open_file;
 use kvtier_core::tier::segment::Durability;
 
@@ -61,17 +61,6 @@ impl SharedDirConfig {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    hits: Counter,
-    misses: Counter,
-    puts: Counter,
-    evictions: Counter,
-    bytes_in: Counter,
-    bytes_out: Counter,
-    corrupt: CorruptionCounters,
-}
-
 /// A pool backend on a shared directory.
 pub struct SharedDirStore {
     cfg: SharedDirConfig,
@@ -82,7 +71,7 @@ pub struct SharedDirStore {
     evicting: AtomicBool,
     seq: AtomicU64,
     scan_lock: Mutex<()>,
-    counters: Counters,
+    counters: StoreCounters,
 }
 
 impl std::fmt::Debug for SharedDirStore {
@@ -139,7 +128,7 @@ impl SharedDirStore {
             evicting: AtomicBool::new(false),
             seq: AtomicU64::new(0),
             scan_lock: Mutex::new(()),
-            counters: Counters::default(),
+            counters: StoreCounters::default(),
         };
         store.clean_tmp();
         let files = store.scan();
@@ -349,19 +338,8 @@ impl PoolBackend for SharedDirStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        StoreStats {
-            hits: c.hits.get(),
-            misses: c.misses.get(),
-            puts: c.puts.get(),
-            evictions: c.evictions.get(),
-            corrupt: c.corrupt.snapshot(),
-            bytes_in: c.bytes_in.get(),
-            bytes_out: c.bytes_out.get(),
-            objects: 0,
-            used_bytes: self.used_bytes(),
-            capacity_bytes: self.cfg.capacity_bytes,
-        }
+        self.counters
+            .snapshot(0, self.used_bytes(), self.cfg.capacity_bytes)
     }
 }
 

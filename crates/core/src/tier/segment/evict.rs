@@ -76,7 +76,7 @@ impl SegmentStore {
                     .remove_if(&key, |_, l| l.seg == victim.id && l.off == off)
                     .is_some()
             {
-                self.counters.evictions.inc();
+                self.counters.store.evictions.inc();
                 dropped.push(key);
             }
         }

@@ -28,7 +28,7 @@ use crate::block::{BlockHeader, BlockObject, VerifyError};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
-use crate::metrics::{CorruptionCounters, Counter, StoreStats};
+use crate::metrics::{Counter, StoreCounters, StoreStats};
 use crate::policy::{EvictionPolicy, InsertInfo, PolicyKind};
 use crate::tier::io::{IoEngine, IoMode};
 
@@ -129,16 +129,10 @@ struct Active {
 /// Counters of a segment store.
 #[derive(Default)]
 struct Counters {
-    hits: Counter,
-    misses: Counter,
-    puts: Counter,
-    evictions: Counter,
+    store: StoreCounters,
     segments_evicted: Counter,
     second_chances: Counter,
-    bytes_in: Counter,
-    bytes_out: Counter,
     write_errors: Counter,
-    corrupt: CorruptionCounters,
     torn_on_recovery: Counter,
 }
 
@@ -276,7 +270,7 @@ impl SegmentStore {
         store.counters.torn_on_recovery.add(report.discarded as u64);
         for (reason, n) in corrupt {
             for _ in 0..n {
-                store.counters.corrupt.record(reason);
+                store.counters.store.corrupt.record(reason);
             }
         }
         // A smaller capacity than last time: evict the oldest until within the bound.
@@ -408,8 +402,8 @@ impl SegmentStore {
                 p.insert(key, InsertInfo::default());
             }
         }
-        self.counters.puts.inc();
-        self.counters.bytes_in.add(len);
+        self.counters.store.puts.inc();
+        self.counters.store.bytes_in.add(len);
     }
 
     /// Reserves `len` bytes in the active segment, rolling to a new one when it is full.
@@ -505,16 +499,16 @@ impl SegmentStore {
             l.hot.store(true, Ordering::Relaxed);
             (l.seg, l.off, l.len as usize)
         }) else {
-            self.counters.misses.inc();
+            self.counters.store.misses.inc();
             return Ok(None);
         };
         let Some(seg) = self.segments.read().get(&seg_id).cloned() else {
             // Evicted between the index lookup and now.
-            self.counters.misses.inc();
+            self.counters.store.misses.inc();
             return Ok(None);
         };
         if buf.len() < len || buf.as_ptr() as usize % ALIGN != 0 {
-            self.counters.misses.inc();
+            self.counters.store.misses.inc();
             return Err(Error::invalid(format!(
                 "read buffer of {} bytes (page-aligned: {}) for a {len}-byte record",
                 buf.len(),
@@ -522,21 +516,21 @@ impl SegmentStore {
             )));
         }
         if let Err(e) = self.io.read_at(&seg.file, &mut buf[..len], off) {
-            self.counters.misses.inc();
+            self.counters.store.misses.inc();
             return Err(
                 Error::io("reading a record", e).with_context("segment", seg.path.display())
             );
         }
         match self.verify(&buf[..len], key) {
             Ok(h) => {
-                self.counters.hits.inc();
-                self.counters.bytes_out.add(h.payload_len());
+                self.counters.store.hits.inc();
+                self.counters.store.bytes_out.add(h.payload_len());
                 self.with_policy(|p| p.access(key));
                 Ok(Some(h))
             }
             Err(reason) => {
-                self.counters.corrupt.record(reason);
-                self.counters.misses.inc();
+                self.counters.store.corrupt.record(reason);
+                self.counters.store.misses.inc();
                 if self
                     .index
                     .remove_if(&key, |_, l| l.seg == seg_id && l.off == off)
@@ -602,20 +596,11 @@ impl SegmentStore {
 
     /// Counter snapshot.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        let segs = self.segments.read();
-        StoreStats {
-            hits: c.hits.get(),
-            misses: c.misses.get(),
-            puts: c.puts.get(),
-            evictions: c.evictions.get(),
-            corrupt: c.corrupt.snapshot(),
-            bytes_in: c.bytes_in.get(),
-            bytes_out: c.bytes_out.get(),
-            objects: self.index.len() as u64,
-            used_bytes: segs.values().map(|s| s.size).sum(),
-            capacity_bytes: self.cfg.capacity_bytes,
-        }
+        let used = self.segments.read().values().map(|s| s.size).sum();
+        let objects = self.index.len() as u64;
+        self.counters
+            .store
+            .snapshot(objects, used, self.cfg.capacity_bytes)
     }
 
     /// Store-specific counters beyond [`StoreStats`].
@@ -637,7 +622,7 @@ impl SegmentStore {
 
     /// Failures of `reason` counted so far.
     pub fn corrupt_count(&self, reason: VerifyError) -> u64 {
-        self.counters.corrupt.get(reason)
+        self.counters.store.corrupt.get(reason)
     }
 }
 
