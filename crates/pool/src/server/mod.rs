@@ -712,7 +712,7 @@ impl PoolServer {
                             Body::Bytes(out),
                         )
                     }
-                    Err(why) => err(&self, Status::Error, why),
+                    Err(why) => err(&self, Status::Error, why.to_string()),
                 }
             }
             Op::Delete => {

@@ -308,18 +308,18 @@ pub fn encode_keys(keys: &[BlockKey]) -> Vec<u8> {
 }
 
 /// Decodes an `Exists` body: a whole number of 16-byte keys, at most [`MAX_EXISTS_KEYS`].
-pub fn decode_keys(body: &[u8]) -> Result<Vec<BlockKey>, String> {
+pub fn decode_keys(body: &[u8]) -> kvtier_core::Result<Vec<BlockKey>> {
     if body.len() % 16 != 0 {
-        return Err(format!(
+        return Err(kvtier_core::Error::invalid(format!(
             "an exists body of {} bytes is not a whole number of 16-byte keys",
             body.len()
-        ));
+        )));
     }
     if body.len() / 16 > MAX_EXISTS_KEYS {
-        return Err(format!(
+        return Err(kvtier_core::Error::invalid(format!(
             "{} keys in one exists request; at most {MAX_EXISTS_KEYS}",
             body.len() / 16
-        ));
+        )));
     }
     Ok(body
         .chunks_exact(16)
@@ -401,7 +401,10 @@ mod tests {
             .map(|i| BlockKey::from_u128(i << 64 | i))
             .collect();
         assert_eq!(decode_keys(&encode_keys(&keys)).unwrap(), keys);
-        assert!(decode_keys(&[0u8; 17]).unwrap_err().contains("16-byte"));
+        assert!(decode_keys(&[0u8; 17])
+            .unwrap_err()
+            .to_string()
+            .contains("16-byte"));
     }
 
     #[test]
