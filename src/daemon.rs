@@ -5,8 +5,8 @@
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
+use kvtier_core::error::{Error, Result};
 use kvtier_ops::config::{self, Config, LogFormat, LogSection, Override};
 
 /// Which section a daemon's flags set.
@@ -200,9 +200,15 @@ pub async fn metrics_endpoint(
             println!("kvtier {who}: metrics off ({addr}: {e}; set {field})");
             return Ok(());
         }
-        Err(e) => return Err(e).with_context(|| format!("{field}: cannot listen on {addr}")),
+        Err(e) => {
+            return Err(Error::io(format!("{field}: cannot listen on {addr}"), e));
+        }
     };
-    println!("kvtier {who}: metrics http://{}/metrics", l.local_addr()?);
+    println!(
+        "kvtier {who}: metrics http://{}/metrics",
+        l.local_addr()
+            .map_err(|e| Error::io("the metrics listener", e))?
+    );
     tokio::spawn(kvtier_ops::http::serve(l, handler, async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
@@ -213,7 +219,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?)
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?)
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 mod cmd;
 mod daemon;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
+use kvtier_core::error::Result;
 
 #[derive(Parser)]
 #[command(
@@ -47,12 +47,21 @@ enum Cmd {
 }
 
 /// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB`.
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> kvtier_core::error::Result<u64> {
     kvtier_ops::config::ByteSize::parse(s).map(|b| b.0)
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let log = daemon::log_flags(cli.log_format, cli.log_level);
     // The daemons read the file, the environment and their flags; every other command reads
     // only the logging keys (environment and flags).

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use kvtier_core::error::{Error, Result};
 use kvtier_core::tier::io::IoMode;
 
 use crate::parse_size;
@@ -143,7 +143,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 
 fn bench_disk(a: DiskArgs) -> Result<()> {
     if a.object_size == 0 || a.total < a.object_size {
-        bail!("--object-size must be at least 1 byte and --total at least one object");
+        return Err(Error::invalid(format!(
+            "--object-size must be at least 1 byte and --total at least one object"
+        )));
     }
     let opts = kvtier_bench::DiskBenchOptions {
         dir: a.dir,
@@ -155,7 +157,10 @@ fn bench_disk(a: DiskArgs) -> Result<()> {
     };
     let r = kvtier_bench::disk(&opts, |msg| eprintln!("kvtier bench disk: {msg}"))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("the report serialises")
+        );
         return Ok(());
     }
     println!(
@@ -184,7 +189,10 @@ fn bench_abi(a: AbiArgs) -> Result<()> {
     };
     let r = kvtier_bench::abi(&opts, |m| eprintln!("kvtier bench abi: {m}"))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("the report serialises")
+        );
         return Ok(());
     }
     println!("abi bench: {} blocks of {} KiB per round, agent in-process (memory only), one engine thread", r.blocks, r.object_bytes >> 10);
@@ -206,22 +214,22 @@ fn bench_abi(a: AbiArgs) -> Result<()> {
 
 fn bench_ttft(a: TtftArgs) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding this executable", e))?;
     let lib = exe.with_file_name("libkvtier.so");
     if !lib.exists() {
-        bail!(
+        return Err(Error::invalid(format!(
             "{} is missing: build it beside this binary with `cargo build --release -p kvtier-ffi`",
             lib.display()
-        );
+        )));
     }
     let status = std::process::Command::new(root.join("scripts/bench_ttft.sh"))
         .args(&a.args)
         .env("KVTIER_BIN", &exe)
         .env("KVTIER_LIB", &lib)
         .status()
-        .context("running scripts/bench_ttft.sh")?;
+        .map_err(|e| Error::io("running scripts/bench_ttft.sh", e))?;
     if !status.success() {
-        bail!("the TTFT bench failed ({status})");
+        return Err(Error::invalid(format!("the TTFT bench failed ({status})")));
     }
     Ok(())
 }
@@ -240,7 +248,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
             .as_deref()
             .map(kvtier_pool::auth::read_secret)
             .transpose()?,
-        server_exe: std::env::current_exe()?,
+        server_exe: std::env::current_exe().map_err(|e| Error::io("finding this executable", e))?,
         transport: kvtier_pool::client::Transport::parse(&a.transport)?,
         beside_tcp: a.beside_tcp,
         peers: a.peers,
@@ -249,7 +257,10 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
     };
     let r = kvtier_bench::pool::pool(&opts, |m| eprintln!("kvtier bench pool: {m}"))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("the report serialises")
+        );
         return Ok(());
     }
     println!(
@@ -356,7 +367,10 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
 fn bench_keys(a: KeyBenchArgs) -> Result<()> {
     let rows = kvtier_bench::keys(a.prompt_tokens, a.seconds)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("the report serialises")
+        );
         return Ok(());
     }
     println!(

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use kvtier_core::error::{Error, Result};
 use kvtier_ops::{config, probe};
 
 #[derive(Subcommand)]
@@ -45,7 +45,9 @@ pub fn run(c: ConfigCmd) -> Result<()> {
             let sections: Vec<&str> = a.sections.iter().map(String::as_str).collect();
             for s in &sections {
                 if !config::SECTIONS.contains(s) {
-                    bail!("--sections: `{s}` is not one of log, agent, pool");
+                    return Err(Error::invalid(format!(
+                        "--sections: `{s}` is not one of log, agent, pool"
+                    )));
                 }
             }
             let loaded = crate::daemon::load(Some(&a.file), &[], &sections)?;

@@ -1,7 +1,7 @@
 //! `kvtier keys`: print the block keys of a token sequence (the key spec, docs/key-spec.md).
 
-use anyhow::{Context, Result};
 use clap::Args;
+use kvtier_core::error::Result;
 use kvtier_core::{KvDtype, Namespace, NamespaceParams};
 
 #[derive(Args)]
@@ -51,7 +51,7 @@ pub fn run(a: KeysArgs) -> Result<()> {
         pp_rank: a.pp_rank,
         salt: a.salt.into_bytes(),
     })
-    .context("invalid namespace")?;
+    .map_err(|e| e.with_context("while", "building the namespace"))?;
     println!("namespace {}", ns.digest());
     for (i, k) in ns.block_keys(&a.tokens).iter().enumerate() {
         println!("block {i} {k}");

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use kvtier_core::error::Result;
 use kvtier_core::tier::io::IoMode;
 use kvtier_core::tier::segment::SegmentStoreConfig;
 use kvtier_ops::config;
@@ -20,7 +20,7 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
     store.capacity_bytes = p.capacity.0;
     store.segment_bytes = p.segment_bytes.0;
     store.create_dir = true;
-    store.io = IoMode::parse(&p.io).context("pool.io")?;
+    store.io = IoMode::parse(&p.io).map_err(|e| e.with_context("field", "pool.io"))?;
     let mut scfg = PoolServerConfig::new(p.listen, store);
     scfg.control = p.control.0;
     scfg.cache_bytes = p.cache_bytes.0;
@@ -28,7 +28,10 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
     scfg.stream_chunk = p.stream_chunk.0 as usize;
     scfg.stall_timeout = Duration::from_millis(p.stall_timeout_ms);
     if let Some(f) = &p.secret_file {
-        scfg.secret = Some(kvtier_pool::auth::read_secret(f).context("pool.secret_file")?);
+        scfg.secret = Some(
+            kvtier_pool::auth::read_secret(f)
+                .map_err(|e| e.with_context("field", "pool.secret_file"))?,
+        );
     }
     runtime()?.block_on(async move {
         let bound = PoolServer::bind(scfg).await?;

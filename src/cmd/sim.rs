@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use clap::Args;
+use kvtier_core::error::{Error, Result};
 
 #[derive(Args)]
 pub struct SimArgs {
@@ -64,9 +64,11 @@ pub fn run(a: SimArgs) -> Result<()> {
     let cfg = SimConfig {
         replicas: a.replicas,
         nodes: a.nodes,
-        gpu: Capacity::parse(&a.gpu_blocks).context("--gpu-blocks")?,
-        host: Capacity::parse(&a.host_blocks).context("--host-blocks")?,
-        pool: Capacity::parse(&a.pool_blocks).context("--pool-blocks")?,
+        gpu: Capacity::parse(&a.gpu_blocks).map_err(|e| e.with_context("flag", "--gpu-blocks"))?,
+        host: Capacity::parse(&a.host_blocks)
+            .map_err(|e| e.with_context("flag", "--host-blocks"))?,
+        pool: Capacity::parse(&a.pool_blocks)
+            .map_err(|e| e.with_context("flag", "--pool-blocks"))?,
         routing: Routing::parse(&a.routing)?,
         policy: kvtier_core::policy::PolicyKind::parse(&a.policy)?,
         block_tokens: a.block_tokens,
@@ -89,10 +91,9 @@ pub fn run(a: SimArgs) -> Result<()> {
         } else {
             list.split(',')
                 .map(|c| {
-                    c.trim()
-                        .replace('_', "")
-                        .parse::<usize>()
-                        .with_context(|| format!("--sweep: `{c}` is not a number of blocks"))
+                    c.trim().replace('_', "").parse::<usize>().map_err(|_| {
+                        Error::invalid(format!("--sweep: `{c}` is not a number of blocks"))
+                    })
                 })
                 .collect::<Result<_>>()?
         };
@@ -111,9 +112,12 @@ pub fn run(a: SimArgs) -> Result<()> {
                 .unwrap_or_default()
         );
         std::fs::write(&a.plot, kvtier_sim::plot::sweep_svg(&rows, &title))
-            .with_context(|| format!("writing {}", a.plot.display()))?;
+            .map_err(|e| Error::io("writing the plot", e).with_context("path", a.plot.display()))?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).expect("the report serialises")
+            );
             return Ok(());
         }
         println!(
@@ -142,7 +146,10 @@ pub fn run(a: SimArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("the report serialises")
+        );
         return Ok(());
     }
     println!(

@@ -3,8 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
 use clap::Args;
+use kvtier_core::error::{Error, Result};
 use kvtier_ops::stat;
 
 /// `kvtier stat`.
@@ -31,7 +31,9 @@ pub struct StatArgs {
 /// Runs `kvtier stat`.
 pub fn run(a: StatArgs) -> Result<()> {
     if !(a.interval > 0.0 && a.timeout > 0.0) {
-        bail!("--interval and --timeout must be above zero");
+        return Err(Error::invalid(format!(
+            "--interval and --timeout must be above zero"
+        )));
     }
     let timeout = Duration::from_secs_f64(a.timeout);
     if a.once {
@@ -39,7 +41,8 @@ pub fn run(a: StatArgs) -> Result<()> {
         if a.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&stat::summary(&a.addr, &s))?
+                serde_json::to_string_pretty(&stat::summary(&a.addr, &s))
+                    .expect("the report serialises")
             );
         } else {
             print!("{}", stat::render(&a.addr, &s, None));
@@ -52,7 +55,11 @@ pub fn run(a: StatArgs) -> Result<()> {
         let frame = match stat::scrape(&a.addr, timeout) {
             Ok(s) => {
                 let out = if a.json {
-                    format!("{}\n", serde_json::to_string(&stat::summary(&a.addr, &s))?)
+                    format!(
+                        "{}\n",
+                        serde_json::to_string(&stat::summary(&a.addr, &s))
+                            .expect("the report serialises")
+                    )
                 } else {
                     stat::render(&a.addr, &s, prev.as_ref())
                 };
@@ -64,12 +71,15 @@ pub fn run(a: StatArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         if tty && !a.json {
             // Redraw in place: home, the frame, then clear what the last frame left below.
-            write!(out, "\x1b[H\x1b[2J{frame}")?;
-            write!(out, "\n(every {} s; Ctrl-C to quit)\n", a.interval)?;
+            write!(out, "\x1b[H\x1b[2J{frame}")
+                .map_err(|e| Error::io("writing to the terminal", e))?;
+            write!(out, "\n(every {} s; Ctrl-C to quit)\n", a.interval)
+                .map_err(|e| Error::io("writing to the terminal", e))?;
         } else {
-            write!(out, "{frame}")?;
+            write!(out, "{frame}").map_err(|e| Error::io("writing to the terminal", e))?;
         }
-        out.flush()?;
+        out.flush()
+            .map_err(|e| Error::io("writing to the terminal", e))?;
         drop(out);
         std::thread::sleep(Duration::from_secs_f64(a.interval));
     }

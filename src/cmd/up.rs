@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use kvtier_agent::AgentConfig;
+use kvtier_core::error::Result;
 use kvtier_core::tier::host::HostArenaConfig;
 use kvtier_core::tier::segment::SegmentStoreConfig;
 use kvtier_ops::{config, probe};
@@ -37,13 +37,16 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
             .iter()
             .map(|m| Member::parse(m))
             .collect::<Result<Vec<_>, _>>()
-            .context("agent.pool_servers")?;
+            .map_err(|e| e.with_context("field", "agent.pool_servers"))?;
         let mut c = PoolClientConfig::new(members);
         c.replication = a.replication;
         c.timeout = Duration::from_millis(a.pool_timeout_ms);
         c.transport = a.pool_transport;
         if let Some(f) = &a.pool_secret_file {
-            c.secret = Some(kvtier_pool::auth::read_secret(f).context("agent.pool_secret_file")?);
+            c.secret = Some(
+                kvtier_pool::auth::read_secret(f)
+                    .map_err(|e| e.with_context("field", "agent.pool_secret_file"))?,
+            );
         }
         Some(PoolSpec::Servers(c))
     } else if let Some(dir) = &a.shared_dir {

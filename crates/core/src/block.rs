@@ -51,21 +51,28 @@ pub struct BlockHeader {
 const _: () = assert!(std::mem::size_of::<BlockHeader>() == HEADER_LEN);
 
 /// Why an object failed verification. Each reason has its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum VerifyError {
     /// Not a block header at all (no magic): empty or foreign bytes.
+    #[error("not a block object (no magic)")]
     BadMagic,
     /// A format version this build cannot read.
+    #[error("a block format version this build cannot read")]
     BadVersion,
     /// The header's own checksum failed: a torn or corrupted header.
+    #[error("the header checksum failed (torn or corrupt header)")]
     HeaderChecksum,
     /// The payload is shorter or longer than the header says, or beyond [`MAX_PAYLOAD_LEN`].
+    #[error("the payload length disagrees with the header or exceeds the limit")]
     Length,
     /// The payload's checksum failed: corrupt or torn data.
+    #[error("the payload checksum failed (corrupt or torn data)")]
     PayloadChecksum,
     /// A valid object, but of another key than the one asked for.
+    #[error("a valid object of another key")]
     WrongKey,
     /// A valid object, but written for another layout.
+    #[error("a valid object of another layout")]
     WrongLayout,
 }
 
@@ -97,7 +104,9 @@ impl VerifyError {
 
 impl From<VerifyError> for Error {
     fn from(v: VerifyError) -> Error {
-        Error::corrupt(format!("block object failed verification: {}", v.as_str()))
+        Error::corrupt("block object failed verification")
+            .with_context("reason", v.as_str())
+            .with_source(v)
     }
 }
 

@@ -43,12 +43,34 @@ impl ErrorKind {
 }
 
 /// kvtier's error: `kind` + a human message + `(key, value)` context + the underlying cause.
-#[derive(Debug)]
+///
+/// Shown as `message [key: value]...: source`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", Trail(.context, .source.as_deref()))]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     context: Vec<(&'static str, String)>,
+    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// The ` [key: value]...: source` part of an error's text.
+struct Trail<'a>(
+    &'a [(&'static str, String)],
+    Option<&'a (dyn std::error::Error + Send + Sync + 'static)>,
+);
+
+impl fmt::Display for Trail<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, v) in self.0 {
+            write!(f, " [{k}: {v}]")?;
+        }
+        if let Some(src) = self.1 {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
 }
 
 /// `Result` with [`Error`].
@@ -132,27 +154,6 @@ impl Error {
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.as_str())
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.message)?;
-        for (k, v) in &self.context {
-            write!(f, " [{k}: {v}]")?;
-        }
-        if let Some(src) = &self.source {
-            write!(f, ": {src}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

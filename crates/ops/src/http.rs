@@ -172,7 +172,7 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
             format!("http://{addr}{path}: {what}"),
         )
     };
-    let mut sock = super::probe::connect(addr, timeout).map_err(|e| unavailable(&e))?;
+    let mut sock = super::probe::connect(addr, timeout).map_err(|e| unavailable(&e.to_string()))?;
     sock.set_read_timeout(Some(timeout)).ok();
     sock.set_write_timeout(Some(timeout)).ok();
     write!(

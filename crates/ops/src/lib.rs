@@ -19,7 +19,7 @@ use http::{Handler, Response};
 fn route(
     path: &str,
     metrics: impl FnOnce() -> String,
-    ready: impl FnOnce() -> std::result::Result<(), String>,
+    ready: impl FnOnce() -> kvtier_core::error::Result<()>,
 ) -> Response {
     match path {
         "/metrics" => Response {

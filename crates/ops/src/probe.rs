@@ -10,33 +10,34 @@ use parking_lot::Mutex;
 
 use super::config::{AgentSection, Config};
 use kvtier_agent::State;
-use kvtier_core::error::{Error, Result};
+use kvtier_core::error::{Error, ErrorKind, Result};
 use kvtier_pool::placement::Member;
 use kvtier_pool::server::PoolServer;
 
 /// Resolves `addr` (`host:port`) and connects to the first of its addresses that answers
 /// within `timeout` (`localhost` may resolve to `::1` first while a daemon listens on
 /// `127.0.0.1`).
-pub fn connect(addr: &str, timeout: Duration) -> std::result::Result<TcpStream, String> {
+pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
     let addrs: Vec<_> = addr
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
+        .map_err(|e| unavailable(format!("cannot resolve `{addr}`: {e}")))?
         .collect();
-    if addrs.is_empty() {
-        return Err(format!("`{addr}` resolves to no address"));
-    }
-    let mut last = String::new();
+    let mut last = unavailable(format!("`{addr}` resolves to no address"));
     for a in &addrs {
         match TcpStream::connect_timeout(a, timeout) {
             Ok(s) => return Ok(s),
-            Err(e) => last = format!("cannot connect to {a}: {e}"),
+            Err(e) => last = unavailable(format!("cannot connect to {a}: {e}")),
         }
     }
     Err(last)
 }
 
+fn unavailable(why: String) -> Error {
+    Error::new(ErrorKind::Unavailable, why)
+}
+
 /// Whether `addr` accepts a connection within `timeout` (see [`connect`]).
-pub fn reachable(addr: &str, timeout: Duration) -> std::result::Result<(), String> {
+pub fn reachable(addr: &str, timeout: Duration) -> Result<()> {
     connect(addr, timeout).map(drop)
 }
 
@@ -102,7 +103,7 @@ impl PoolCheck {
         }
     }
 
-    fn run(&self) -> std::result::Result<(), String> {
+    fn run(&self) -> Result<()> {
         match self {
             PoolCheck::Nothing => Ok(()),
             PoolCheck::Servers(addrs) => {
@@ -110,18 +111,23 @@ impl PoolCheck {
                 for a in addrs {
                     match reachable(a, Duration::from_millis(500)) {
                         Ok(()) => return Ok(()),
-                        Err(e) => why.push(e),
+                        Err(e) => why.push(e.to_string()),
                     }
                 }
-                Err(format!("no pool server reachable ({})", why.join("; ")))
+                Err(unavailable(format!(
+                    "no pool server reachable ({})",
+                    why.join("; ")
+                )))
             }
             PoolCheck::SharedDir(d) => match std::fs::metadata(d) {
                 Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(format!(
+                Ok(_) => Err(unavailable(format!(
                     "the shared directory {} is not a directory",
                     d.display()
-                )),
-                Err(e) => Err(format!("the shared directory {}: {e}", d.display())),
+                ))),
+                Err(e) => {
+                    Err(Error::io("the shared directory", e).with_context("path", d.display()))
+                }
             },
         }
     }
@@ -132,7 +138,7 @@ impl PoolCheck {
 pub struct AgentReadiness {
     state: Arc<State>,
     check: PoolCheck,
-    last: Mutex<Option<(Instant, std::result::Result<(), String>)>>,
+    last: Mutex<Option<(Instant, Option<Error>)>>,
 }
 
 impl AgentReadiness {
@@ -146,29 +152,33 @@ impl AgentReadiness {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn ready(&self) -> std::result::Result<(), String> {
+    pub fn ready(&self) -> Result<()> {
         if self.state.is_stopping() {
-            return Err("the agent is shutting down".into());
+            return Err(unavailable("the agent is shutting down".into()));
         }
+        let again = |e: &Error| Error::new(e.kind(), e.to_string());
         let mut last = self.last.lock();
         if let Some((at, r)) = &*last {
             if at.elapsed() < Duration::from_secs(1) {
-                return r.clone();
+                return r.as_ref().map_or(Ok(()), |e| Err(again(e)));
             }
         }
         let r = self.check.run();
-        *last = Some((Instant::now(), r.clone()));
-        r
+        let out = r.as_ref().map(|_| ()).map_err(again);
+        *last = Some((Instant::now(), r.err()));
+        out
     }
 }
 
 /// A pool server's readiness: serving and not draining.
-pub fn pool_ready(server: &PoolServer) -> std::result::Result<(), String> {
+pub fn pool_ready(server: &PoolServer) -> Result<()> {
     if server.is_draining() {
-        return Err("the pool server is draining".into());
+        return Err(unavailable("the pool server is draining".into()));
     }
     if !server.is_serving() {
-        return Err("the pool server is not accepting connections".into());
+        return Err(unavailable(
+            "the pool server is not accepting connections".into(),
+        ));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use kvtier_core::error::{Error, Result};
 use kvtier_core::metrics::{HistogramSnapshot, LATENCY_BUCKETS};
 
 /// The `Content-Type` of the format.
@@ -134,25 +135,27 @@ impl Sample {
 
 /// Parses a page of the text format. Comment lines are skipped; a malformed line is an error
 /// naming its number.
-pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
+pub fn parse(text: &str) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        out.push(parse_line(line).map_err(|e| format!("metrics line {}: {e}: `{line}`", n + 1))?);
+        out.push(parse_line(line).map_err(|e| {
+            Error::invalid(format!("metrics line {}: {}: `{line}`", n + 1, e.message()))
+        })?);
     }
     Ok(out)
 }
 
-fn parse_line(line: &str) -> Result<Sample, String> {
+fn parse_line(line: &str) -> Result<Sample> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
-        .ok_or("no value")?;
+        .ok_or_else(|| Error::invalid("no value"))?;
     let name = &line[..name_end];
     if name.is_empty() {
-        return Err("no metric name".into());
+        return Err(Error::invalid("no metric name"));
     }
     let mut labels = BTreeMap::new();
     let mut rest = &line[name_end..];
@@ -169,7 +172,7 @@ fn parse_line(line: &str) -> Result<Sample, String> {
                 }
             }
             let Some(&(i, c)) = chars.peek() else {
-                return Err("unclosed label set".into());
+                return Err(Error::invalid("unclosed label set"));
             };
             if c == '}' {
                 end = i + 1;
@@ -183,7 +186,7 @@ fn parse_line(line: &str) -> Result<Sample, String> {
                 key.push(c);
             }
             if chars.next().map(|x| x.1) != Some('"') {
-                return Err(format!("label `{key}` has no quoted value"));
+                return Err(Error::invalid(format!("label `{key}` has no quoted value")));
             }
             let mut val = String::new();
             let mut closed = false;
@@ -202,17 +205,22 @@ fn parse_line(line: &str) -> Result<Sample, String> {
                 }
             }
             if !closed {
-                return Err(format!("label `{key}` is not closed"));
+                return Err(Error::invalid(format!("label `{key}` is not closed")));
             }
             labels.insert(key.trim().to_string(), val);
         }
         rest = &r[end..];
     }
-    let value = rest.split_whitespace().next().ok_or("no value")?;
+    let value = rest
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| Error::invalid("no value"))?;
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().map_err(|_| format!("`{v}` is not a number"))?,
+        v => v
+            .parse()
+            .map_err(|_| Error::invalid(format!("`{v}` is not a number")))?,
     };
     Ok(Sample {
         name: name.to_string(),
@@ -264,9 +272,11 @@ mod tests {
     #[test]
     fn a_bad_line_is_named() {
         let e = parse("# ok\na 1\nb{x=1} 2\n").unwrap_err();
-        assert!(e.contains("line 3"), "{e}");
+        assert_eq!(e.kind(), kvtier_core::error::ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("line 3"), "{e}");
         assert!(parse("a{x=\"1\"} one")
             .unwrap_err()
+            .to_string()
             .contains("not a number"));
         assert!(parse("a{x=\"1\" 1").is_err());
     }

@@ -32,7 +32,7 @@ pub fn scrape(url: &str, timeout: Duration) -> Result<Snapshot> {
             format!("http://{addr}{path} answered {status}: {}", body.trim()),
         ));
     }
-    let samples = prom::parse(&body).map_err(Error::corrupt)?;
+    let samples = prom::parse(&body).map_err(|e| Error::corrupt(e.message().to_string()))?;
     Ok(Snapshot {
         samples,
         at: Instant::now(),

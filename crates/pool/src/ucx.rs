@@ -706,7 +706,7 @@ fn client_loop(
     let fail = |why: String| {
         dead.store(true, Ordering::Relaxed);
         for (_, tx) in pending.lock().drain() {
-            let _ = tx.send(Err(why.clone()));
+            let _ = tx.send(Err(Error::new(ErrorKind::Unavailable, why.clone())));
         }
     };
     let deliver = |f: Frame, body: AlignedBuf| {

@@ -167,7 +167,7 @@ macro_rules! setters {
             /// The keys, in file order.
             pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
 
-            fn set(&mut self, key: &str, text: &str) -> Option<std::result::Result<(), String>> {
+            fn set(&mut self, key: &str, text: &str) -> Option<Result<()>> {
                 match key {
                     $(stringify!($field) => Some(FromText::from_text(text).map(|v| self.$field = v)),)*
                     _ => None,
@@ -311,7 +311,9 @@ impl Config {
         };
         match r {
             Some(Ok(())) => Ok(()),
-            Some(Err(why)) => Err(field_error(o.key.path(), why).with_context("from", &o.from)),
+            Some(Err(why)) => {
+                Err(field_error(o.key.path(), why.message()).with_context("from", &o.from))
+            }
             None => {
                 Err(field_error(o.key.path(), "not a configuration key")
                     .with_context("from", &o.from))

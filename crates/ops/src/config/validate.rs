@@ -162,8 +162,10 @@ impl PoolSection {
             ));
         }
         let stall = std::time::Duration::from_millis(self.stall_timeout_ms);
-        kvtier_pool::server::check_streaming(self.stream_chunk.0 as usize, stall)
-            .map_err(|(key, why)| field_error(format!("pool.{key}"), why))?;
+        kvtier_pool::server::check_streaming(self.stream_chunk.0 as usize, stall).map_err(|e| {
+            let key = e.context("field").unwrap_or("stream_chunk");
+            field_error(format!("pool.{key}"), e.message())
+        })?;
         kvtier_core::tier::io::IoMode::parse(&self.io).map_err(|_| {
             field_error(
                 "pool.io",

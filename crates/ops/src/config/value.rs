@@ -6,24 +6,30 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use kvtier_core::error::{Error, Result};
+
 /// A size in bytes: an integer, or a string with a unit (`"1GiB"`, `"512KiB"`, `"1.5GB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB`.
-    pub fn parse(s: &str) -> std::result::Result<ByteSize, String> {
+    pub fn parse(s: &str) -> Result<ByteSize> {
         let t = s.trim();
         if t.starts_with('-') {
-            return Err(format!("`{s}` is negative; a size is 0 or more"));
+            return Err(Error::invalid(format!(
+                "`{s}` is negative; a size is 0 or more"
+            )));
         }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size (examples: 4096, 256KiB, 2MiB, 1GiB)"))?;
+        let n: f64 = num.parse().map_err(|_| {
+            Error::invalid(format!(
+                "`{s}` is not a size (examples: 4096, 256KiB, 2MiB, 1GiB)"
+            ))
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
@@ -35,14 +41,14 @@ impl ByteSize {
             "gb" => 1_000_000_000,
             "tb" => 1_000_000_000_000,
             u => {
-                return Err(format!(
+                return Err(Error::invalid(format!(
                     "unknown size unit `{u}` in `{s}` (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-                ))
+                )))
             }
         };
         let v = n * mult as f64;
         if !(v.is_finite() && v < u64::MAX as f64) {
-            return Err(format!("`{s}` is too large"));
+            return Err(Error::invalid(format!("`{s}` is too large")));
         }
         Ok(ByteSize(v as u64))
     }
@@ -95,13 +101,14 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct OptAddr(pub Option<SocketAddr>);
 
 impl OptAddr {
-    fn parse(s: &str) -> std::result::Result<OptAddr, String> {
+    fn parse(s: &str) -> Result<OptAddr> {
         match s.trim() {
             "none" => Ok(OptAddr(None)),
-            t => t
-                .parse()
-                .map(|a| OptAddr(Some(a)))
-                .map_err(|_| format!("`{s}` is not an address such as 127.0.0.1:9464 (or `none`)")),
+            t => t.parse().map(|a| OptAddr(Some(a))).map_err(|_| {
+                Error::invalid(format!(
+                    "`{s}` is not an address such as 127.0.0.1:9464 (or `none`)"
+                ))
+            }),
         }
     }
 }
@@ -138,35 +145,35 @@ pub use kvtier_pool::client::Transport as PoolTransport;
 
 /// Values from text (flags and environment variables).
 pub(super) trait FromText: Sized {
-    fn from_text(s: &str) -> std::result::Result<Self, String>;
+    fn from_text(s: &str) -> Result<Self>;
 }
 
 impl FromText for ByteSize {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         ByteSize::parse(s)
     }
 }
 
 impl FromText for OptAddr {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         OptAddr::parse(s)
     }
 }
 
 impl FromText for SocketAddr {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         s.trim()
             .parse()
-            .map_err(|_| format!("`{s}` is not an address such as 0.0.0.0:7070"))
+            .map_err(|_| Error::invalid(format!("`{s}` is not an address such as 0.0.0.0:7070")))
     }
 }
 
 impl FromText for bool {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         match s.trim() {
             "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
-            _ => Err(format!("`{s}` is not `true` or `false`")),
+            _ => Err(Error::invalid(format!("`{s}` is not `true` or `false`"))),
         }
     }
 }
@@ -174,12 +181,12 @@ impl FromText for bool {
 macro_rules! from_text_number {
     ($($t:ty),*) => {$(
         impl FromText for $t {
-            fn from_text(s: &str) -> std::result::Result<Self, String> {
+            fn from_text(s: &str) -> Result<Self> {
                 let t = s.trim().replace('_', "");
                 if t.starts_with('-') {
-                    return Err(format!("`{s}` is negative; expected a whole number, 0 or more"));
+                    return Err(Error::invalid(format!("`{s}` is negative; expected a whole number, 0 or more")));
                 }
-                t.parse().map_err(|_| format!("`{s}` is not a whole number"))
+                t.parse().map_err(|_| Error::invalid(format!("`{s}` is not a whole number")))
             }
         }
     )*};
@@ -187,15 +194,15 @@ macro_rules! from_text_number {
 from_text_number!(usize, u64);
 
 impl FromText for String {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         Ok(s.to_string())
     }
 }
 
 impl FromText for PathBuf {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         if s.is_empty() {
-            return Err("a path cannot be empty".into());
+            return Err(Error::invalid("a path cannot be empty"));
         }
         Ok(PathBuf::from(s))
     }
@@ -203,14 +210,14 @@ impl FromText for PathBuf {
 
 /// An empty text unsets an optional key.
 impl FromText for Option<PathBuf> {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         Ok((!s.is_empty()).then(|| PathBuf::from(s)))
     }
 }
 
 /// Comma-separated; an empty text is an empty list.
 impl FromText for Vec<String> {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         Ok(s.split(',')
             .map(str::trim)
             .filter(|x| !x.is_empty())
@@ -220,17 +227,18 @@ impl FromText for Vec<String> {
 }
 
 impl FromText for LogFormat {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
+    fn from_text(s: &str) -> Result<Self> {
         match s.trim() {
             "human" => Ok(LogFormat::Human),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("`{s}` is not `human` or `json`")),
+            _ => Err(Error::invalid(format!("`{s}` is not `human` or `json`"))),
         }
     }
 }
 
 impl FromText for PoolTransport {
-    fn from_text(s: &str) -> std::result::Result<Self, String> {
-        PoolTransport::parse(s.trim()).map_err(|_| format!("`{s}` is not `tcp` or `ucx`"))
+    fn from_text(s: &str) -> Result<Self> {
+        PoolTransport::parse(s.trim())
+            .map_err(|_| Error::invalid(format!("`{s}` is not `tcp` or `ucx`")))
     }
 }

@@ -330,7 +330,10 @@ impl PoolClient {
                         h3.lock().clear();
                         d3.store(true, Ordering::Relaxed);
                         for (_, tx) in p3.lock().drain() {
-                            let _ = tx.send(Err(format!("connection lost: {e}")));
+                            let _ = tx.send(Err(Error::new(
+                                ErrorKind::Unavailable,
+                                format!("connection lost: {e}"),
+                            )));
                         }
                         break;
                     }

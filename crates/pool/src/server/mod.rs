@@ -24,7 +24,6 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::Instrument;
 
 use super::auth;
 use super::proto;
@@ -40,13 +39,14 @@ use kvtier_core::metrics::{HistogramSnapshot, OpLatency};
 use kvtier_core::tier::segment::{SegmentStore, SegmentStoreConfig};
 
 mod control;
+mod ops;
 mod records;
 mod stats;
 mod stream;
 
 use control::Control;
 pub use records::check_streaming;
-use records::{check_header, record_len_of, status_of, Cache};
+use records::{check_header, status_of, Cache};
 use stats::Counters;
 pub use stats::{PoolOp, PoolServerStats};
 
@@ -240,8 +240,7 @@ impl PoolServer {
                 return Err(Error::invalid("the pool secret is empty"));
             }
         }
-        check_streaming(cfg.stream_chunk, cfg.stall_timeout)
-            .map_err(|(key, why)| Error::invalid(format!("{key}: {why}")))?;
+        check_streaming(cfg.stream_chunk, cfg.stall_timeout)?;
         let store_cfg = cfg.store.clone();
         let store = tokio::task::spawn_blocking(move || SegmentStore::open(store_cfg))
             .await
@@ -567,202 +566,6 @@ impl PoolServer {
         }
         let _ = (body, client);
         fail("this pool server does not serve UCX (start it with `kvtier pool --ucx`, built with feature `ucx`)".into())
-    }
-
-    /// Serves one request (TCP or UCX) inside a span of its own
-    /// (`pool_request{op, key, bytes}`), timed into the op's latency histogram. `hash`: a
-    /// put payload's xxh3-64, when it was computed while the body arrived (else the put
-    /// computes it).
-    async fn handle_request(
-        self: Arc<Self>,
-        f: Frame,
-        body: AlignedBuf,
-        hash: Option<u64>,
-    ) -> (Frame, Body) {
-        let op = PoolOp::of(f.op);
-        let span = tracing::info_span!(
-            "pool_request",
-            op = kvtier_core::metrics::OpSet::name(op),
-            key = %f.key,
-            bytes = f.body_len,
-            tier = "disk"
-        );
-        let t0 = std::time::Instant::now();
-        let me = self.clone();
-        let (frame, resp) = async move {
-            let r = me.serve_request(f, body, hash).await;
-            tracing::debug!(status = ?r.0.status, "done");
-            r
-        }
-        .instrument(span)
-        .await;
-        self.latency.observe(op, t0.elapsed());
-        (frame, resp)
-    }
-
-    async fn serve_request(
-        self: Arc<Self>,
-        f: Frame,
-        body: AlignedBuf,
-        hash: Option<u64>,
-    ) -> (Frame, Body) {
-        let err = |s: &Self, status: Status, msg: String| {
-            s.counters.errors.inc();
-            let b = msg.into_bytes();
-            (Frame::response(&f, status, b.len() as u32), Body::Bytes(b))
-        };
-        match f.op {
-            Op::Put => {
-                self.counters.puts.inc();
-                if self.draining.load(Ordering::Relaxed) {
-                    return err(&self, Status::Draining, "the server is draining".into());
-                }
-                if let Err(why) = check_header(&body, f.key, None) {
-                    self.counters.bad_records.inc();
-                    self.bufs.give(body);
-                    return err(&self, Status::Error, why);
-                }
-                // One trip to a blocking thread: the checksum (unless it was computed while the
-                // body arrived), then the write and the index entry. A record is stored only if
-                // its checksum holds, so a bad copy never hides an older good one, not even
-                // after a restart; and a bad one takes no space at all.
-                let s = self.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    let res = s.put_whole(&body, f.key, hash);
-                    (body, res)
-                })
-                .await;
-                let (body, outcome) = match done {
-                    Ok(d) => d,
-                    Err(e) => return err(&self, Status::Error, format!("put task failed: {e}")),
-                };
-                self.bufs.give(body);
-                match outcome {
-                    Ok(()) => {
-                        // Write-around: the DRAM cache holds what is read (most blocks are
-                        // never read again); an older cached copy of this key is replaced.
-                        if let Some(old) = self.cache.lock().remove(&f.key) {
-                            self.recycle(old);
-                        }
-                        (Frame::response(&f, Status::Ok, 0), Body::Empty)
-                    }
-                    Err((status, why)) => err(&self, status, why),
-                }
-            }
-            Op::Get => {
-                self.counters.gets.inc();
-                let bypass = f.flags & wire::FLAG_BYPASS_CACHE != 0;
-                if !bypass {
-                    if let Some(r) = self.cache.lock().get(&f.key) {
-                        // The store's policy hears of the use too (it decides what survives
-                        // a segment's eviction).
-                        self.store.touch(f.key);
-                        self.counters.cache_hits.inc();
-                        self.counters.get_hits.inc();
-                        let len = record_len_of(&r);
-                        self.counters.cache_bytes_out.add(len as u64);
-                        return (Frame::response(&f, Status::Ok, len as u32), Body::Record(r));
-                    }
-                }
-                let s = self.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    let Some(len) = s.store.record_len(f.key) else {
-                        return Ok(None);
-                    };
-                    let mut buf = s.bufs.take(len);
-                    match s.store.get_into_slice(f.key, &mut buf) {
-                        Ok(Some(_)) => Ok(Some(buf)),
-                        other => {
-                            s.bufs.give(buf);
-                            other.map(|_| None)
-                        }
-                    }
-                })
-                .await;
-                match res {
-                    Ok(Ok(Some(buf))) => {
-                        self.counters.get_hits.inc();
-                        let buf = Arc::new(buf);
-                        if !bypass && self.cfg.cache_bytes > 0 {
-                            self.cache_insert(f.key, buf.clone());
-                        }
-                        let len = record_len_of(&buf);
-                        (
-                            Frame::response(&f, Status::Ok, len as u32),
-                            Body::Record(buf),
-                        )
-                    }
-                    Ok(Ok(None)) => (Frame::response(&f, Status::NotFound, 0), Body::Empty),
-                    Ok(Err(e)) => err(&self, Status::Error, e.to_string()),
-                    Err(e) => err(&self, Status::Error, format!("get task failed: {e}")),
-                }
-            }
-            Op::Exists => {
-                self.counters.exists.inc();
-                match wire::decode_keys(&body) {
-                    Ok(keys) => {
-                        let cache = self.cache.lock();
-                        let out: Vec<u8> = keys
-                            .iter()
-                            .map(|k| (cache.contains(k) || self.store.contains(*k)) as u8)
-                            .collect();
-                        drop(cache);
-                        (
-                            Frame::response(&f, Status::Ok, out.len() as u32),
-                            Body::Bytes(out),
-                        )
-                    }
-                    Err(why) => err(&self, Status::Error, why.to_string()),
-                }
-            }
-            Op::Delete => {
-                self.counters.deletes.inc();
-                if let Some(r) = self.cache.lock().remove(&f.key) {
-                    self.recycle(r);
-                }
-                let status = if self.store.remove(f.key) {
-                    Status::Ok
-                } else {
-                    Status::NotFound
-                };
-                (Frame::response(&f, status, 0), Body::Empty)
-            }
-            Op::Stats => {
-                let b = serde_json::to_vec(&self.stats()).expect("stats serialise");
-                (
-                    Frame::response(&f, Status::Ok, b.len() as u32),
-                    Body::Bytes(b),
-                )
-            }
-            Op::Hello | Op::Auth | Op::UcxHello => err(
-                &self,
-                Status::Error,
-                format!("{:?} is only valid during the handshake", f.op),
-            ),
-        }
-    }
-}
-
-impl PoolServer {
-    /// Stores a put's whole record (on a blocking thread): verifies it (`hash`: its payload's
-    /// checksum, computed while it arrived, else here), then appends it to the store, which
-    /// indexes it only once it is written. A bad record is counted and takes no space.
-    fn put_whole(
-        &self,
-        record: &[u8],
-        key: BlockKey,
-        hash: Option<u64>,
-    ) -> std::result::Result<(), (Status, String)> {
-        if let Err(v) = kvtier_core::block::verify_record(record, Some(key), hash) {
-            self.counters.bad_records.inc();
-            return Err((
-                Status::Error,
-                format!("the record failed verification: {}", v.as_str()),
-            ));
-        }
-        self.store
-            .put_record(record)
-            .map_err(|e| (status_of(&e), e.to_string()))
     }
 }
 

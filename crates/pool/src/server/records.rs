@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::wire::Status;
-use kvtier_core::block::BlockHeader;
+use kvtier_core::block::{BlockHeader, VerifyError};
 use kvtier_core::buf::AlignedBuf;
-use kvtier_core::error::{Error, ErrorKind};
+use kvtier_core::error::{Error, ErrorKind, Result};
 use kvtier_core::key::BlockKey;
 
 /// A byte-bounded cache of whole records, evicting by the tiers' policy (hit density by
@@ -38,20 +38,18 @@ impl Cache {
 
 /// Checks the streamed-put settings (the server's and `pool.*`'s, one rule): a chunk is 0
 /// (no streaming) or a multiple of 4 KiB from 64 KiB to 64 MiB, and the stall limit is not 0.
-/// The error names the setting (`stream_chunk`, `stall_timeout_ms`) and what is wrong.
-pub fn check_streaming(
-    stream_chunk: usize,
-    stall_timeout: Duration,
-) -> std::result::Result<(), (&'static str, String)> {
+/// The error says what is wrong and names the setting in its `field` context
+/// (`stream_chunk`, `stall_timeout_ms`).
+pub fn check_streaming(stream_chunk: usize, stall_timeout: Duration) -> Result<()> {
     let c = stream_chunk;
     if c != 0 && (c % kvtier_core::buf::ALIGN != 0 || !(64 << 10..=64 << 20).contains(&c)) {
-        return Err((
-            "stream_chunk",
-            format!("{c} bytes is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)"),
-        ));
+        return Err(Error::invalid(format!(
+            "{c} bytes is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)"
+        ))
+        .with_context("field", "stream_chunk"));
     }
     if stall_timeout.is_zero() {
-        return Err(("stall_timeout_ms", "0; at least 1".into()));
+        return Err(Error::invalid("0; at least 1").with_context("field", "stall_timeout_ms"));
     }
     Ok(())
 }
@@ -65,22 +63,17 @@ pub(super) fn record_len_of(r: &AlignedBuf) -> usize {
 
 /// Checks a put's record header (in the first bytes of `body`) against the frame's key and
 /// the body's length (`len`, or `body.len()` when the body is whole).
-pub(super) fn check_header(
-    body: &[u8],
-    key: BlockKey,
-    len: Option<usize>,
-) -> std::result::Result<BlockHeader, String> {
-    let h = BlockHeader::decode(body)
-        .map_err(|v| format!("the record failed verification: {}", v.as_str()))?;
+pub(super) fn check_header(body: &[u8], key: BlockKey, len: Option<usize>) -> Result<BlockHeader> {
+    let h = BlockHeader::decode(body)?;
     if h.key() != key {
-        return Err("the record failed verification: wrong_key".into());
+        return Err(VerifyError::WrongKey.into());
     }
     let len = len.unwrap_or(body.len());
     if h.record_len() != len {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "a put body is one page-aligned record of {} bytes, got {len}",
             h.record_len(),
-        ));
+        )));
     }
     Ok(h)
 }

@@ -90,10 +90,10 @@ impl PoolServer {
         read_part(rd, &mut first, limit).await?;
         let header = match check_header(&first, f.key, Some(len)) {
             Ok(h) => h,
-            Err(why) => {
+            Err(e) => {
                 self.skip_body(rd, len - chunk, first).await?;
                 self.counters.bad_records.inc();
-                return Ok(self.answered(f, Instant::now(), Status::Error, why));
+                return Ok(self.answered(f, Instant::now(), Status::Error, e));
             }
         };
         // Space is taken (a segment may roll, and another be evicted) only for a record whose
@@ -103,16 +103,12 @@ impl PoolServer {
             Ok(Ok(slot)) => Arc::new(slot),
             Ok(Err(e)) => {
                 self.skip_body(rd, len - chunk, first).await?;
-                return Ok(self.answered(f, Instant::now(), super::status_of(&e), e.to_string()));
+                return Ok(self.answered(f, Instant::now(), super::status_of(&e), e));
             }
             Err(e) => {
                 self.skip_body(rd, len - chunk, first).await?;
-                return Ok(self.answered(
-                    f,
-                    Instant::now(),
-                    Status::Error,
-                    format!("put task failed: {e}"),
-                ));
+                let e = Error::new(ErrorKind::Io, format!("put task failed: {e}"));
+                return Ok(self.answered(f, Instant::now(), Status::Error, e));
             }
         };
         // The payload is checksummed chunk by chunk as it arrives, on this task (each chunk is
@@ -131,7 +127,7 @@ impl PoolServer {
         // Chunk writes of this put in flight, at most; past that the reader waits for the
         // oldest (bounding the blocking threads one large put can take).
         const WRITES_IN_FLIGHT: usize = 8;
-        let mut failed: Option<String> = None;
+        let mut failed: Option<Error> = None;
         let mut at = chunk;
         while at < len {
             if parts.len() >= WRITES_IN_FLIGHT {
@@ -160,17 +156,13 @@ impl PoolServer {
         let me = self.clone();
         Ok(Box::pin(async move {
             me.settle(parts, &mut failed).await;
-            let (status, why) = if !matches {
+            let outcome = if !matches {
                 me.counters.bad_records.inc();
-                (
-                    Status::Error,
-                    format!(
-                        "the record failed verification: {}",
-                        kvtier_core::block::VerifyError::PayloadChecksum.as_str()
-                    ),
-                )
+                Err(Error::from(
+                    kvtier_core::block::VerifyError::PayloadChecksum,
+                ))
             } else if let Some(e) = failed {
-                (Status::Error, format!("writing a record: {e}"))
+                Err(e)
             } else {
                 // On a blocking thread: ending the reservation may seal the segment (a page
                 // write), and a synced store syncs.
@@ -180,15 +172,12 @@ impl PoolServer {
                     .unwrap_or_else(|e| {
                         Err(Error::new(ErrorKind::Io, format!("put task failed: {e}")))
                     });
-                match res {
-                    Ok(()) => (Status::Ok, String::new()),
-                    Err(e) => (Status::Error, e.to_string()),
-                }
+                res
             };
             me.recycle(first);
-            if status != Status::Ok {
+            if let Err(e) = outcome {
                 me.abandon(slot).await;
-                return me.refusal(f, t0, status, why);
+                return me.refusal(f, t0, Status::Error, e);
             }
             // Write-around, as for a put read whole: an older cached copy is replaced.
             if let Some(old) = me.cache.lock().remove(&f.key) {
@@ -200,22 +189,22 @@ impl PoolServer {
     }
 
     /// Waits for one chunk write, gives the chunk back, and keeps the first failure.
-    async fn settle_one(&self, part: Part, failed: &mut Option<String>) {
+    async fn settle_one(&self, part: Part, failed: &mut Option<Error>) {
         match part.await {
             Ok((c, res)) => {
                 if let Err(e) = res {
-                    failed.get_or_insert(e.to_string());
+                    failed.get_or_insert(Error::io("writing a streamed record", e));
                 }
                 self.recycle(c);
             }
             Err(e) => {
-                failed.get_or_insert(format!("write task failed: {e}"));
+                failed.get_or_insert(Error::new(ErrorKind::Io, format!("write task failed: {e}")));
             }
         }
     }
 
     /// Waits for every chunk write still in flight (see [`settle_one`](Self::settle_one)).
-    async fn settle(&self, parts: std::collections::VecDeque<Part>, failed: &mut Option<String>) {
+    async fn settle(&self, parts: std::collections::VecDeque<Part>, failed: &mut Option<Error>) {
         for p in parts {
             self.settle_one(p, failed).await;
         }
@@ -244,17 +233,15 @@ impl PoolServer {
     }
 
     /// An error answer to a streamed put, counted and timed like any request's.
-    fn refusal(&self, f: Frame, t0: Instant, status: Status, why: String) -> (Frame, Body) {
-        self.counters.errors.inc();
+    fn refusal(&self, f: Frame, t0: Instant, status: Status, e: Error) -> (Frame, Body) {
         self.latency.observe(PoolOp::Put, t0.elapsed());
-        tracing::debug!(key = %f.key, ?status, reason = %why, "streamed put refused");
-        let b = why.into_bytes();
-        (Frame::response(&f, status, b.len() as u32), Body::Bytes(b))
+        tracing::debug!(key = %f.key, ?status, reason = %e, "streamed put refused");
+        self.failed(&f, status, &e)
     }
 
     /// [`refusal`](Self::refusal), as the rest of a request.
-    fn answered(&self, f: Frame, t0: Instant, status: Status, why: String) -> Finish {
-        let resp = self.refusal(f, t0, status, why);
+    fn answered(&self, f: Frame, t0: Instant, status: Status, e: Error) -> Finish {
+        let resp = self.refusal(f, t0, status, e);
         Box::pin(std::future::ready(resp))
     }
 }

@@ -8,27 +8,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Frame, FrameError, HEADER_LEN};
 use kvtier_core::block::{BlockHeader, HEADER_LEN as BLOCK_HEADER_LEN};
 use kvtier_core::buf::{AlignedBuf, BufPool};
+use kvtier_core::error::{Error, ErrorKind};
 
 /// Why reading a frame stopped.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The peer closed the connection between frames.
+    #[error("connection closed")]
     Closed,
     /// The header was invalid.
-    Frame(FrameError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     /// The connection failed or ended inside a frame.
-    Io(std::io::Error),
+    #[error("{}", io_text(.0))]
+    Io(#[source] std::io::Error),
 }
 
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Closed => write!(f, "connection closed"),
-            ReadError::Frame(e) => write!(f, "{e}"),
-            ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                write!(f, "truncated frame: the connection ended inside it")
-            }
-            ReadError::Io(e) => write!(f, "{e}"),
+fn io_text(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "truncated frame: the connection ended inside it".into()
+    } else {
+        e.to_string()
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Error {
+        match e {
+            ReadError::Frame(f) => f.into(),
+            other => Error::new(ErrorKind::Unavailable, other.to_string()),
         }
     }
 }

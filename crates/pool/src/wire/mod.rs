@@ -23,6 +23,7 @@
 //! Over UCX (feature `ucx`) the same frames travel as tagged messages: the 40-byte header, then
 //! the body as a second message, tagged with the client id and request id.
 
+use kvtier_core::error::Error;
 use kvtier_core::key::BlockKey;
 
 pub mod conn;
@@ -34,8 +35,9 @@ use std::sync::Arc;
 use kvtier_core::buf::AlignedBuf;
 
 /// An answer: its frame, its body, and the xxh3-64 of the record payload it carries when the
-/// reader computed it on the way in (the client's readers, TCP and UCX).
-pub type Reply = std::result::Result<(Frame, AlignedBuf, Option<u64>), String>;
+/// reader computed it on the way in (the client's readers, TCP and UCX); an error when the
+/// connection was lost before the answer came.
+pub type Reply = Result<(Frame, AlignedBuf, Option<u64>), Error>;
 
 /// An answer's body: nothing, bytes, or a whole record shared with the server's cache.
 #[derive(Debug)]
@@ -162,19 +164,25 @@ pub struct Frame {
 }
 
 /// Why a header was rejected. The connection that sent it is closed: framing is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Fewer than [`HEADER_LEN`] bytes.
+    #[error("truncated frame header")]
     Truncated,
     /// Not "KVTP".
+    #[error("wrong magic {0:#010x} (not a kvtier pool peer?)")]
     BadMagic(u32),
     /// A version this build does not speak.
+    #[error("unsupported protocol version {0} (this build speaks {VERSION})")]
     BadVersion(u8),
     /// An unknown op code.
+    #[error("unknown op {0}")]
     BadOp(u8),
     /// An unknown status code.
+    #[error("unknown status {0}")]
     BadStatus(u32),
     /// A body longer than the receiver accepts.
+    #[error("body of {len} bytes exceeds the limit of {max} bytes")]
     TooLong {
         /// What the frame announced.
         len: u32,
@@ -183,25 +191,11 @@ pub enum FrameError {
     },
 }
 
-impl std::fmt::Display for FrameError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FrameError::Truncated => write!(f, "truncated frame header"),
-            FrameError::BadMagic(m) => write!(f, "wrong magic {m:#010x} (not a kvtier pool peer?)"),
-            FrameError::BadVersion(v) => write!(
-                f,
-                "unsupported protocol version {v} (this build speaks {VERSION})"
-            ),
-            FrameError::BadOp(o) => write!(f, "unknown op {o}"),
-            FrameError::BadStatus(s) => write!(f, "unknown status {s}"),
-            FrameError::TooLong { len, max } => {
-                write!(f, "body of {len} bytes exceeds the limit of {max} bytes")
-            }
-        }
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Error {
+        Error::invalid("a bad pool frame").with_source(e)
     }
 }
-
-impl std::error::Error for FrameError {}
 
 impl Frame {
     /// A request frame.
