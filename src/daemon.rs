@@ -150,7 +150,7 @@ pub fn load(
         k.starts_with("KVTIER_")
             .then(|| (k, v.to_string_lossy().into_owned()))
     });
-    Ok(Config::load(file, env, flags, sections)?)
+    Config::load(file, env, flags, sections)
 }
 
 /// Sets up logging (to stderr) and logs the configuration's warnings.
@@ -216,11 +216,11 @@ pub async fn metrics_endpoint(
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::io("starting the async runtime", e))?)
+        .map_err(|e| Error::io("starting the async runtime", e))
 }
 
 #[cfg(test)]

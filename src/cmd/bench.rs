@@ -143,9 +143,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 
 fn bench_disk(a: DiskArgs) -> Result<()> {
     if a.object_size == 0 || a.total < a.object_size {
-        return Err(Error::invalid(format!(
-            "--object-size must be at least 1 byte and --total at least one object"
-        )));
+        return Err(Error::invalid(
+            "--object-size must be at least 1 byte and --total at least one object",
+        ));
     }
     let opts = kvtier_bench::DiskBenchOptions {
         dir: a.dir,

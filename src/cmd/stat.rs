@@ -31,9 +31,9 @@ pub struct StatArgs {
 /// Runs `kvtier stat`.
 pub fn run(a: StatArgs) -> Result<()> {
     if !(a.interval > 0.0 && a.timeout > 0.0) {
-        return Err(Error::invalid(format!(
-            "--interval and --timeout must be above zero"
-        )));
+        return Err(Error::invalid(
+            "--interval and --timeout must be above zero",
+        ));
     }
     let timeout = Duration::from_secs_f64(a.timeout);
     if a.once {
