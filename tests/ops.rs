@@ -648,6 +648,7 @@ fn the_operations_page_documents_every_key_and_metric() {
         render::agent_page(&agent, &h, &[("get", HistogramSnapshot::default())]),
         render::pool_page(&Default::default(), &h),
     ];
+    let mut exported = std::collections::BTreeSet::new();
     for page in pages {
         for s in kvtier_ops::prom::parse(&page).unwrap() {
             let name = ["_bucket", "_sum", "_count"]
@@ -658,6 +659,11 @@ fn the_operations_page_documents_every_key_and_metric() {
                 ops.contains(&format!("`{name}`")),
                 "docs/operations.md: metric {name}"
             );
+            exported.insert(name.to_string());
         }
+    }
+    // Every declared family is on a page (none declared and never exported).
+    for f in kvtier_core::metrics::Family::ALL {
+        assert!(exported.contains(f.name()), "{f:?} is on no page");
     }
 }

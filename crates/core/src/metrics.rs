@@ -314,87 +314,135 @@ impl<O: OpSet> OpLatency<O> {
     }
 }
 
-/// Metric names (Prometheus style). Every exported metric is named here; docs/operations.md
-/// lists them with their labels.
-pub mod names {
-    /// Daemon identity: `role` (agent, pool) and `version` labels, value 1.
-    pub const BUILD_INFO: &str = "kvtier_build_info";
-    /// Lookups that found the object, by tier.
-    pub const HITS: &str = "kvtier_hits_total";
-    /// Lookups that did not, by tier.
-    pub const MISSES: &str = "kvtier_misses_total";
+/// How a family's samples are typed on the `/metrics` page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyKind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A latency histogram of [`LATENCY_BUCKETS`] (seconds).
+    Histogram,
+}
+
+/// Declares [`Family`]: each metric family's variant, exported name, kind and help (the doc
+/// comment is the `# HELP` text).
+macro_rules! families {
+    ($($(#[doc = $doc:literal])+ $v:ident => ($name:literal, $kind:ident),)*) => {
+        /// Every metric family kvtier exports (Prometheus style): one place for names, kinds
+        /// and help texts. docs/operations.md documents each one (a test checks it).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Family {
+            $($(#[doc = $doc])+ $v,)*
+        }
+
+        impl Family {
+            /// Every family, in page order.
+            pub const ALL: &'static [Family] = &[$(Family::$v),*];
+
+            /// The exported name (`kvtier_hits_total`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Family::$v => $name,)*
+                }
+            }
+
+            /// Counter, gauge or histogram.
+            pub fn kind(self) -> FamilyKind {
+                match self {
+                    $(Family::$v => FamilyKind::$kind,)*
+                }
+            }
+
+            /// The `# HELP` text.
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Family::$v => concat!($($doc),+).trim_ascii(),)*
+                }
+            }
+        }
+    };
+}
+
+families! {
+    /// kvtier build and role: `role` (agent, pool) and `version` labels, value 1.
+    BuildInfo => ("kvtier_build_info", Gauge),
+    /// Blocks (agent) or gets (pool server) served, by the tier that had them: `memory` then
+    /// `pool` on the agent, `cache` then `disk` on a pool server.
+    Hits => ("kvtier_hits_total", Counter),
+    /// Lookups a tier could not serve, by tier (agent `memory`: every block not in the arena;
+    /// `pool`: blocks no tier delivered).
+    Misses => ("kvtier_misses_total", Counter),
     /// Objects dropped because they failed verification, by tier and reason.
-    pub const CORRUPT: &str = "kvtier_corrupt_objects_total";
+    Corrupt => ("kvtier_corrupt_objects_total", Counter),
     /// Objects evicted, by tier.
-    pub const EVICTIONS: &str = "kvtier_evictions_total";
-    /// Bytes written into a tier.
-    pub const BYTES_IN: &str = "kvtier_bytes_in_total";
-    /// Bytes read out of a tier.
-    pub const BYTES_OUT: &str = "kvtier_bytes_out_total";
-    /// Bytes currently used by a tier.
-    pub const USED_BYTES: &str = "kvtier_used_bytes";
+    Evictions => ("kvtier_evictions_total", Counter),
+    /// Bytes written into a tier (agent `memory`: payload engines saved; `pool`: what the
+    /// backend stored).
+    BytesIn => ("kvtier_bytes_in_total", Counter),
+    /// Bytes read out of a tier (agent `memory`: payload engines loaded; `pool`: what the
+    /// backend returned).
+    BytesOut => ("kvtier_bytes_out_total", Counter),
+    /// Bytes currently used by a tier (the agent's pool: only a backend on this node).
+    UsedBytes => ("kvtier_used_bytes", Gauge),
     /// Configured capacity of a tier.
-    pub const CAPACITY_BYTES: &str = "kvtier_capacity_bytes";
+    CapacityBytes => ("kvtier_capacity_bytes", Gauge),
     /// Objects currently held by a tier.
-    pub const OBJECTS: &str = "kvtier_objects";
-    /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered, splice to copy),
-    /// by kind.
-    pub const FALLBACKS: &str = "kvtier_fallbacks_total";
+    Objects => ("kvtier_objects", Gauge),
+    /// Fallbacks to a slower path (io_uring to psync, O_DIRECT to buffered, splice to copy), by kind.
+    Fallbacks => ("kvtier_fallbacks_total", Counter),
     /// Time to serve a request, by op (histogram, seconds).
-    pub const REQUEST_SECONDS: &str = "kvtier_request_duration_seconds";
+    RequestSeconds => ("kvtier_request_duration_seconds", Histogram),
     /// Agent: time its calls to its pool backend took, by op (histogram, seconds).
-    pub const POOL_CALL_SECONDS: &str = "kvtier_pool_call_duration_seconds";
+    PoolCallSeconds => ("kvtier_pool_call_duration_seconds", Histogram),
     /// Entries waiting in a queue, by queue.
-    pub const QUEUE_DEPTH: &str = "kvtier_queue_depth";
+    QueueDepth => ("kvtier_queue_depth", Gauge),
     /// Bound of a queue, by queue.
-    pub const QUEUE_CAPACITY: &str = "kvtier_queue_capacity";
+    QueueCapacity => ("kvtier_queue_capacity", Gauge),
     /// Writes to the pool dropped from a full write-behind queue (each a future miss).
-    pub const DROPPED_WRITES: &str = "kvtier_dropped_writes_total";
-
+    DroppedWrites => ("kvtier_dropped_writes_total", Counter),
     /// Engine sessions open on the agent (connected engines).
-    pub const AGENT_SESSIONS: &str = "kvtier_agent_sessions";
+    AgentSessions => ("kvtier_agent_sessions", Gauge),
     /// Arena slots leased to engines now (being filled or copied out).
-    pub const AGENT_LEASES: &str = "kvtier_agent_leases";
+    AgentLeases => ("kvtier_agent_leases", Gauge),
     /// Blocks engines saved (stored in the arena).
-    pub const AGENT_SAVES: &str = "kvtier_agent_saved_blocks_total";
+    AgentSaves => ("kvtier_agent_saved_blocks_total", Counter),
     /// Saves skipped because the block was stored or in flight.
-    pub const AGENT_DEDUP: &str = "kvtier_agent_deduplicated_blocks_total";
+    AgentDedup => ("kvtier_agent_deduplicated_blocks_total", Counter),
     /// Blocks written behind to the pool.
-    pub const AGENT_POOL_WRITES: &str = "kvtier_agent_pool_writes_total";
+    AgentPoolWrites => ("kvtier_agent_pool_writes_total", Counter),
     /// Leases released because their engine's connection closed.
-    pub const AGENT_RECLAIMED: &str = "kvtier_agent_reclaimed_leases_total";
+    AgentReclaimed => ("kvtier_agent_reclaimed_leases_total", Counter),
     /// The agent's pool backend (`backend` label: embedded, servers, shared-dir, none), value 1.
-    pub const AGENT_POOL_BACKEND: &str = "kvtier_agent_pool_backend";
+    AgentPoolBackend => ("kvtier_agent_pool_backend", Gauge),
     /// Per tenant (the engine name): sessions open.
-    pub const TENANT_SESSIONS: &str = "kvtier_tenant_sessions";
+    TenantSessions => ("kvtier_tenant_sessions", Gauge),
     /// Per tenant: arena slots leased now.
-    pub const TENANT_LEASES: &str = "kvtier_tenant_leases";
+    TenantLeases => ("kvtier_tenant_leases", Gauge),
     /// Per tenant: bytes of the arena held by blocks the tenant saved.
-    pub const TENANT_USED_BYTES: &str = "kvtier_tenant_used_bytes";
+    TenantUsedBytes => ("kvtier_tenant_used_bytes", Gauge),
     /// Per tenant: blocks saved.
-    pub const TENANT_SAVES: &str = "kvtier_tenant_saved_blocks_total";
+    TenantSaves => ("kvtier_tenant_saved_blocks_total", Counter),
     /// Per tenant: blocks loaded (from memory or the pool).
-    pub const TENANT_LOADS: &str = "kvtier_tenant_loaded_blocks_total";
+    TenantLoads => ("kvtier_tenant_loaded_blocks_total", Counter),
     /// Per tenant: blocks asked for and not delivered.
-    pub const TENANT_MISSES: &str = "kvtier_tenant_missed_blocks_total";
-
+    TenantMisses => ("kvtier_tenant_missed_blocks_total", Counter),
     /// Pool server: connections open now.
-    pub const POOL_CONNECTIONS: &str = "kvtier_pool_connections";
+    PoolConnections => ("kvtier_pool_connections", Gauge),
     /// Pool server: connections accepted since start.
-    pub const POOL_CONNECTIONS_TOTAL: &str = "kvtier_pool_connections_total";
+    PoolConnectionsTotal => ("kvtier_pool_connections_total", Counter),
     /// Pool server: connections closed for a bad frame or failed authentication, by reason.
-    pub const POOL_REJECTED: &str = "kvtier_pool_rejected_connections_total";
+    PoolRejected => ("kvtier_pool_rejected_connections_total", Counter),
     /// Pool server: requests, by op.
-    pub const POOL_REQUESTS: &str = "kvtier_pool_requests_total";
-    /// Pool server: puts refused because the record failed verification (checksum, header,
-    /// key).
-    pub const POOL_BAD_RECORDS: &str = "kvtier_pool_bad_records_total";
+    PoolRequests => ("kvtier_pool_requests_total", Counter),
+    /// Pool server: puts refused because the record failed verification (checksum, header, key).
+    PoolBadRecords => ("kvtier_pool_bad_records_total", Counter),
     /// Pool server: puts whose body was streamed to disk while it arrived.
-    pub const POOL_STREAMED_PUTS: &str = "kvtier_pool_streamed_puts_total";
+    PoolStreamedPuts => ("kvtier_pool_streamed_puts_total", Counter),
     /// Pool server: requests that failed (I/O, no space, draining).
-    pub const POOL_ERRORS: &str = "kvtier_pool_errors_total";
+    PoolErrors => ("kvtier_pool_errors_total", Counter),
     /// Pool server: whether it is draining (1) or taking writes (0).
-    pub const POOL_DRAINING: &str = "kvtier_pool_draining";
+    PoolDraining => ("kvtier_pool_draining", Gauge),
 }
 
 /// Snapshot of a store's counters, for `--json`, `kvtier stat` and tests.
@@ -427,6 +475,22 @@ mod tests {
     use super::*;
 
     use std::time::Duration;
+
+    #[test]
+    fn families_are_named_by_their_kind_and_documented() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Family::ALL {
+            let n = f.name();
+            assert!(seen.insert(n), "{n} declared twice");
+            assert!(n.starts_with("kvtier_"), "{n}");
+            match f.kind() {
+                FamilyKind::Counter => assert!(n.ends_with("_total"), "{n}"),
+                FamilyKind::Histogram => assert!(n.ends_with("_seconds"), "{n}"),
+                FamilyKind::Gauge => assert!(!n.ends_with("_total"), "{n}"),
+            }
+            assert!(f.help().len() > 10 && !f.help().starts_with(' '), "{n}");
+        }
+    }
 
     #[test]
     fn bucket_bounds_match_the_published_seconds() {

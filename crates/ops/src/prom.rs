@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use kvtier_core::error::{Error, Result};
-use kvtier_core::metrics::{HistogramSnapshot, LATENCY_BUCKETS};
+use kvtier_core::metrics::{Family, FamilyKind, HistogramSnapshot, LATENCY_BUCKETS};
 
 /// The `Content-Type` of the format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -51,20 +51,26 @@ impl Writer {
     }
 
     /// A counter sample.
-    pub fn counter(&mut self, name: &str, help: &str, labels: Labels, v: u64) {
-        self.family(name, help, "counter");
+    pub fn counter(&mut self, f: Family, labels: Labels, v: u64) {
+        debug_assert_eq!(f.kind(), FamilyKind::Counter, "{f:?}");
+        let name = f.name();
+        self.family(name, f.help(), "counter");
         self.sample(name, labels, None, v as f64);
     }
 
     /// A gauge sample.
-    pub fn gauge(&mut self, name: &str, help: &str, labels: Labels, v: f64) {
-        self.family(name, help, "gauge");
+    pub fn gauge(&mut self, f: Family, labels: Labels, v: f64) {
+        debug_assert_eq!(f.kind(), FamilyKind::Gauge, "{f:?}");
+        let name = f.name();
+        self.family(name, f.help(), "gauge");
         self.sample(name, labels, None, v);
     }
 
     /// A histogram of [`LATENCY_BUCKETS`]: cumulative buckets, `_sum`, `_count`.
-    pub fn histogram(&mut self, name: &str, help: &str, labels: Labels, h: &HistogramSnapshot) {
-        self.family(name, help, "histogram");
+    pub fn histogram(&mut self, f: Family, labels: Labels, h: &HistogramSnapshot) {
+        debug_assert_eq!(f.kind(), FamilyKind::Histogram, "{f:?}");
+        let name = f.name();
+        self.family(name, f.help(), "histogram");
         let bucket = format!("{name}_bucket");
         let mut cum = 0u64;
         for (i, c) in h.counts.iter().enumerate() {
@@ -241,32 +247,50 @@ mod tests {
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_secs(20));
         let mut w = Writer::new();
-        w.counter("x_total", "X.", &[("tier", "memory")], 7);
-        w.counter("x_total", "X.", &[("tier", "pool")], 9_007_199_254_740_000);
-        w.gauge("y", "Y\nmore.", &[], 0.5);
-        w.gauge("t", "T.", &[("tenant", "a \"b\" \\c\nd")], 1.0);
-        w.histogram("lat_seconds", "L.", &[("op", "get")], &h.snapshot());
+        w.counter(Family::Hits, &[("tier", "memory")], 7);
+        w.counter(Family::Hits, &[("tier", "pool")], 9_007_199_254_740_000);
+        w.gauge(Family::AgentSessions, &[], 0.5);
+        w.gauge(Family::TenantSessions, &[("tenant", "a \"b\" \\c\nd")], 1.0);
+        w.histogram(Family::RequestSeconds, &[("op", "get")], &h.snapshot());
         let page = w.finish();
-        assert_eq!(page.matches("# TYPE x_total counter").count(), 1);
+        assert_eq!(page.matches("# TYPE kvtier_hits_total counter").count(), 1);
         let s = parse(&page).unwrap();
         let get = |series: &str| s.iter().find(|x| x.series() == series).map(|x| x.value);
-        assert_eq!(get("x_total{tier=\"memory\"}"), Some(7.0));
-        assert_eq!(get("x_total{tier=\"pool\"}"), Some(9_007_199_254_740_000.0));
-        assert_eq!(get("y"), Some(0.5));
-        let t = s.iter().find(|x| x.name == "t").unwrap();
+        assert_eq!(get("kvtier_hits_total{tier=\"memory\"}"), Some(7.0));
+        assert_eq!(
+            get("kvtier_hits_total{tier=\"pool\"}"),
+            Some(9_007_199_254_740_000.0)
+        );
+        assert_eq!(get("kvtier_agent_sessions"), Some(0.5));
+        let t = s
+            .iter()
+            .find(|x| x.name == "kvtier_tenant_sessions")
+            .unwrap();
         assert_eq!(t.label("tenant"), "a \"b\" \\c\nd");
         assert_eq!(
-            get("lat_seconds_bucket{le=\"0.0001\",op=\"get\"}"),
+            get("kvtier_request_duration_seconds_bucket{le=\"0.0001\",op=\"get\"}"),
             Some(0.0)
         );
         assert_eq!(
-            get("lat_seconds_bucket{le=\"0.0005\",op=\"get\"}"),
+            get("kvtier_request_duration_seconds_bucket{le=\"0.0005\",op=\"get\"}"),
             Some(1.0)
         );
-        assert_eq!(get("lat_seconds_bucket{le=\"10\",op=\"get\"}"), Some(1.0));
-        assert_eq!(get("lat_seconds_bucket{le=\"+Inf\",op=\"get\"}"), Some(2.0));
-        assert_eq!(get("lat_seconds_count{op=\"get\"}"), Some(2.0));
-        assert!((get("lat_seconds_sum{op=\"get\"}").unwrap() - 20.0003).abs() < 1e-9);
+        assert_eq!(
+            get("kvtier_request_duration_seconds_bucket{le=\"10\",op=\"get\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            get("kvtier_request_duration_seconds_bucket{le=\"+Inf\",op=\"get\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            get("kvtier_request_duration_seconds_count{op=\"get\"}"),
+            Some(2.0)
+        );
+        assert!(
+            (get("kvtier_request_duration_seconds_sum{op=\"get\"}").unwrap() - 20.0003).abs()
+                < 1e-9
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The daemons' `/metrics` pages, from their counter snapshots. Names come from
-//! [`kvtier_core::metrics::names`]; docs/operations.md documents each one.
+//! The daemons' `/metrics` pages, from their counter snapshots. Names, kinds and help texts
+//! come from [`kvtier_core::metrics::Family`]; docs/operations.md documents each one.
 //!
 //! Tiers: the agent's are `memory` (its arena) then `pool` (whichever backend it writes behind
 //! to); a pool server's are `cache` (its DRAM cache) then `disk` (its segment store).
 
 use kvtier_agent::{AgentStats, State};
-use kvtier_core::metrics::{names as n, HistogramSnapshot};
+use kvtier_core::metrics::{Family, HistogramSnapshot};
 use kvtier_pool::server::{PoolServer, PoolServerStats};
 
 use super::prom::Writer;
@@ -17,24 +17,18 @@ pub const POOL_TIERS: [&str; 2] = ["cache", "disk"];
 
 fn build_info(w: &mut Writer, role: &str) {
     w.gauge(
-        n::BUILD_INFO,
-        "kvtier build and role (value 1).",
+        Family::BuildInfo,
         &[("role", role), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
     for f in kvtier_core::metrics::Fallback::ALL {
-        w.counter(
-            n::FALLBACKS,
-            "Times this process took a slower path than configured, by kind.",
-            &[("kind", f.as_str())],
-            f.total(),
-        );
+        w.counter(Family::Fallbacks, &[("kind", f.as_str())], f.total());
     }
 }
 
-fn latency(w: &mut Writer, help: &str, hists: &[(&'static str, HistogramSnapshot)]) {
+fn latency(w: &mut Writer, hists: &[(&'static str, HistogramSnapshot)]) {
     for (op, h) in hists {
-        w.histogram(n::REQUEST_SECONDS, help, &[("op", op)], h);
+        w.histogram(Family::RequestSeconds, &[("op", op)], h);
     }
 }
 
@@ -53,218 +47,121 @@ pub fn agent_page(
     let mut w = Writer::new();
     build_info(&mut w, "agent");
     let backend = s.pool.as_ref().map_or("none", |(k, _)| k.as_str());
-    w.gauge(
-        n::AGENT_POOL_BACKEND,
-        "The pool the agent writes behind to (value 1).",
-        &[("backend", backend)],
-        1.0,
-    );
-    w.gauge(
-        n::AGENT_SESSIONS,
-        "Engine sessions open (connected engines).",
-        &[],
-        s.sessions as f64,
-    );
-    w.gauge(
-        n::AGENT_LEASES,
-        "Arena slots leased to engines now.",
-        &[],
-        s.leases as f64,
-    );
-    let help = "Blocks delivered to engines, by the tier they came from.";
-    w.counter(n::HITS, help, &[("tier", "memory")], s.hits_memory);
-    w.counter(n::HITS, help, &[("tier", "pool")], s.hits_pool);
-    let help = "Blocks a tier did not have when an engine loaded them (memory: every block not in the arena; pool: blocks no tier delivered).";
+    w.gauge(Family::AgentPoolBackend, &[("backend", backend)], 1.0);
+    w.gauge(Family::AgentSessions, &[], s.sessions as f64);
+    w.gauge(Family::AgentLeases, &[], s.leases as f64);
+    w.counter(Family::Hits, &[("tier", "memory")], s.hits_memory);
+    w.counter(Family::Hits, &[("tier", "pool")], s.hits_pool);
     w.counter(
-        n::MISSES,
-        help,
+        Family::Misses,
         &[("tier", "memory")],
         s.hits_pool + s.misses,
     );
-    w.counter(n::MISSES, help, &[("tier", "pool")], s.misses);
+    w.counter(Family::Misses, &[("tier", "pool")], s.misses);
     let pool = s.pool.as_ref().map(|(_, p)| p);
-    let help = "Bytes into a tier (memory: payload engines saved; pool: what the backend stored).";
     w.counter(
-        n::BYTES_IN,
-        help,
+        Family::BytesIn,
         &[("tier", "memory")],
         s.saves * s.object_bytes,
     );
     if let Some(p) = pool {
-        w.counter(n::BYTES_IN, help, &[("tier", "pool")], p.bytes_in);
+        w.counter(Family::BytesIn, &[("tier", "pool")], p.bytes_in);
     }
-    let help =
-        "Bytes out of a tier (memory: payload engines loaded; pool: what the backend returned).";
     w.counter(
-        n::BYTES_OUT,
-        help,
+        Family::BytesOut,
         &[("tier", "memory")],
         (s.hits_memory + s.hits_pool) * s.object_bytes,
     );
     if let Some(p) = pool {
-        w.counter(n::BYTES_OUT, help, &[("tier", "pool")], p.bytes_out);
+        w.counter(Family::BytesOut, &[("tier", "pool")], p.bytes_out);
     }
     let local = pool.filter(|p| p.capacity_bytes > 0);
-    let help = "Bytes used by a tier now (the pool: only a backend on this node).";
     w.gauge(
-        n::USED_BYTES,
-        help,
+        Family::UsedBytes,
         &[("tier", "memory")],
         (s.arena_used * s.slot_bytes) as f64,
     );
     if let Some(p) = local {
-        w.gauge(
-            n::USED_BYTES,
-            help,
-            &[("tier", "pool")],
-            p.used_bytes as f64,
-        );
+        w.gauge(Family::UsedBytes, &[("tier", "pool")], p.used_bytes as f64);
     }
-    let help = "Capacity of a tier.";
     w.gauge(
-        n::CAPACITY_BYTES,
-        help,
+        Family::CapacityBytes,
         &[("tier", "memory")],
         (s.arena_slots * s.slot_bytes) as f64,
     );
     if let Some(p) = local {
         w.gauge(
-            n::CAPACITY_BYTES,
-            help,
+            Family::CapacityBytes,
             &[("tier", "pool")],
             p.capacity_bytes as f64,
         );
     }
-    let help = "Objects held by a tier now.";
-    w.gauge(n::OBJECTS, help, &[("tier", "memory")], s.arena_used as f64);
+    w.gauge(Family::Objects, &[("tier", "memory")], s.arena_used as f64);
     if let Some(p) = local {
-        w.gauge(n::OBJECTS, help, &[("tier", "pool")], p.objects as f64);
+        w.gauge(Family::Objects, &[("tier", "pool")], p.objects as f64);
     }
-    let help = "Objects evicted to make room, by tier.";
-    w.counter(n::EVICTIONS, help, &[("tier", "memory")], s.evictions);
+    w.counter(Family::Evictions, &[("tier", "memory")], s.evictions);
     if let Some(p) = pool {
-        w.counter(n::EVICTIONS, help, &[("tier", "pool")], p.evictions);
+        w.counter(Family::Evictions, &[("tier", "pool")], p.evictions);
         for (reason, v) in &p.corrupt {
-            w.counter(
-                n::CORRUPT,
-                "Objects that failed verification (a miss, dropped), by tier and reason.",
-                &[("tier", "pool"), ("reason", reason)],
-                *v,
-            );
+            w.counter(Family::Corrupt, &[("tier", "pool"), ("reason", reason)], *v);
         }
     }
-    w.counter(
-        n::DROPPED_WRITES,
-        "Writes to the pool dropped from a full write-behind queue (each a future miss).",
-        &[],
-        s.dropped_writes,
-    );
-    w.counter(n::AGENT_SAVES, "Blocks engines saved.", &[], s.saves);
-    w.counter(
-        n::AGENT_DEDUP,
-        "Saves skipped: the block was stored or in flight.",
-        &[],
-        s.deduplicated,
-    );
-    w.counter(
-        n::AGENT_POOL_WRITES,
-        "Blocks written behind to the pool.",
-        &[],
-        s.pool_writes,
-    );
-    w.counter(
-        n::AGENT_RECLAIMED,
-        "Leases released because their engine's connection closed.",
-        &[],
-        s.reclaimed_leases,
-    );
-    let help = "Entries waiting in a queue.";
+    w.counter(Family::DroppedWrites, &[], s.dropped_writes);
+    w.counter(Family::AgentSaves, &[], s.saves);
+    w.counter(Family::AgentDedup, &[], s.deduplicated);
+    w.counter(Family::AgentPoolWrites, &[], s.pool_writes);
+    w.counter(Family::AgentReclaimed, &[], s.reclaimed_leases);
     w.gauge(
-        n::QUEUE_DEPTH,
-        help,
+        Family::QueueDepth,
         &[("queue", "write_behind")],
         s.write_queue as f64,
     );
     w.gauge(
-        n::QUEUE_DEPTH,
-        help,
+        Family::QueueDepth,
         &[("queue", "prefetch")],
         s.prefetch_queue as f64,
     );
-    let help = "Bound of a queue.";
     w.gauge(
-        n::QUEUE_CAPACITY,
-        help,
+        Family::QueueCapacity,
         &[("queue", "write_behind")],
         s.write_queue_capacity as f64,
     );
     w.gauge(
-        n::QUEUE_CAPACITY,
-        help,
+        Family::QueueCapacity,
         &[("queue", "prefetch")],
         s.prefetch_queue_capacity as f64,
     );
-    latency(&mut w, "Time the agent took to serve an RPC, by op.", hists);
+    latency(&mut w, hists);
     if let Some((kind, _)) = &s.pool {
         for (op, h) in pool_calls {
-            w.histogram(
-                n::POOL_CALL_SECONDS,
-                "Time the agent's calls to its pool backend took (write-behind puts, read-through gets, exists), by op and backend.",
-                &[("op", op), ("backend", kind)],
-                h,
-            );
+            w.histogram(Family::PoolCallSeconds, &[("op", op), ("backend", kind)], h);
         }
     }
     fn tenant(t: &kvtier_agent::TenantStats) -> [(&str, &str); 1] {
         [("tenant", t.tenant.as_str())]
     }
     for t in &s.tenants {
-        w.gauge(
-            n::TENANT_SESSIONS,
-            "Sessions open, by tenant (the engine name given at Hello).",
-            &tenant(t),
-            t.sessions as f64,
-        );
+        w.gauge(Family::TenantSessions, &tenant(t), t.sessions as f64);
+    }
+    for t in &s.tenants {
+        w.gauge(Family::TenantLeases, &tenant(t), t.leases as f64);
     }
     for t in &s.tenants {
         w.gauge(
-            n::TENANT_LEASES,
-            "Arena slots leased now, by tenant.",
-            &tenant(t),
-            t.leases as f64,
-        );
-    }
-    for t in &s.tenants {
-        w.gauge(
-            n::TENANT_USED_BYTES,
-            "Arena bytes held by blocks the tenant saved, by tenant.",
+            Family::TenantUsedBytes,
             &tenant(t),
             (t.resident_blocks * s.slot_bytes) as f64,
         );
     }
     for t in &s.tenants {
-        w.counter(
-            n::TENANT_SAVES,
-            "Blocks saved, by tenant.",
-            &tenant(t),
-            t.saves,
-        );
+        w.counter(Family::TenantSaves, &tenant(t), t.saves);
     }
     for t in &s.tenants {
-        w.counter(
-            n::TENANT_LOADS,
-            "Blocks loaded (memory or pool), by tenant.",
-            &tenant(t),
-            t.loads,
-        );
+        w.counter(Family::TenantLoads, &tenant(t), t.loads);
     }
     for t in &s.tenants {
-        w.counter(
-            n::TENANT_MISSES,
-            "Blocks asked for and not delivered, by tenant.",
-            &tenant(t),
-            t.misses,
-        );
+        w.counter(Family::TenantMisses, &tenant(t), t.misses);
     }
     w.finish()
 }
@@ -279,143 +176,72 @@ pub fn pool_page(s: &PoolServerStats, hists: &[(&'static str, HistogramSnapshot)
     let mut w = Writer::new();
     build_info(&mut w, "pool");
     w.gauge(
-        n::POOL_DRAINING,
-        "Whether the server is draining: 1, no new writes; 0, serving.",
+        Family::PoolDraining,
         &[],
         if s.draining { 1.0 } else { 0.0 },
     );
-    w.gauge(
-        n::POOL_CONNECTIONS,
-        "Data-plane connections open now (agents and other clients).",
-        &[],
-        s.connections as f64,
-    );
+    w.gauge(Family::PoolConnections, &[], s.connections as f64);
+    w.counter(Family::PoolConnectionsTotal, &[], s.connections_total);
     w.counter(
-        n::POOL_CONNECTIONS_TOTAL,
-        "Data-plane connections accepted.",
-        &[],
-        s.connections_total,
-    );
-    let help = "Connections closed for a bad frame or failed authentication, by reason.";
-    w.counter(
-        n::POOL_REJECTED,
-        help,
+        Family::PoolRejected,
         &[("reason", "bad_frame")],
         s.bad_frames,
     );
-    w.counter(
-        n::POOL_REJECTED,
-        help,
-        &[("reason", "auth")],
-        s.auth_failures,
-    );
-    let help = "Data-plane requests, by op.";
+    w.counter(Family::PoolRejected, &[("reason", "auth")], s.auth_failures);
     for (op, v) in [
         ("put", s.puts),
         ("get", s.gets),
         ("exists", s.exists),
         ("delete", s.deletes),
     ] {
-        w.counter(n::POOL_REQUESTS, help, &[("op", op)], v);
+        w.counter(Family::PoolRequests, &[("op", op)], v);
     }
-    // Each per-tier family: (family, help, cache's value, disk's value).
+    // Each per-tier family: (family, cache's value, disk's value).
     let hits = s.get_hits.saturating_sub(s.cache_hits);
-    for (name, help, cache, disk) in [
-        (n::HITS, "Gets served, by the tier that had the record.", s.cache_hits, hits),
+    for (name, cache, disk) in [
+        (Family::Hits, s.cache_hits, hits),
         (
-            n::MISSES,
-            "Gets a tier could not serve (cache: every get not served from it; disk: gets that found nothing).",
+            Family::Misses,
             s.gets.saturating_sub(s.cache_hits),
             s.gets.saturating_sub(s.get_hits),
         ),
-        (
-            n::BYTES_OUT,
-            "Bytes out of a tier (cache: records served; disk: payload read back).",
-            s.cache_bytes_out,
-            s.store.bytes_out,
-        ),
+        (Family::BytesOut, s.cache_bytes_out, s.store.bytes_out),
     ] {
-        w.counter(name, help, &[("tier", "cache")], cache);
-        w.counter(name, help, &[("tier", "disk")], disk);
+        w.counter(name, &[("tier", "cache")], cache);
+        w.counter(name, &[("tier", "disk")], disk);
     }
-    w.counter(
-        n::BYTES_IN,
-        "Bytes into a tier (disk: records stored).",
-        &[("tier", "disk")],
-        s.store.bytes_in,
-    );
-    for (name, help, cache, disk) in [
+    w.counter(Family::BytesIn, &[("tier", "disk")], s.store.bytes_in);
+    for (name, cache, disk) in [
+        (Family::UsedBytes, s.cache_bytes, s.store.used_bytes),
         (
-            n::USED_BYTES,
-            "Bytes used by a tier now.",
-            s.cache_bytes,
-            s.store.used_bytes,
-        ),
-        (
-            n::CAPACITY_BYTES,
-            "Capacity of a tier.",
+            Family::CapacityBytes,
             s.cache_capacity,
             s.store.capacity_bytes,
         ),
-        (
-            n::OBJECTS,
-            "Objects held by a tier now.",
-            s.cache_objects,
-            s.store.objects,
-        ),
+        (Family::Objects, s.cache_objects, s.store.objects),
     ] {
-        w.gauge(name, help, &[("tier", "cache")], cache as f64);
-        w.gauge(name, help, &[("tier", "disk")], disk as f64);
+        w.gauge(name, &[("tier", "cache")], cache as f64);
+        w.gauge(name, &[("tier", "disk")], disk as f64);
     }
-    w.counter(
-        n::EVICTIONS,
-        "Objects evicted to make room, by tier.",
-        &[("tier", "disk")],
-        s.store.evictions,
-    );
+    w.counter(Family::Evictions, &[("tier", "disk")], s.store.evictions);
     for (reason, v) in &s.store.corrupt {
-        w.counter(
-            n::CORRUPT,
-            "Objects that failed verification (a miss, dropped), by tier and reason.",
-            &[("tier", "disk"), ("reason", reason)],
-            *v,
-        );
+        w.counter(Family::Corrupt, &[("tier", "disk"), ("reason", reason)], *v);
     }
-    w.counter(
-        n::POOL_BAD_RECORDS,
-        "Puts refused because the record failed verification.",
-        &[],
-        s.bad_records,
-    );
-    w.counter(
-        n::POOL_STREAMED_PUTS,
-        "Puts whose body was written to disk chunk by chunk while it arrived (pool.stream_chunk).",
-        &[],
-        s.streamed_puts,
-    );
-    w.counter(
-        n::POOL_ERRORS,
-        "Requests that failed (I/O, no space, draining).",
-        &[],
-        s.errors,
-    );
+    w.counter(Family::PoolBadRecords, &[], s.bad_records);
+    w.counter(Family::PoolStreamedPuts, &[], s.streamed_puts);
+    w.counter(Family::PoolErrors, &[], s.errors);
     w.gauge(
-        n::QUEUE_DEPTH,
-        "Entries waiting in a queue.",
+        Family::QueueDepth,
         &[("queue", "in_flight")],
         s.in_flight as f64,
     );
-    latency(
-        &mut w,
-        "Time the pool server took to serve a request, by op.",
-        hists,
-    );
+    latency(&mut w, hists);
     w.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use kvtier_core::metrics::{names, Fallback};
+    use kvtier_core::metrics::{Fallback, Family};
 
     #[test]
     fn fallbacks_are_counted_by_kind_and_exported_on_both_pages() {
@@ -432,7 +258,7 @@ mod tests {
                 let s = samples
                     .iter()
                     .find(|s| {
-                        s.name == names::FALLBACKS
+                        s.name == Family::Fallbacks.name()
                             && s.labels.get("kind").map(String::as_str) == Some(f.as_str())
                     })
                     .unwrap_or_else(|| panic!("{} missing:\n{page}", f.as_str()));

@@ -10,7 +10,7 @@ use super::http;
 use super::prom::{self, Sample};
 use super::render::{AGENT_TIERS, POOL_TIERS};
 use kvtier_core::error::{Error, ErrorKind, Result};
-use kvtier_core::metrics::names as n;
+use kvtier_core::metrics::Family;
 
 /// One scrape.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ impl Snapshot {
     pub fn role(&self) -> String {
         self.samples
             .iter()
-            .find(|s| s.name == n::BUILD_INFO)
+            .find(|s| s.name == Family::BuildInfo.name())
             .map_or("unknown".into(), |s| s.label("role").to_string())
     }
 
@@ -87,14 +87,22 @@ impl Snapshot {
     /// The error counters the page carries: (JSON key, words for the screen, total).
     fn errors(&self) -> Vec<(&'static str, &'static str, f64)> {
         [
-            ("dropped_writes", "dropped writes", n::DROPPED_WRITES),
-            ("corrupt_objects", "corrupt objects", n::CORRUPT),
-            ("bad_records", "bad records", n::POOL_BAD_RECORDS),
-            ("failed_requests", "failed requests", n::POOL_ERRORS),
+            (
+                "dropped_writes",
+                "dropped writes",
+                Family::DroppedWrites.name(),
+            ),
+            ("corrupt_objects", "corrupt objects", Family::Corrupt.name()),
+            ("bad_records", "bad records", Family::PoolBadRecords.name()),
+            (
+                "failed_requests",
+                "failed requests",
+                Family::PoolErrors.name(),
+            ),
             (
                 "rejected_connections",
                 "rejected connections",
-                n::POOL_REJECTED,
+                Family::PoolRejected.name(),
             ),
         ]
         .into_iter()
@@ -108,17 +116,17 @@ impl Snapshot {
         let tiers = self.tiers();
         let hits: f64 = tiers
             .iter()
-            .map(|t| self.sum(n::HITS, &[("tier", t)]))
+            .map(|t| self.sum(Family::Hits.name(), &[("tier", t)]))
             .sum();
         let last = tiers
             .last()
-            .map_or(0.0, |t| self.sum(n::MISSES, &[("tier", t)]));
+            .map_or(0.0, |t| self.sum(Family::Misses.name(), &[("tier", t)]));
         ratio(hits, hits + last)
     }
 
     /// Upper bound of the bucket holding quantile `q` of op `op`'s latency, in seconds.
     pub fn latency_quantile(&self, op: &str, q: f64, base: Option<&Snapshot>) -> Option<f64> {
-        let bucket = format!("{}_bucket", n::REQUEST_SECONDS);
+        let bucket = format!("{}_bucket", Family::RequestSeconds.name());
         let mut b: Vec<(f64, f64)> = self
             .samples
             .iter()
@@ -162,20 +170,20 @@ pub fn summary(url: &str, s: &Snapshot) -> Value {
     let mut tiers = Map::new();
     for t in s.tiers() {
         let l = [("tier", *t)];
-        let hits = s.sum(n::HITS, &l);
-        let misses = s.sum(n::MISSES, &l);
+        let hits = s.sum(Family::Hits.name(), &l);
+        let misses = s.sum(Family::Misses.name(), &l);
         let mut m = Map::new();
         m.insert("hits".into(), num(hits));
         m.insert("misses".into(), num(misses));
         m.insert("hit_ratio".into(), json!(ratio(hits, hits + misses)));
         for (key, name) in [
-            ("bytes_in", n::BYTES_IN),
-            ("bytes_out", n::BYTES_OUT),
-            ("used_bytes", n::USED_BYTES),
-            ("capacity_bytes", n::CAPACITY_BYTES),
-            ("objects", n::OBJECTS),
-            ("evictions", n::EVICTIONS),
-            ("corrupt_objects", n::CORRUPT),
+            ("bytes_in", Family::BytesIn.name()),
+            ("bytes_out", Family::BytesOut.name()),
+            ("used_bytes", Family::UsedBytes.name()),
+            ("capacity_bytes", Family::CapacityBytes.name()),
+            ("objects", Family::Objects.name()),
+            ("evictions", Family::Evictions.name()),
+            ("corrupt_objects", Family::Corrupt.name()),
         ] {
             if s.get(name, &l).is_some() {
                 m.insert(key.into(), num(s.sum(name, &l)));
@@ -183,8 +191,8 @@ pub fn summary(url: &str, s: &Snapshot) -> Value {
         }
         tiers.insert(t.to_string(), Value::Object(m));
     }
-    let count = format!("{}_count", n::REQUEST_SECONDS);
-    let sum = format!("{}_sum", n::REQUEST_SECONDS);
+    let count = format!("{}_count", Family::RequestSeconds.name());
+    let sum = format!("{}_sum", Family::RequestSeconds.name());
     let mut requests = Map::new();
     for op in s.label_values(&count, "op") {
         let c = s.sum(&count, &[("op", &op)]);
@@ -199,27 +207,27 @@ pub fn summary(url: &str, s: &Snapshot) -> Value {
         );
     }
     let mut queues = Map::new();
-    for q in s.label_values(n::QUEUE_DEPTH, "queue") {
+    for q in s.label_values(Family::QueueDepth.name(), "queue") {
         queues.insert(
             q.clone(),
             json!({
-                "depth": num(s.sum(n::QUEUE_DEPTH, &[("queue", &q)])),
-                "capacity": s.get(n::QUEUE_CAPACITY, &[("queue", &q)]).map(num),
+                "depth": num(s.sum(Family::QueueDepth.name(), &[("queue", &q)])),
+                "capacity": s.get(Family::QueueCapacity.name(), &[("queue", &q)]).map(num),
             }),
         );
     }
     let mut tenants = Map::new();
-    for t in s.label_values(n::TENANT_SESSIONS, "tenant") {
+    for t in s.label_values(Family::TenantSessions.name(), "tenant") {
         let l = [("tenant", t.as_str())];
         tenants.insert(
             t.clone(),
             json!({
-                "sessions": num(s.sum(n::TENANT_SESSIONS, &l)),
-                "leases": num(s.sum(n::TENANT_LEASES, &l)),
-                "used_bytes": num(s.sum(n::TENANT_USED_BYTES, &l)),
-                "saved_blocks": num(s.sum(n::TENANT_SAVES, &l)),
-                "loaded_blocks": num(s.sum(n::TENANT_LOADS, &l)),
-                "missed_blocks": num(s.sum(n::TENANT_MISSES, &l)),
+                "sessions": num(s.sum(Family::TenantSessions.name(), &l)),
+                "leases": num(s.sum(Family::TenantLeases.name(), &l)),
+                "used_bytes": num(s.sum(Family::TenantUsedBytes.name(), &l)),
+                "saved_blocks": num(s.sum(Family::TenantSaves.name(), &l)),
+                "loaded_blocks": num(s.sum(Family::TenantLoads.name(), &l)),
+                "missed_blocks": num(s.sum(Family::TenantMisses.name(), &l)),
             }),
         );
     }
@@ -236,16 +244,16 @@ pub fn summary(url: &str, s: &Snapshot) -> Value {
     let version = s
         .samples
         .iter()
-        .find(|x| x.name == n::BUILD_INFO)
+        .find(|x| x.name == Family::BuildInfo.name())
         .map(|x| x.label("version").to_string());
     json!({
         "address": url,
         "role": s.role(),
         "version": version,
         "hit_ratio": s.hit_ratio(),
-        "engines": s.get(n::AGENT_SESSIONS, &[]).map(num),
-        "connections": s.get(n::POOL_CONNECTIONS, &[]).map(num),
-        "draining": s.get(n::POOL_DRAINING, &[]).map(|v| v > 0.0),
+        "engines": s.get(Family::AgentSessions.name(), &[]).map(num),
+        "connections": s.get(Family::PoolConnections.name(), &[]).map(num),
+        "draining": s.get(Family::PoolDraining.name(), &[]).map(|v| v > 0.0),
         "tiers": tiers,
         "requests": requests,
         "queues": queues,
@@ -296,14 +304,14 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
     let version = cur
         .samples
         .iter()
-        .find(|x| x.name == n::BUILD_INFO)
+        .find(|x| x.name == Family::BuildInfo.name())
         .map_or(String::new(), |x| x.label("version").to_string());
     o.push_str(&format!("kvtier stat {url}: {role} {version}\n\n"));
     let window_ratio = prev.and_then(|p| {
         let tiers = cur.tiers();
         let d = |name: &str, t: &str| cur.sum(name, &[("tier", t)]) - p.sum(name, &[("tier", t)]);
-        let hits: f64 = tiers.iter().map(|t| d(n::HITS, t)).sum();
-        let last = tiers.last().map_or(0.0, |t| d(n::MISSES, t));
+        let hits: f64 = tiers.iter().map(|t| d(Family::Hits.name(), t)).sum();
+        let last = tiers.last().map_or(0.0, |t| d(Family::Misses.name(), t));
         ratio(hits, hits + last)
     });
     o.push_str(&format!(
@@ -311,18 +319,18 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
         pct(cur.hit_ratio()),
         pct(window_ratio)
     ));
-    if let Some(e) = cur.get(n::AGENT_SESSIONS, &[]) {
+    if let Some(e) = cur.get(Family::AgentSessions.name(), &[]) {
         o.push_str(&format!(
             "engines       {e:.0} sessions, {:.0} slots leased, pool: {}\n",
-            cur.sum(n::AGENT_LEASES, &[]),
+            cur.sum(Family::AgentLeases.name(), &[]),
             cur.samples
                 .iter()
-                .find(|x| x.name == n::AGENT_POOL_BACKEND)
+                .find(|x| x.name == Family::AgentPoolBackend.name())
                 .map_or("?", |x| x.label("backend"))
         ));
     }
-    if let Some(c) = cur.get(n::POOL_CONNECTIONS, &[]) {
-        let draining = cur.get(n::POOL_DRAINING, &[]).unwrap_or(0.0) > 0.0;
+    if let Some(c) = cur.get(Family::PoolConnections.name(), &[]) {
+        let draining = cur.get(Family::PoolDraining.name(), &[]).unwrap_or(0.0) > 0.0;
         o.push_str(&format!(
             "connections   {c:.0} open{}\n",
             if draining { ", DRAINING" } else { "" }
@@ -334,9 +342,15 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
     ));
     for t in cur.tiers() {
         let l = [("tier", *t)];
-        let (h, m) = (cur.sum(n::HITS, &l), cur.sum(n::MISSES, &l));
+        let (h, m) = (
+            cur.sum(Family::Hits.name(), &l),
+            cur.sum(Family::Misses.name(), &l),
+        );
         let per_s = |name| rate(name, &l).map_or("-".into(), |v| format!("{}/s", bytes(v)));
-        let used = match (cur.get(n::USED_BYTES, &l), cur.get(n::CAPACITY_BYTES, &l)) {
+        let used = match (
+            cur.get(Family::UsedBytes.name(), &l),
+            cur.get(Family::CapacityBytes.name(), &l),
+        ) {
             (Some(u), Some(c)) => format!("{} / {}", bytes(u), bytes(c)),
             _ => "-".into(),
         };
@@ -346,12 +360,12 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
             h,
             m,
             pct(ratio(h, h + m)),
-            per_s(n::BYTES_IN),
-            per_s(n::BYTES_OUT),
+            per_s(Family::BytesIn.name()),
+            per_s(Family::BytesOut.name()),
             used
         ));
     }
-    let count = format!("{}_count", n::REQUEST_SECONDS);
+    let count = format!("{}_count", Family::RequestSeconds.name());
     o.push_str(&format!(
         "\n{:<12} {:>12} {:>10} {:>10} {:>10}\n",
         "op", "requests", "per s", "p50 <=", "p99 <="
@@ -372,13 +386,13 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
             secs(cur.latency_quantile(&op, 0.99, window)),
         ));
     }
-    let queues = cur.label_values(n::QUEUE_DEPTH, "queue");
+    let queues = cur.label_values(Family::QueueDepth.name(), "queue");
     if !queues.is_empty() {
         let q: Vec<String> = queues
             .iter()
             .map(|q| {
-                let d = cur.sum(n::QUEUE_DEPTH, &[("queue", q)]);
-                match cur.get(n::QUEUE_CAPACITY, &[("queue", q)]) {
+                let d = cur.sum(Family::QueueDepth.name(), &[("queue", q)]);
+                match cur.get(Family::QueueCapacity.name(), &[("queue", q)]) {
                     Some(c) => format!("{q} {d:.0}/{c:.0}"),
                     None => format!("{q} {d:.0}"),
                 }
@@ -392,7 +406,7 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
         .map(|(_, label, v)| format!("{label} {v:.0}"))
         .collect();
     o.push_str(&format!("errors        {}\n", errs.join(", ")));
-    let tenants = cur.label_values(n::TENANT_SESSIONS, "tenant");
+    let tenants = cur.label_values(Family::TenantSessions.name(), "tenant");
     if !tenants.is_empty() {
         o.push_str(&format!(
             "\n{:<24} {:>8} {:>12} {:>10} {:>10} {:>10}\n",
@@ -403,11 +417,11 @@ pub fn render(url: &str, cur: &Snapshot, prev: Option<&Snapshot>) -> String {
             o.push_str(&format!(
                 "{:<24} {:>8.0} {:>12} {:>10.0} {:>10.0} {:>10.0}\n",
                 t,
-                cur.sum(n::TENANT_SESSIONS, &l),
-                bytes(cur.sum(n::TENANT_USED_BYTES, &l)),
-                cur.sum(n::TENANT_SAVES, &l),
-                cur.sum(n::TENANT_LOADS, &l),
-                cur.sum(n::TENANT_MISSES, &l),
+                cur.sum(Family::TenantSessions.name(), &l),
+                bytes(cur.sum(Family::TenantUsedBytes.name(), &l)),
+                cur.sum(Family::TenantSaves.name(), &l),
+                cur.sum(Family::TenantLoads.name(), &l),
+                cur.sum(Family::TenantMisses.name(), &l),
             ));
         }
     }
