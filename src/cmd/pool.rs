@@ -1,13 +1,10 @@
 //! `kvtier pool`: a pool server, a segment store on this node's disk served over TCP (or UCX).
 
 use std::io::Write;
-use std::time::Duration;
 
 use kvtier_core::error::Result;
-use kvtier_core::tier::io::IoMode;
-use kvtier_core::tier::segment::SegmentStoreConfig;
 use kvtier_ops::config;
-use kvtier_pool::server::{PoolServer, PoolServerConfig};
+use kvtier_pool::server::PoolServer;
 
 use crate::daemon::{metrics_endpoint, runtime, signalled};
 
@@ -16,23 +13,7 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
     let explicit = loaded.explicit.contains("pool.metrics_addr");
     let cfg = loaded.config;
     let p = cfg.pool.clone();
-    let mut store = SegmentStoreConfig::new(&p.data);
-    store.capacity_bytes = p.capacity.0;
-    store.segment_bytes = p.segment_bytes.0;
-    store.create_dir = true;
-    store.io = IoMode::parse(&p.io).map_err(|e| e.with_context("field", "pool.io"))?;
-    let mut scfg = PoolServerConfig::new(p.listen, store);
-    scfg.control = p.control.0;
-    scfg.cache_bytes = p.cache_bytes.0;
-    scfg.ucx = p.ucx;
-    scfg.stream_chunk = p.stream_chunk.0 as usize;
-    scfg.stall_timeout = Duration::from_millis(p.stall_timeout_ms);
-    if let Some(f) = &p.secret_file {
-        scfg.secret = Some(
-            kvtier_pool::auth::read_secret(f)
-                .map_err(|e| e.with_context("field", "pool.secret_file"))?,
-        );
-    }
+    let scfg = p.server_config()?;
     runtime()?.block_on(async move {
         let bound = PoolServer::bind(scfg).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -42,6 +42,55 @@ pub struct AgentConfig {
     pub write_queue: usize,
 }
 
+impl AgentConfig {
+    /// Defaults around a socket path: the default arena ([`HostArenaConfig::default`]), no
+    /// pool, a write queue of 4096.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            socket: socket.into(),
+            arena: HostArenaConfig::default(),
+            pool: None,
+            write_queue: 4096,
+        }
+    }
+
+    /// Checks the values (the arena's and the pool's too); the error names the bad field
+    /// (see [`Error::bad_field`]).
+    pub fn validate(&self) -> Result<()> {
+        let payload = self.arena.payload_len;
+        if payload == 0 || payload > kvtier_pool::wire::MAX_OBJECT_PAYLOAD {
+            return Err(Error::bad_field(
+                "host arena",
+                "payload_len",
+                format!("{payload} bytes is outside 1 byte to 64MiB (the pool's largest object)"),
+            ));
+        }
+        self.arena.validate()?;
+        if self.write_queue == 0 {
+            return Err(Error::bad_field("agent", "write_queue", "0; at least 1"));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(Error::bad_field("agent", "socket", "an empty path"));
+        }
+        if let Some(p) = &self.pool {
+            p.validate(payload)?;
+        }
+        Ok(())
+    }
+}
+
+/// The agent's socket when none is configured: `$XDG_RUNTIME_DIR/kvtier/agent.sock`, else
+/// `/tmp/kvtier-$UID/agent.sock`.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kvtier/agent.sock"),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => PathBuf::from(format!("/tmp/kvtier-{}/agent.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
 /// The path of the descriptor socket that goes with a gRPC socket path.
 pub fn fd_socket_path(socket: &Path) -> PathBuf {
     let mut s = socket.as_os_str().to_owned();

@@ -92,6 +92,20 @@ impl Error {
         Self::new(ErrorKind::InvalidArgument, message)
     }
 
+    /// A bad configuration value: `message` says what is wrong with it (without naming it);
+    /// the context names the configuration (`config`: `segment store`) and its `field`
+    /// (`segment_bytes`), so that a layer with other names for the fields (the TOML file's
+    /// `pool.segment_bytes`) can say it in its own words.
+    pub fn bad_field(
+        config: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::invalid(message)
+            .with_context("config", config)
+            .with_context("field", field)
+    }
+
     /// Shorthand for [`ErrorKind::Corrupt`].
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Corrupt, message)

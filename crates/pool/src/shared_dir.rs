@@ -49,6 +49,21 @@ pub struct SharedDirConfig {
 }
 
 impl SharedDirConfig {
+    /// Checks the values; the error names the bad field (see [`Error::bad_field`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.capacity_bytes < ALIGN as u64 {
+            return Err(Error::bad_field(
+                "shared directory",
+                "capacity_bytes",
+                format!(
+                    "{} bytes; the shared directory needs room (at least 4096)",
+                    self.capacity_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Defaults for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SharedDirConfig {
@@ -90,12 +105,7 @@ impl SharedDirStore {
     /// Opens the directory (creating `objects/` and `tmp/` inside), sizes what is there and
     /// removes stale temporary files.
     pub fn open(cfg: SharedDirConfig) -> Result<SharedDirStore> {
-        if cfg.capacity_bytes < ALIGN as u64 {
-            return Err(Error::invalid(format!(
-                "shared directory `capacity_bytes` is {}; it must be at least 4096",
-                cfg.capacity_bytes
-            )));
-        }
+        cfg.validate()?;
         match std::fs::metadata(&cfg.dir) {
             Ok(m) if !m.is_dir() => {
                 return Err(Error::invalid("the shared pool path is not a directory")

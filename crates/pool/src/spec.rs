@@ -20,6 +20,16 @@ pub enum PoolSpec {
 }
 
 impl PoolSpec {
+    /// Checks the backend's configuration for objects of `payload_len` bytes; the error names
+    /// the bad field (see [`kvtier_core::Error::bad_field`]).
+    pub fn validate(&self, payload_len: usize) -> Result<()> {
+        match self {
+            PoolSpec::Embedded(c) => c.validate_for(payload_len),
+            PoolSpec::Servers(c) => c.validate(),
+            PoolSpec::SharedDir(c) => c.validate(),
+        }
+    }
+
     /// Opens the backend (recovering a segment store, sizing a shared directory; pool
     /// servers are connected to lazily).
     pub fn open(&self) -> Result<Arc<dyn PoolBackend>> {

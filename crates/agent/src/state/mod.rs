@@ -287,6 +287,7 @@ fn first_id() -> u64 {
 impl State {
     /// Creates the arena and opens the store, and starts the write-behind worker.
     pub fn new(cfg: &AgentConfig) -> Result<Arc<Self>> {
+        cfg.validate()?;
         let arena = HostArena::new(&cfg.arena)?;
         let store = cfg.pool.as_ref().map(|p| p.open()).transpose()?;
         let state = Arc::new(State {

@@ -6,10 +6,12 @@
 //! Every key has all three spellings ([`KEYS`]). Unknown fields and bad values are rejected
 //! with the field's name and what is allowed; nothing is silently rewritten.
 
+mod compose;
 mod keys;
 mod validate;
 mod value;
 
+pub use compose::describe_pool;
 pub use keys::{default_file, keys_of, Key, KEYS, SECTIONS};
 pub use value::{ByteSize, LogFormat, OptAddr, PoolTransport};
 
@@ -40,111 +42,72 @@ impl Default for LogSection {
     }
 }
 
-/// `[agent]`: `kvtier agent` (and `kvtier up`).
+/// `[agent]`: `kvtier agent` (and `kvtier up`); becomes an [`kvtier_agent::AgentConfig`]
+/// ([`AgentSection::agent_config`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
-    /// Default: runtime directory (see [`KEYS`]).
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub socket: Option<PathBuf>,
-    /// Default: `kvtier-data`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub data: PathBuf,
-    /// Default: `1 GiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub arena_bytes: ByteSize,
-    /// Default: `2 MiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub object_bytes: ByteSize,
-    /// Default: `16 GiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_bytes: ByteSize,
-    /// Default: `64 MiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub segment_bytes: ByteSize,
-    /// Default: `false`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub no_pool: bool,
-    /// Default: none (the embedded pool).
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_servers: Vec<String>,
-    /// Default: `1`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub replication: usize,
-    /// Default: none.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_secret_file: Option<PathBuf>,
-    /// Default: `tcp`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_transport: PoolTransport,
-    /// Default: `2000`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_timeout_ms: u64,
-    /// Default: none.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub shared_dir: Option<PathBuf>,
-    /// Default: `4096`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub write_queue: usize,
-    /// Default: `127.0.0.1:9464`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub metrics_addr: OptAddr,
 }
 
-impl Default for AgentSection {
-    fn default() -> Self {
-        AgentSection {
-            socket: None,
-            data: "kvtier-data".into(),
-            arena_bytes: ByteSize(1 << 30),
-            object_bytes: ByteSize(2 << 20),
-            pool_bytes: ByteSize(16 << 30),
-            segment_bytes: ByteSize(64 << 20),
-            no_pool: false,
-            pool_servers: Vec::new(),
-            replication: 1,
-            pool_secret_file: None,
-            pool_transport: PoolTransport::Tcp,
-            pool_timeout_ms: 2000,
-            shared_dir: None,
-            write_queue: 4096,
-            metrics_addr: OptAddr(Some(([127, 0, 0, 1], 9464).into())),
-        }
-    }
-}
-
-/// `[pool]`: `kvtier pool`.
+/// `[pool]`: `kvtier pool`; becomes a [`kvtier_pool::server::PoolServerConfig`]
+/// ([`PoolSection::server_config`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
-    /// Default: `0.0.0.0:7070`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub listen: SocketAddr,
-    /// Default: `127.0.0.1:7071`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub control: OptAddr,
-    /// Default: `kvtier-pool-data`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub data: PathBuf,
-    /// Default: `16 GiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub capacity: ByteSize,
-    /// Default: `64 MiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub segment_bytes: ByteSize,
-    /// Default: `1 GiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub cache_bytes: ByteSize,
-    /// Default: `2 MiB`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub stream_chunk: ByteSize,
-    /// Default: `10000`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub stall_timeout_ms: u64,
-    /// Default: none.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub secret_file: Option<PathBuf>,
-    /// Default: `auto`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub io: String,
-    /// Default: `false`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub ucx: bool,
-    /// Default: `127.0.0.1:9465`.
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub metrics_addr: OptAddr,
-}
-
-impl Default for PoolSection {
-    fn default() -> Self {
-        PoolSection {
-            listen: ([0, 0, 0, 0], 7070).into(),
-            control: OptAddr(Some(([127, 0, 0, 1], 7071).into())),
-            data: "kvtier-pool-data".into(),
-            capacity: ByteSize(16 << 30),
-            segment_bytes: ByteSize(64 << 20),
-            cache_bytes: ByteSize(1 << 30),
-            stream_chunk: ByteSize(2 << 20),
-            stall_timeout_ms: 10_000,
-            secret_file: None,
-            io: "auto".into(),
-            ucx: false,
-            metrics_addr: OptAddr(Some(([127, 0, 0, 1], 9465).into())),
-        }
-    }
 }
 
 /// The whole file.

@@ -44,7 +44,7 @@ pub struct PoolClientConfig {
     pub conns_per_member: usize,
     /// How long a failed server is skipped. Default 1 s.
     pub down_for: Duration,
-    /// Largest response body accepted. Default 64 MiB + a page.
+    /// Largest response body accepted. Default [`crate::wire::MAX_BODY`] (64 MiB + a page).
     pub max_body: u32,
     /// Bytes of idle response buffers kept for reuse. Default 256 MiB.
     pub buffer_pool_bytes: usize,
@@ -69,6 +69,40 @@ pub enum Splice {
 }
 
 impl PoolClientConfig {
+    /// Checks the values; the error names the bad field (see [`Error::bad_field`]).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, msg: String| Err(Error::bad_field("pool client", field, msg));
+        if self.members.is_empty() {
+            return bad("members", "none; list at least one `host:port`".into());
+        }
+        if self.replication == 0 {
+            return bad("replication", "0; at least 1".into());
+        }
+        if self.replication > self.members.len() {
+            return bad(
+                "replication",
+                format!(
+                    "{} copies on {} server(s); at most as many as the servers",
+                    self.replication,
+                    self.members.len()
+                ),
+            );
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "0; at least 1 ms".into());
+        }
+        if self.conns_per_member == 0 {
+            return bad("conns_per_member", "0; at least 1".into());
+        }
+        if self.transport == Transport::Ucx && cfg!(not(feature = "ucx")) {
+            return bad(
+                "transport",
+                "`ucx`, but this kvtier was built without feature `ucx`; use `tcp`".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Defaults around a member list.
     pub fn new(members: Vec<Member>) -> Self {
         PoolClientConfig {
@@ -79,7 +113,7 @@ impl PoolClientConfig {
             timeout: Duration::from_secs(2),
             conns_per_member: 2,
             down_for: Duration::from_secs(1),
-            max_body: (64 << 20) + 4096,
+            max_body: crate::wire::MAX_BODY,
             buffer_pool_bytes: 256 << 20,
             splice: Splice::Remote,
         }

@@ -104,12 +104,8 @@ fn unavailable(addr: &str, what: impl std::fmt::Display) -> Error {
 impl PoolClient {
     /// Checks the configuration and starts the client's runtime. Connects lazily.
     pub fn new(cfg: PoolClientConfig) -> Result<Arc<PoolClient>> {
+        cfg.validate()?;
         let placement = Placement::new(cfg.members.clone(), cfg.replication)?;
-        if cfg.timeout.is_zero() {
-            return Err(Error::invalid(
-                "the pool client's timeout must be above zero",
-            ));
-        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kvtier-pool-client")

@@ -63,7 +63,7 @@ pub struct PoolServerConfig {
     pub cache_bytes: u64,
     /// Shared secret peers must prove; `None`: no authentication.
     pub secret: Option<Vec<u8>>,
-    /// Largest body accepted, in bytes. Default 64 MiB + a page.
+    /// Largest body accepted, in bytes. Default [`wire::MAX_BODY`] (64 MiB + a page).
     pub max_body: u32,
     /// Requests in flight per connection, at most. Default 64.
     pub max_in_flight: usize,
@@ -83,6 +83,30 @@ pub struct PoolServerConfig {
 }
 
 impl PoolServerConfig {
+    /// Checks the values (the store's too); the error names the bad field (see
+    /// [`Error::bad_field`]).
+    pub fn validate(&self) -> Result<()> {
+        self.store.validate()?;
+        check_streaming(self.stream_chunk, self.stall_timeout)?;
+        let bad = |field, msg: &str| Err(Error::bad_field("pool server", field, msg));
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight", "0; at least 1");
+        }
+        if self.max_body < wire::MAX_BODY {
+            return bad(
+                "max_body",
+                "below one record of the largest object (wire::MAX_BODY)",
+            );
+        }
+        if self.ucx && cfg!(not(feature = "ucx")) {
+            return bad(
+                "ucx",
+                "true, but this kvtier was built without feature `ucx`",
+            );
+        }
+        Ok(())
+    }
+
     /// Defaults around a store directory and a data-plane address.
     pub fn new(listen: SocketAddr, store: SegmentStoreConfig) -> Self {
         PoolServerConfig {
@@ -91,7 +115,7 @@ impl PoolServerConfig {
             store,
             cache_bytes: 1 << 30,
             secret: None,
-            max_body: (64 << 20) + 4096,
+            max_body: wire::MAX_BODY,
             max_in_flight: 64,
             auth_timeout: Duration::from_secs(5),
             ucx: false,
@@ -240,7 +264,7 @@ impl PoolServer {
                 return Err(Error::invalid("the pool secret is empty"));
             }
         }
-        check_streaming(cfg.stream_chunk, cfg.stall_timeout)?;
+        cfg.validate()?;
         let store_cfg = cfg.store.clone();
         let store = tokio::task::spawn_blocking(move || SegmentStore::open(store_cfg))
             .await

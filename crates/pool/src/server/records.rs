@@ -38,18 +38,25 @@ impl Cache {
 
 /// Checks the streamed-put settings (the server's and `pool.*`'s, one rule): a chunk is 0
 /// (no streaming) or a multiple of 4 KiB from 64 KiB to 64 MiB, and the stall limit is not 0.
-/// The error says what is wrong and names the setting in its `field` context
-/// (`stream_chunk`, `stall_timeout_ms`).
+/// The error names the setting (`stream_chunk`, `stall_timeout`; see [`Error::bad_field`]).
 pub fn check_streaming(stream_chunk: usize, stall_timeout: Duration) -> Result<()> {
     let c = stream_chunk;
-    if c != 0 && (c % kvtier_core::buf::ALIGN != 0 || !(64 << 10..=64 << 20).contains(&c)) {
-        return Err(Error::invalid(format!(
-            "{c} bytes is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)"
-        ))
-        .with_context("field", "stream_chunk"));
+    if c != 0
+        && (c % kvtier_core::buf::ALIGN != 0
+            || !(64 << 10..=crate::wire::MAX_OBJECT_PAYLOAD).contains(&c))
+    {
+        return Err(Error::bad_field(
+            "pool server",
+            "stream_chunk",
+            format!("{c} bytes is not a multiple of 4 KiB from 64 KiB to 64 MiB (0 turns streaming off)"),
+        ));
     }
     if stall_timeout.is_zero() {
-        return Err(Error::invalid("0; at least 1").with_context("field", "stall_timeout_ms"));
+        return Err(Error::bad_field(
+            "pool server",
+            "stall_timeout",
+            "0; at least 1 ms",
+        ));
     }
     Ok(())
 }

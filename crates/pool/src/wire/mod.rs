@@ -65,6 +65,11 @@ pub trait Handler: Send + Sync + 'static {
 
 /// "KVTP", little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KVTP");
+/// Largest object payload the data plane carries (an engine's block object, all layers).
+pub const MAX_OBJECT_PAYLOAD: usize = 64 << 20;
+/// Largest frame body: a record of a [`MAX_OBJECT_PAYLOAD`]-byte object (its header page and
+/// payload). Servers and clients accept bodies up to this by default.
+pub const MAX_BODY: u32 = kvtier_core::block::record_len(MAX_OBJECT_PAYLOAD) as u32;
 /// The only version spoken today.
 pub const VERSION: u8 = 1;
 /// Bytes of a frame header.

@@ -88,20 +88,46 @@ impl SegmentStoreConfig {
         }
     }
 
-    /// Checks the values and names the bad field.
+    /// Checks the values; the error names the bad field (see [`Error::bad_field`]).
     pub fn validate(&self) -> Result<()> {
+        let bad = |field, msg: String| Err(Error::bad_field("segment store", field, msg));
         if self.segment_bytes % ALIGN as u64 != 0 || self.segment_bytes < 16 * ALIGN as u64 {
-            return Err(Error::invalid(format!(
-                "segment store `segment_bytes` is {}; it must be a multiple of 4096 and at least 65536",
-                self.segment_bytes
-            )));
+            return bad(
+                "segment_bytes",
+                format!(
+                    "{} bytes is not a multiple of 4 KiB of at least 64 KiB",
+                    self.segment_bytes
+                ),
+            );
+        }
+        if self.capacity_bytes == 0 {
+            return bad("capacity_bytes", "0; a pool needs room".into());
         }
         if self.capacity_bytes < 2 * self.segment_bytes {
-            return Err(Error::invalid(format!(
-                "segment store `capacity_bytes` is {}; it must hold at least two segments ({} bytes)",
-                self.capacity_bytes,
-                2 * self.segment_bytes
-            )));
+            return bad(
+                "capacity_bytes",
+                format!(
+                    "{} bytes holds fewer than two segments of {} bytes (`segment_bytes`)",
+                    self.capacity_bytes, self.segment_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), and each segment holds a record of `payload_len` bytes.
+    pub fn validate_for(&self, payload_len: usize) -> Result<()> {
+        self.validate()?;
+        let rec = crate::block::record_len(payload_len) as u64;
+        if self.segment_bytes < rec {
+            return Err(Error::bad_field(
+                "segment store",
+                "segment_bytes",
+                format!(
+                    "{} bytes holds no {payload_len}-byte object ({rec} bytes with its header)",
+                    self.segment_bytes
+                ),
+            ));
         }
         Ok(())
     }

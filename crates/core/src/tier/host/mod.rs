@@ -16,45 +16,10 @@ use crate::block::{record_len, BlockHeader, HEADER_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::BlockKey;
 use crate::metrics::{Counter, StoreStats};
-use crate::policy::{EvictionPolicy, InsertInfo, PolicyKind};
+use crate::policy::{EvictionPolicy, InsertInfo};
 
-/// Configuration of a [`HostArena`].
-#[derive(Debug, Clone)]
-pub struct HostArenaConfig {
-    /// Bytes of host memory to reserve. Rounded down to whole slots; at least one slot.
-    /// Default: `1 GiB`.
-    pub capacity_bytes: u64,
-    /// Payload bytes of every object (the layout's object size). Default: `2 MiB`.
-    pub payload_len: usize,
-    /// Name of the memfd (visible in `/proc/PID/fd`). Default: `kvtier-arena`.
-    pub name: String,
-    /// Eviction policy: [`PolicyKind::HitDensity`] learns which blocks come back and evicts
-    /// chain tails first when commits name the parent (see [`WriteSlot::commit_with`]), or
-    /// `Lru`. Default: `HitDensity`.
-    pub policy: PolicyKind,
-}
-
-impl Default for HostArenaConfig {
-    fn default() -> Self {
-        HostArenaConfig {
-            capacity_bytes: 1 << 30,
-            payload_len: 2 << 20,
-            name: "kvtier-arena".into(),
-            policy: PolicyKind::default(),
-        }
-    }
-}
-
-impl HostArenaConfig {
-    /// A config whose slots hold objects of `layout` (payload = the layout's object size).
-    pub fn for_layout(layout: &crate::layout::KvLayout, capacity_bytes: u64) -> Self {
-        HostArenaConfig {
-            capacity_bytes,
-            payload_len: layout.object_len() as usize,
-            ..Default::default()
-        }
-    }
-}
+mod config;
+pub use config::HostArenaConfig;
 
 /// Index of a slot in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,24 +67,9 @@ unsafe impl Sync for HostArena {}
 impl HostArena {
     /// Creates the memfd, sizes it and maps it.
     pub fn new(cfg: &HostArenaConfig) -> Result<Self> {
-        if cfg.payload_len == 0 {
-            return Err(Error::invalid(
-                "host arena `payload_len` must be at least 1 byte",
-            ));
-        }
+        cfg.validate()?;
         let slot_len = record_len(cfg.payload_len);
-        let nslots = cfg.capacity_bytes / slot_len as u64;
-        if nslots == 0 {
-            return Err(Error::invalid(format!(
-                "host arena `capacity_bytes` {} is smaller than one slot ({slot_len} bytes)",
-                cfg.capacity_bytes
-            )));
-        }
-        let nslots = u32::try_from(nslots).map_err(|_| {
-            Error::invalid(format!(
-                "host arena `capacity_bytes` gives {nslots} slots; at most 2^32-1"
-            ))
-        })?;
+        let nslots = (cfg.capacity_bytes / slot_len as u64) as u32;
         let map_len = nslots as usize * slot_len;
         let name = std::ffi::CString::new(cfg.name.as_str())
             .map_err(|_| Error::invalid("host arena `name` must not contain NUL"))?;
@@ -599,6 +549,7 @@ pub fn put_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::PolicyKind;
     use std::sync::Arc;
 
     fn arena_with(slots: u64, payload: usize, policy: PolicyKind) -> HostArena {
