@@ -51,6 +51,14 @@ pub(crate) fn parse_size(s: &str) -> kvtier_core::error::Result<u64> {
     kvtier_ops::config::ByteSize::parse(s).map(|b| b.0)
 }
 
+/// Prints a report as pretty JSON (`--json`).
+pub(crate) fn print_json(report: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).expect("the report serialises")
+    );
+}
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -157,10 +157,7 @@ fn bench_disk(a: DiskArgs) -> Result<()> {
     };
     let r = kvtier_bench::disk(&opts, |msg| eprintln!("kvtier bench disk: {msg}"))?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("the report serialises")
-        );
+        crate::print_json(&r);
         return Ok(());
     }
     println!(
@@ -189,10 +186,7 @@ fn bench_abi(a: AbiArgs) -> Result<()> {
     };
     let r = kvtier_bench::abi(&opts, |m| eprintln!("kvtier bench abi: {m}"))?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("the report serialises")
-        );
+        crate::print_json(&r);
         return Ok(());
     }
     println!("abi bench: {} blocks of {} KiB per round, agent in-process (memory only), one engine thread", r.blocks, r.object_bytes >> 10);
@@ -257,10 +251,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
     };
     let r = kvtier_bench::pool::pool(&opts, |m| eprintln!("kvtier bench pool: {m}"))?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("the report serialises")
-        );
+        crate::print_json(&r);
         return Ok(());
     }
     println!(
@@ -367,10 +358,7 @@ fn bench_pool(a: PoolBenchArgs) -> Result<()> {
 fn bench_keys(a: KeyBenchArgs) -> Result<()> {
     let rows = kvtier_bench::keys(a.prompt_tokens, a.seconds)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("the report serialises")
-        );
+        crate::print_json(&rows);
         return Ok(());
     }
     println!(

@@ -114,10 +114,7 @@ pub fn run(a: SimArgs) -> Result<()> {
         std::fs::write(&a.plot, kvtier_sim::plot::sweep_svg(&rows, &title))
             .map_err(|e| Error::io("writing the plot", e).with_context("path", a.plot.display()))?;
         if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&rows).expect("the report serialises")
-            );
+            crate::print_json(&rows);
             return Ok(());
         }
         println!(
@@ -146,10 +143,7 @@ pub fn run(a: SimArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("the report serialises")
-        );
+        crate::print_json(&r);
         return Ok(());
     }
     println!(
