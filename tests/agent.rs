@@ -24,21 +24,24 @@ impl Agent {
         Agent::start_with(dir, &[])
     }
 
-    /// An agent whose socket and data live in `dir`, with extra `kvtier up` flags.
+    /// An agent whose socket and data live in `dir`, with extra `kvtier up` flags (which
+    /// replace the sizes given here by default).
     fn start_with(dir: &Path, extra: &[&str]) -> Agent {
         let socket = dir.join("agent.sock");
+        let sizes = [
+            ("--arena-bytes", "48MiB"),
+            ("--object-bytes", "64KiB"),
+            ("--pool-bytes", "64MiB"),
+            ("--segment-bytes", "4MiB"),
+        ];
         let child = Command::new(env!("CARGO_BIN_EXE_kvtier"))
-            .args([
-                "up",
-                "--arena-bytes",
-                "48MiB",
-                "--object-bytes",
-                "64KiB",
-                "--pool-bytes",
-                "64MiB",
-                "--segment-bytes",
-                "4MiB",
-            ])
+            .arg("up")
+            .args(
+                sizes
+                    .iter()
+                    .filter(|(flag, _)| !extra.contains(flag))
+                    .flat_map(|(flag, v)| [*flag, *v]),
+            )
             .arg("--socket")
             .arg(&socket)
             .arg("--data")
@@ -405,6 +408,60 @@ fn load_ids(c: &mut AgentClient, ids: &[u64]) -> usize {
         })
         .unwrap();
     d.iter().filter(|&&x| x).count()
+}
+
+/// A request four times larger than the arena: the save streams through it (blocks are held
+/// in memory until the pool has them, and later windows wait for that room), so every block is
+/// kept; a lookup then promises all of them and a load delivers every one it promised,
+/// byte-equal, window by window, in this session and in another engine's.
+#[test]
+fn a_request_larger_than_the_arena_is_saved_and_loaded_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 slots of 68 KiB (a 64 KiB object, its header page).
+    let agent = Agent::start_with(dir.path(), &["--arena-bytes", "1088KiB"]);
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    let slots = c.stats().unwrap().arena_slots;
+    assert_eq!(slots, 16);
+    assert_eq!(c.window(), 4);
+    let ids: Vec<u64> = (50_000..50_000 + 4 * slots).collect();
+    assert_eq!(
+        save_ids(&mut c, &ids),
+        ids.len() as u32,
+        "every block saved"
+    );
+    let keys: Vec<BlockKey> = ids.iter().map(|&i| key(i)).collect();
+    let (promised, _) = c.lookup(&keys, false).unwrap();
+    assert_eq!(
+        promised as usize,
+        keys.len(),
+        "every block is in memory or the pool"
+    );
+    assert_eq!(
+        load_ids(&mut c, &ids),
+        ids.len(),
+        "a lookup's promise is kept"
+    );
+    let mut other = AgentClient::connect(agent.config()).unwrap();
+    assert_eq!(load_ids(&mut other, &ids), ids.len());
+    // The agent has measured its reads from the pool now: a lookup whose budget fits none of
+    // them stops at the pool, one without a bound counts every block.
+    let (cut, in_memory) = c
+        .lookup_within(&keys, false, Duration::from_micros(1))
+        .unwrap();
+    assert!(
+        (cut as usize) < keys.len(),
+        "{cut} of {} promised",
+        keys.len()
+    );
+    assert_eq!(cut, in_memory, "only blocks in memory are promised");
+    assert_eq!(
+        c.lookup_within(&keys, false, Duration::ZERO).unwrap().0 as usize,
+        keys.len()
+    );
+    let s = c.stats().unwrap();
+    assert_eq!(s.dropped_writes, 0);
+    assert_eq!(s.misses, 0);
+    assert!(s.hits_pool > 0, "most blocks came back from the pool");
 }
 
 /// With memory full, a load whose window mixes blocks in memory with blocks only in the pool

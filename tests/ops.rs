@@ -277,7 +277,22 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
             ("kvtier_agent_saved_blocks_total", &[], 16.0),
             ("kvtier_agent_deduplicated_blocks_total", &[], 16.0),
             ("kvtier_agent_pool_writes_total", &[], 16.0),
-            ("kvtier_dropped_writes_total", &[], 0.0),
+            (
+                "kvtier_dropped_writes_total",
+                &[("reason", "queue_full")],
+                0.0,
+            ),
+            (
+                "kvtier_dropped_writes_total",
+                &[("reason", "pool_error")],
+                0.0,
+            ),
+            ("kvtier_agent_save_waits_total", &[], 0.0),
+            (
+                "kvtier_agent_dropped_saves_total",
+                &[("reason", "no_room")],
+                0.0,
+            ),
             ("kvtier_bytes_in_total", &memory, 16.0 * OBJ),
             ("kvtier_bytes_out_total", &memory, 16.0 * OBJ),
             ("kvtier_bytes_in_total", &pool_t, 16.0 * REC),

@@ -311,7 +311,21 @@ impl AgentClient {
 
     /// How many leading `keys` the agent or its pool hold, and how many of those are in memory.
     /// With `prefetch`, the agent starts reading pool-resident ones into memory.
+    /// The prefix counts only the blocks from the pool that the agent expects to read within
+    /// the load budget ([`ClientConfig::load_budget`]), so that a load rarely fails to deliver
+    /// what a lookup promised.
     pub fn lookup(&mut self, keys: &[BlockKey], prefetch: bool) -> Result<(u32, u32)> {
+        self.lookup_within(keys, prefetch, self.cfg.load_budget)
+    }
+
+    /// [`lookup`](Self::lookup) with another load budget (`Duration::ZERO`: no bound).
+    pub fn lookup_within(
+        &mut self,
+        keys: &[BlockKey],
+        prefetch: bool,
+        budget: Duration,
+    ) -> Result<(u32, u32)> {
+        let budget_us = budget.as_micros().clamp(0, u64::MAX as u128) as u64;
         let keys = to_proto(keys);
         let r = self.call_again(|mut g, session| {
             let keys = keys.clone();
@@ -320,6 +334,7 @@ impl AgentClient {
                     session,
                     keys,
                     prefetch,
+                    budget_us,
                 })
                 .await
             }
@@ -375,10 +390,41 @@ impl AgentClient {
         Ok((r.stored, r.deduplicated))
     }
 
+    /// Blocks asked of the agent at once by [`save`](Self::save) and [`load`](Self::load): a
+    /// quarter of the arena (at least one), so that a request of any size streams through an
+    /// arena smaller than it, window by window, while the rest of the arena serves others.
+    pub fn window(&self) -> usize {
+        self.conn
+            .as_ref()
+            .map_or(1, |c| (c.slots as usize / 4).max(1))
+    }
+
     /// Saves blocks: `fill(i, payload)` writes block `keys[i]` straight into the shared arena,
-    /// for the keys the agent lacks. Returns how many were stored. Filled blocks are committed
+    /// for the keys the agent lacks. Returns how many were stored. A window of keys at a time
+    /// ([`window`](Self::window)): the agent holds saved blocks in its arena until they are
+    /// written behind to the pool, and a window waits for that room, so a save larger than the
+    /// arena is not lost while the pool takes it. Within a window, filled blocks are committed
     /// in batches while the next batch is being filled (the agent checksums them meanwhile).
     pub fn save(
+        &mut self,
+        keys: &[BlockKey],
+        mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<u32> {
+        if !keys.is_empty() {
+            self.ensure(std::time::Instant::now() + self.cfg.timeout)?;
+        }
+        let mut stored = 0;
+        let mut at = 0;
+        while at < keys.len() {
+            let n = self.window().min(keys.len() - at);
+            stored += self.save_window(&keys[at..at + n], |i, p| fill(at + i, p))?;
+            at += n;
+        }
+        Ok(stored)
+    }
+
+    /// [`save`](Self::save) of one window.
+    fn save_window(
         &mut self,
         keys: &[BlockKey],
         mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
@@ -462,14 +508,45 @@ impl AgentClient {
     }
 
     /// Loads blocks: `sink(i, payload)` copies block `keys[i]` out of the shared arena. Returns
-    /// per key whether it was delivered; the others must be recomputed.
+    /// per key whether it was delivered; the others must be recomputed. A window of keys at a
+    /// time ([`window`](Self::window)): the agent pins a window's blocks (reading through from
+    /// the pool those not in memory), they are copied out and released, then the next, so a
+    /// load of any size completes through an arena smaller than it. The load budget
+    /// ([`ClientConfig::load_budget`]) bounds the reads from the pool of the whole load; once it
+    /// is spent, later windows deliver what is in memory only.
     pub fn load(
         &mut self,
         keys: &[BlockKey],
         mut sink: impl FnMut(usize, &[u8]),
     ) -> Result<Vec<bool>> {
+        if !keys.is_empty() {
+            self.ensure(std::time::Instant::now() + self.cfg.timeout)?;
+        }
+        let deadline = std::time::Instant::now() + self.cfg.load_budget;
+        let mut delivered = Vec::with_capacity(keys.len());
+        let mut at = 0;
+        while at < keys.len() {
+            let n = self.window().min(keys.len() - at);
+            // Each window's reads end well inside its call's deadline.
+            let budget = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(self.cfg.timeout * 3 / 4);
+            let got = self.load_window(&keys[at..at + n], budget, |i, p| sink(at + i, p))?;
+            delivered.extend(got);
+            at += n;
+        }
+        Ok(delivered)
+    }
+
+    /// [`load`](Self::load) of one window, reading through from the pool within `budget`.
+    fn load_window(
+        &mut self,
+        keys: &[BlockKey],
+        budget: Duration,
+        mut sink: impl FnMut(usize, &[u8]),
+    ) -> Result<Vec<bool>> {
         let ks = to_proto(keys);
-        let budget_ms = self.cfg.load_budget.as_millis().min(u32::MAX as u128) as u32;
+        let budget_ms = budget.as_millis().min(u32::MAX as u128) as u32;
         let r = self.call_again(|mut g, session| {
             let keys = ks.clone();
             async move {

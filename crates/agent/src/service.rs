@@ -124,7 +124,8 @@ impl Agent for Service {
         let span = self.span(AgentOp::Lookup, r.session, r.keys.len());
         let (prefix_blocks, in_memory) = self
             .run(AgentOp::Lookup, span, move |s| {
-                s.lookup(r.session, &keys(&r.keys), r.prefetch)
+                let budget = (r.budget_us > 0).then(|| Duration::from_micros(r.budget_us));
+                s.lookup(r.session, &keys(&r.keys), r.prefetch, budget)
             })
             .await?;
         Ok(Response::new(proto::LookupResponse {

@@ -399,7 +399,8 @@ families! {
     QueueDepth => ("kvtier_queue_depth", Gauge),
     /// Bound of a queue, by queue.
     QueueCapacity => ("kvtier_queue_capacity", Gauge),
-    /// Writes to the pool dropped from a full write-behind queue (each a future miss).
+    /// Writes to the pool dropped (each a future miss), by reason: `queue_full` (the oldest of a
+    /// full write-behind queue), `pool_error` (the pool refused or failed: down, full, late).
     DroppedWrites => ("kvtier_dropped_writes_total", Counter),
     /// Engine sessions open on the agent (connected engines).
     AgentSessions => ("kvtier_agent_sessions", Gauge),
@@ -411,6 +412,18 @@ families! {
     AgentDedup => ("kvtier_agent_deduplicated_blocks_total", Counter),
     /// Blocks written behind to the pool.
     AgentPoolWrites => ("kvtier_agent_pool_writes_total", Counter),
+    /// Blocks whose save waited for write-behind to make room in the arena (a save larger than
+    /// the free arena streams through it).
+    AgentSaveWaits => ("kvtier_agent_save_waits_total", Counter),
+    /// Blocks not saved, by reason: `no_room` (the arena stayed full for the save's whole
+    /// wait), `pool_down` (the arena was full while writes to the pool were failing).
+    AgentDroppedSaves => ("kvtier_agent_dropped_saves_total", Counter),
+    /// Lookups whose prefix was cut where reading more blocks from the pool would not fit the
+    /// engine's load budget at the measured read rate.
+    AgentShortenedLookups => ("kvtier_agent_shortened_lookups_total", Counter),
+    /// Measured time to read one block through from the pool (a moving average of batched
+    /// reads; 0 until the first), which bounds what a lookup promises.
+    AgentReadSecondsPerBlock => ("kvtier_agent_read_seconds_per_block", Gauge),
     /// Leases released because their engine's connection closed.
     AgentReclaimed => ("kvtier_agent_reclaimed_leases_total", Counter),
     /// The agent's pool backend (`backend` label: embedded, servers, shared-dir, none), value 1.

@@ -107,7 +107,32 @@ pub fn agent_page(
             w.counter(Family::Corrupt, &[("tier", "pool"), ("reason", reason)], *v);
         }
     }
-    w.counter(Family::DroppedWrites, &[], s.dropped_writes);
+    w.counter(
+        Family::DroppedWrites,
+        &[("reason", "queue_full")],
+        s.dropped_writes,
+    );
+    w.counter(
+        Family::DroppedWrites,
+        &[("reason", "pool_error")],
+        s.pool_write_errors,
+    );
+    w.counter(Family::AgentSaveWaits, &[], s.save_waits);
+    w.counter(Family::AgentShortenedLookups, &[], s.shortened_lookups);
+    w.gauge(
+        Family::AgentReadSecondsPerBlock,
+        &[],
+        s.read_ns_per_block as f64 / 1e9,
+    );
+    // Every reason, also before the first drop.
+    for reason in ["no_room", "pool_down"] {
+        let n = s.dropped_saves.iter().find(|(r, _)| *r == reason);
+        w.counter(
+            Family::AgentDroppedSaves,
+            &[("reason", reason)],
+            n.map_or(0, |(_, n)| *n),
+        );
+    }
     w.counter(Family::AgentSaves, &[], s.saves);
     w.counter(Family::AgentDedup, &[], s.deduplicated);
     w.counter(Family::AgentPoolWrites, &[], s.pool_writes);

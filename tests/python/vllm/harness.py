@@ -25,9 +25,10 @@ def prompt(seed: int, n: int, vocab: int = 4000) -> List[int]:
 class Agent:
     """`kvtier up` on `socket` with its pool in `data`."""
 
-    def __init__(self, binary: str, socket: str, data: str, object_bytes: int, log_path: str):
+    def __init__(self, binary: str, socket: str, data: str, object_bytes: int, log_path: str,
+                 arena_bytes: str = "256MiB"):
         self.binary, self.socket, self.data = binary, socket, data
-        self.object_bytes, self.log_path = object_bytes, log_path
+        self.object_bytes, self.log_path, self.arena_bytes = object_bytes, log_path, arena_bytes
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "Agent":
@@ -36,7 +37,7 @@ class Agent:
         start_at = log.tell()  # this start's lines only (the log is kept across restarts)
         # 4 MiB segments: a few blocks each, so a test's blocks span sealed and unsealed segments.
         self.proc = subprocess.Popen(
-            [self.binary, "up", "--socket", self.socket, "--data", self.data, "--arena-bytes", "256MiB",
+            [self.binary, "up", "--socket", self.socket, "--data", self.data, "--arena-bytes", self.arena_bytes,
              "--object-bytes", str(self.object_bytes), "--pool-bytes", "1GiB", "--segment-bytes", "4MiB",
              "--metrics-addr", "127.0.0.1:0"],
             stdout=log, stderr=subprocess.STDOUT)

@@ -5,13 +5,22 @@ use super::*;
 impl State {
     /// How many leading `keys` are stored (memory, then pool), and how many of those are in
     /// memory. With `prefetch`, pool-resident ones are read into memory in the background.
+    /// With a `budget` (the engine's load budget), the prefix counts only as many blocks from
+    /// the pool as reads at the measured rate fit in three quarters of it (a shortened lookup
+    /// is counted): a lookup promises what a load can deliver.
     pub fn lookup(
         self: &Arc<Self>,
         session: u64,
         keys: &[BlockKey],
         prefetch: bool,
+        budget: Option<Duration>,
     ) -> Result<(u32, u32)> {
         self.session_digest(session)?;
+        let per_block = self.read_ns_per_block.load(Ordering::Relaxed);
+        let max_from_pool = match budget {
+            Some(b) if per_block > 0 => (b.as_nanos() * 3 / 4 / per_block as u128) as usize,
+            _ => usize::MAX,
+        };
         let (mut prefix, mut in_memory) = (0u32, 0u32);
         let mut from_pool = Vec::new();
         // Asked of the pool once, in one batch, from the first key not in memory on.
@@ -30,6 +39,10 @@ impl State {
                     )
                 });
                 if !has[i - *start] {
+                    break;
+                }
+                if from_pool.len() >= max_from_pool {
+                    self.counters.shortened_lookups.inc();
                     break;
                 }
                 from_pool.push(k);

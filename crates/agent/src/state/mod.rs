@@ -35,6 +35,11 @@ const PREFETCH_QUEUE: usize = 64;
 /// fetches them concurrently instead of one round trip after another.
 const READ_THROUGH_BATCH: usize = 8;
 
+/// Longest a save waits for room in the arena (blocks not yet written behind to the pool are
+/// held in memory, so a save larger than the free arena waits for write-behind to make room)
+/// before it gives up on the rest of its blocks (counted as dropped, reason `no_room`).
+const SAVE_WAIT: Duration = Duration::from_secs(1);
+
 /// Blocks written behind to the pool at once, at most (one batched existence check, then the
 /// missing ones put concurrently by a remote pool).
 const WRITE_BEHIND_BATCH: usize = 8;
@@ -195,6 +200,18 @@ pub struct AgentStats {
     pub pool_writes: u64,
     /// Pool writes dropped from a full queue.
     pub dropped_writes: u64,
+    /// Pool writes the pool refused or failed (down, full, past the deadline).
+    pub pool_write_errors: u64,
+    /// Blocks whose save waited for write-behind to make room in the arena.
+    pub save_waits: u64,
+    /// Blocks not saved: no room in the arena within the save's wait (`no_room`), or none
+    /// while the pool was failing (`pool_down`).
+    pub dropped_saves: Vec<(&'static str, u64)>,
+    /// Lookups whose prefix was cut where reading more from the pool would not fit the
+    /// engine's load budget.
+    pub shortened_lookups: u64,
+    /// Measured time to read one block through from the pool, in ns (0: none read yet).
+    pub read_ns_per_block: u64,
     /// Objects that failed their checksum on the way back from the pool.
     pub corrupt: u64,
     /// Leases released because their engine's connection closed.
@@ -229,6 +246,11 @@ struct Counters {
     deduplicated: Counter,
     pool_writes: Counter,
     dropped_writes: Counter,
+    pool_write_errors: Counter,
+    save_waits: Counter,
+    dropped_saves_no_room: Counter,
+    dropped_saves_pool_down: Counter,
+    shortened_lookups: Counter,
     reclaimed_leases: Counter,
 }
 
@@ -243,9 +265,20 @@ pub struct State {
     /// Descriptor connections alive, by token.
     tokens: Mutex<HashSet<u64>>,
     next_id: AtomicU64,
-    queue: Mutex<VecDeque<BlockKey>>,
+    /// Blocks to write behind, each holding a pin on its arena slot until it is written (or
+    /// refused), so that a block is never evicted before the pool has it.
+    queue: Mutex<VecDeque<(BlockKey, SlotId)>>,
     queue_cv: Condvar,
     queue_cap: usize,
+    /// Blocks held for write-behind, at most: half the arena, so loads always find room.
+    max_held: usize,
+    /// Signalled when write-behind releases held blocks.
+    room_cv: Condvar,
+    /// The last write-behind batch failed: saves do not wait for room that may not come.
+    pool_failing: AtomicBool,
+    /// Time to read one block through from the pool (a moving average of batched reads:
+    /// batch time / blocks), in ns; 0 until the first read.
+    read_ns_per_block: AtomicU64,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Chains to read from the pool into memory (bounded: the oldest is dropped when full).
@@ -289,6 +322,7 @@ impl State {
     pub fn new(cfg: &AgentConfig) -> Result<Arc<Self>> {
         cfg.validate()?;
         let arena = HostArena::new(&cfg.arena)?;
+        let arena_slots = arena.slots() as usize;
         let store = cfg.pool.as_ref().map(|p| p.open()).transpose()?;
         let state = Arc::new(State {
             arena,
@@ -300,6 +334,10 @@ impl State {
             next_id: AtomicU64::new(first_id()),
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
+            max_held: (arena_slots / 2).max(1),
+            room_cv: Condvar::new(),
+            pool_failing: AtomicBool::new(false),
+            read_ns_per_block: AtomicU64::new(0),
             prefetch: Mutex::new(VecDeque::new()),
             prefetch_cv: Condvar::new(),
             prefetcher: Mutex::new(None),
@@ -327,6 +365,17 @@ impl State {
             *state.prefetcher.lock() = Some(handle);
         }
         Ok(state)
+    }
+
+    /// Folds a read-through of `blocks` blocks that took `took` into the per-block estimate.
+    fn measured_read(&self, took: Duration, blocks: usize) {
+        if blocks == 0 {
+            return;
+        }
+        let now = (took.as_nanos() / blocks as u128).clamp(1, u64::MAX as u128) as u64;
+        let old = self.read_ns_per_block.load(Ordering::Relaxed);
+        let avg = if old == 0 { now } else { (old * 7 + now) / 8 };
+        self.read_ns_per_block.store(avg, Ordering::Relaxed);
     }
 
     fn id(&self) -> u64 {

@@ -52,9 +52,11 @@ impl State {
             .map(|&(j, s)| (keys[j], unsafe { self.arena.slot_bytes_mut(s) }))
             .collect();
         let n = reqs.len();
+        let t0 = Instant::now();
         let got = timed(&self.pool_latency, PoolCall::Get, n, || {
             store.get_many_into(&mut reqs)
         });
+        self.measured_read(t0.elapsed(), n);
         drop(reqs);
         // A slot without an answer (a backend answering fewer keys than asked) is given back.
         let mut got = got.into_iter();

@@ -11,10 +11,47 @@ impl State {
         }
     }
 
-    /// Leases slots for the keys not stored or in flight. A full arena (every slot pinned)
-    /// ends the list early: the engine just skips saving the rest.
+    /// A slot for a save. With a pool, blocks not yet written behind are held in the arena
+    /// (at most `max_held`); a save that finds no room waits for write-behind to make some, up
+    /// to `deadline`, unless the pool is failing. `NoSpace` when there is still none.
+    fn reserve_for_save(&self, deadline: Instant) -> Result<SlotId> {
+        let mut waited = false;
+        loop {
+            let wait = self.store.is_some() && !self.pool_failing.load(Ordering::Relaxed);
+            if wait {
+                let mut q = self.queue.lock();
+                while q.len() >= self.max_held && Instant::now() < deadline {
+                    waited = true;
+                    self.room_cv.wait_until(&mut q, deadline);
+                }
+            }
+            match self.arena.reserve_slot() {
+                Ok(s) => {
+                    if waited {
+                        self.counters.save_waits.inc();
+                    }
+                    return Ok(s);
+                }
+                // Every slot pinned (held for write-behind, or leased): room comes back as
+                // write-behind or the engines release them.
+                Err(e) if e.kind() == ErrorKind::NoSpace && wait && Instant::now() < deadline => {
+                    waited = true;
+                    let mut q = self.queue.lock();
+                    let slice = (Instant::now() + Duration::from_millis(5)).min(deadline);
+                    self.room_cv.wait_until(&mut q, slice);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Leases slots for the keys not stored or in flight. With a pool, a save larger than the
+    /// free arena waits for write-behind to make room (up to [`SAVE_WAIT`]); an arena still full
+    /// then (every slot pinned) ends the list early: the engine skips saving the rest, counted
+    /// as dropped saves.
     pub fn begin_save(&self, session: u64, keys: &[BlockKey]) -> Result<Vec<Granted>> {
         self.session_digest(session)?;
+        let deadline = Instant::now() + SAVE_WAIT;
         let mut out = Vec::new();
         for (i, &key) in keys.iter().enumerate() {
             if self.arena.contains(key) {
@@ -32,11 +69,17 @@ impl State {
                 }
                 saving.insert(key, lease);
             }
-            let slot = match self.arena.reserve_slot() {
+            let slot = match self.reserve_for_save(deadline) {
                 Ok(s) => s,
                 Err(e) => {
                     self.unmark_saving(key, lease);
                     if e.kind() == ErrorKind::NoSpace {
+                        let left = (keys.len() - i) as u64;
+                        if self.store.is_some() && self.pool_failing.load(Ordering::Relaxed) {
+                            self.counters.dropped_saves_pool_down.add(left);
+                        } else {
+                            self.counters.dropped_saves_no_room.add(left);
+                        }
                         break;
                     }
                     return Err(e);
@@ -74,7 +117,12 @@ impl State {
                 )));
             };
             // Unsealed: the payload checksum is computed by write-behind before the block
-            // leaves memory, off the engine's save path.
+            // leaves memory, off the engine's save path. With a pool, the slot is held from
+            // before it is indexed until write-behind has put it: never evicted unwritten.
+            let hold = self.store.is_some();
+            if hold {
+                self.arena.hold(slot);
+            }
             match self
                 .arena
                 .commit_slot_unsealed(slot, key, digest, InsertInfo { parent })
@@ -83,9 +131,16 @@ impl State {
                     stored += 1;
                     self.counters.saves.inc();
                     self.own(key, tenant);
-                    self.enqueue(key);
+                    if hold {
+                        self.enqueue(key, slot);
+                    }
                 }
-                Commit::AlreadyPresent => dedup += 1,
+                Commit::AlreadyPresent => {
+                    dedup += 1;
+                    if hold {
+                        self.arena.unpin(slot);
+                    }
+                }
             }
             // Only now, with the key indexed, stop marking it in flight.
             self.unmark_saving(key, lease);

@@ -75,6 +75,14 @@ impl State {
             deduplicated: c.deduplicated.get(),
             pool_writes: c.pool_writes.get(),
             dropped_writes: c.dropped_writes.get(),
+            pool_write_errors: c.pool_write_errors.get(),
+            save_waits: c.save_waits.get(),
+            dropped_saves: vec![
+                ("no_room", c.dropped_saves_no_room.get()),
+                ("pool_down", c.dropped_saves_pool_down.get()),
+            ],
+            shortened_lookups: c.shortened_lookups.get(),
+            read_ns_per_block: self.read_ns_per_block.load(Ordering::Relaxed),
             corrupt: pool
                 .as_ref()
                 .map_or(0, |(_, s)| s.corrupt.iter().map(|(_, n)| n).sum()),

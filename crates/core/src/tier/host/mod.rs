@@ -363,6 +363,13 @@ impl HostArena {
         })
     }
 
+    /// Pins a reserved slot before it is committed, so that from the moment it is indexed it
+    /// cannot be evicted (the agent holds blocks not yet written behind to the pool this way).
+    /// Released with [`unpin`](Self::unpin), also when the commit finds the key present.
+    pub fn hold(&self, slot: SlotId) {
+        self.pins[slot.0 as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Releases one pin of a slot.
     pub fn unpin(&self, slot: SlotId) {
         self.pins[slot.0 as usize].fetch_sub(1, Ordering::AcqRel);
