@@ -26,7 +26,11 @@ mod prefetch;
 mod save;
 mod sessions;
 mod stats;
+mod tenants;
 mod write_behind;
+
+use tenants::Tenants;
+pub use tenants::{TenantStats, MAX_TENANTS, OTHER_TENANT};
 
 /// Lookups whose pool-resident blocks wait to be prefetched, at most.
 const PREFETCH_QUEUE: usize = 64;
@@ -43,13 +47,6 @@ const SAVE_WAIT: Duration = Duration::from_secs(1);
 /// Blocks written behind to the pool at once, at most (one batched existence check, then the
 /// missing ones put concurrently by a remote pool).
 const WRITE_BEHIND_BATCH: usize = 8;
-
-/// Distinct tenants (engine names) counted one by one; later names are counted together under
-/// [`OTHER_TENANT`], so that engines named after their pid cannot grow the metrics without bound.
-pub const MAX_TENANTS: usize = 64;
-
-/// The tenant label of engines past the first [`MAX_TENANTS`] names.
-pub const OTHER_TENANT: &str = "_other";
 
 kvtier_core::op_set! {
     /// The agent's calls to its pool backend, each timed (see [`State::pool_latency`]).
@@ -108,60 +105,6 @@ struct Session {
     /// Index into the tenant table.
     tenant: usize,
     leases: HashSet<u64>,
-}
-
-/// Per-tenant counters. A tenant is the engine name an engine gives when it opens a session
-/// (`HelloRequest.engine`): the agent never sees the cache salt that isolates tenants in the
-/// keys, only the name.
-#[derive(Default)]
-struct Tenants {
-    names: Vec<String>,
-    index: HashMap<String, usize>,
-    saves: Vec<u64>,
-    loads: Vec<u64>,
-    misses: Vec<u64>,
-}
-
-impl Tenants {
-    fn id(&mut self, engine: &str) -> usize {
-        if let Some(&i) = self.index.get(engine) {
-            return i;
-        }
-        let name = if self.names.len() < MAX_TENANTS {
-            engine
-        } else {
-            OTHER_TENANT
-        };
-        if let Some(&i) = self.index.get(name) {
-            return i;
-        }
-        let i = self.names.len();
-        self.names.push(name.to_string());
-        self.index.insert(name.to_string(), i);
-        self.saves.push(0);
-        self.loads.push(0);
-        self.misses.push(0);
-        i
-    }
-}
-
-/// One tenant's usage (see [`AgentStats::tenants`]).
-#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
-pub struct TenantStats {
-    /// The engine name (or [`OTHER_TENANT`]).
-    pub tenant: String,
-    /// Sessions open now.
-    pub sessions: u64,
-    /// Arena slots leased now.
-    pub leases: u64,
-    /// Blocks the tenant saved that are in the arena now.
-    pub resident_blocks: u64,
-    /// Blocks saved.
-    pub saves: u64,
-    /// Blocks loaded (from memory or through from the pool).
-    pub loads: u64,
-    /// Blocks asked for and not delivered.
-    pub misses: u64,
 }
 
 /// A granted lease: index of the key in the request, the slot, the lease id.
