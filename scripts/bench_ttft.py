@@ -5,9 +5,13 @@ prompts of each size (fresh random token ids per round), for:
   miss             prefill from scratch (server A, kvtier connector; the save is part of it)
   kvtier_same      kvtier hit on the replica that stored it (server A, prefix caching off)
   kvtier_other     kvtier hit on another replica (server B, same agent)
+  kvtier_pool      kvtier hit through an arena smaller than the request (server A, a second agent
+                   with --pool-arena-bytes): most blocks come from the pool (the share is reported)
   example          vLLM's ExampleConnector hit (server C, files under a scratch folder)
   prefix_cache     vLLM's in-memory prefix-cache hit (server D, no connector): the floor
-Servers A and B run together, then C and D.
+Servers A and B run together, then C and D. Two lower bounds go with them: the prompt's KV bytes
+over this machine's memory copy bandwidth (bound_copy) and over its disk's read bandwidth
+(bound_disk, `kvtier bench disk`).
 Run with the vLLM venv's python (scripts/vllm_setup.sh bench builds it and the model, and installs
 this checkout's kvtier and kvtier-vllm packages into it, which the servers import):
     python scripts/bench_ttft.py --model DIR --kvtier-bin target/release/kvtier \
@@ -27,7 +31,7 @@ import sys
 import tempfile
 import time
 
-CASES = ["miss", "kvtier_same", "kvtier_other", "example", "prefix_cache"]
+CASES = ["miss", "kvtier_same", "kvtier_other", "kvtier_pool", "example", "prefix_cache"]
 BLOCK = 128
 
 
@@ -110,7 +114,39 @@ class Server:
 def kvtier_config(sock: str) -> dict:
     return {"kv_connector": "KvtierConnector", "kv_connector_module_path": "kvtier_vllm.connector",
             "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {"socket": sock}}
+            "kv_connector_extra_config": {"socket": sock, "reconnect_s": 0.5}}
+
+
+def scrape_hits(port: int) -> dict:
+    """The agent's kvtier_hits_total by tier."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("kvtier_hits_total{"):
+            tier = line.split('tier="', 1)[1].split('"', 1)[0]
+            out[tier] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of one large memory copy (best of 5)."""
+    src, dst = bytearray(256 << 20), bytearray(256 << 20)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst[:] = src
+        best = max(best, len(src) / (time.perf_counter() - t0))
+    return best
+
+
+def disk_read_bandwidth(kvtier_bin: str, work: str) -> float:
+    """Bytes per second of O_DIRECT reads on the scratch folder's disk (`kvtier bench disk`)."""
+    out = subprocess.run([kvtier_bin, "bench", "disk", "--dir", work, "--total", "1GiB", "--rounds", "1",
+                          "--json"], check=True, capture_output=True, text=True).stdout
+    phases = {p["name"]: p["gbps"] for p in json.loads(out)["phases"]}
+    return phases["raw_read"] * 1e9
 
 
 def object_bytes(model: str) -> int:
@@ -132,6 +168,9 @@ def main() -> int:
                          "vLLM's prefix cache recomputes the whole last block while a connector "
                          "loads it and computes one token; 1 makes both compute one token")
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--arena-bytes", default="4GiB", help="the agent's arena (kvtier_same, kvtier_other)")
+    ap.add_argument("--pool-arena-bytes", default="64MiB",
+                    help="the arena of the second agent (kvtier_pool): smaller than the prompts' KV")
     ap.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE of each server")
     ap.add_argument("--startup-timeout", type=float, default=600)
     ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
@@ -164,9 +203,10 @@ def main() -> int:
         rng = random.Random(size * 1000 + r)
         return [rng.randrange(3, vocab) for _ in range(size + (a.extra_tokens if r >= 0 else 0))]
 
-    def phase(specs, measure) -> None:
-        """Starts `specs` (name, kv config, prefix caching) together, runs `measure(servers,
-        prompt)` on every prompt, and stops them (two servers at a time fit a small machine)."""
+    def phase(specs, passes) -> None:
+        """Starts `specs` (name, kv config, prefix caching) together; for each of `passes`
+        (setup, measure), runs `setup(servers)` then `measure(servers, prompt)` on every prompt;
+        then stops them (two servers at a time fit a small machine)."""
         servers = {}
         try:
             for name, kv, pc in specs:
@@ -178,13 +218,16 @@ def main() -> int:
             progress(f"servers {', '.join(servers)} up in {time.time() - t0:.0f}s")
             for srv in servers.values():  # the first request of a server pays one-time costs
                 srv.ttft(prompt_for(256, -1), a.model)
-            for size in a.sizes:
-                for r in range(a.rounds):
-                    got = measure(servers, prompt_for(size, r))
-                    for c, v in got.items():
-                        results.setdefault(c, {}).setdefault(size, []).append(v)
-                    progress(f"{size} tokens, round {r + 1}/{a.rounds}: " +
-                             ", ".join(f"{c} {v * 1000:.0f} ms" for c, v in got.items()))
+            for setup, measure in passes:
+                if setup:
+                    setup(servers)
+                for size in a.sizes:
+                    for r in range(a.rounds):
+                        got = measure(servers, prompt_for(size, r))
+                        for c, v in got.items():
+                            results.setdefault(c, {}).setdefault(size, []).append(v)
+                        progress(f"{size} tokens, round {r + 1}/{a.rounds}: " +
+                                 ", ".join(f"{c} {v * 1000:.0f} ms" for c, v in got.items()))
         finally:
             for srv in servers.values():
                 srv.stop()
@@ -198,6 +241,18 @@ def main() -> int:
             got["kvtier_other"] = servers["B"].ttft(prompt, a.model)
         return got
 
+    pool_share = {}
+
+    def measure_pool(servers, prompt):
+        servers["A"].ttft(prompt, a.model)  # a miss on this agent: saved through its small arena
+        before = scrape_hits(agent_metrics[0])
+        got = {"kvtier_pool": servers["A"].ttft(prompt, a.model)}
+        after = scrape_hits(agent_metrics[0])
+        d = {t: after.get(t, 0) - before.get(t, 0) for t in after}
+        total = sum(d.values())
+        pool_share.setdefault(len(prompt) - a.extra_tokens, []).append(d.get("pool", 0) / total if total else 0.0)
+        return got
+
     def measure_vllm(servers, prompt):
         got = {}
         if "C" in servers:
@@ -208,23 +263,74 @@ def main() -> int:
             got["prefix_cache"] = servers["D"].ttft(prompt, a.model)
         return got
 
+    agent_metrics = [0]
+
+    def start_agent(arena: str, data: str):
+        nonlocal agent
+        port = free_port()
+        agent_metrics[0] = port
+        progress(f"starting a kvtier agent: arena {arena}, {object_bytes(a.model) >> 10} KiB objects")
+        agent = subprocess.Popen([a.kvtier_bin, "up", "--socket", sock, "--data", os.path.join(work, data),
+                                  "--arena-bytes", arena, "--object-bytes", str(object_bytes(a.model)),
+                                  "--pool-bytes", "16GiB", "--metrics-addr", f"127.0.0.1:{port}"],
+                                 stdout=open(os.path.join(work, f"agent-{data}.log"), "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while True:
+            if agent.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"kvtier agent did not start; see {work}/agent-{data}.log")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+
+    def stop_agent():
+        nonlocal agent
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+            agent = None
+
+    def small_arena(servers):
+        """The second agent on the same socket; the connector reconnects to it by itself."""
+        stop_agent()
+        start_agent(a.pool_arena_bytes, "pool-small-arena")
+        warm = prompt_for(256, -2)
+        deadline = time.time() + 60
+        while True:  # until the connector has reconnected: a repeated prompt hits
+            servers["A"].ttft(warm, a.model)
+            before = scrape_hits(agent_metrics[0])
+            servers["A"].ttft(warm, a.model)
+            if sum(scrape_hits(agent_metrics[0]).values()) > sum(before.values()):
+                return
+            if time.time() > deadline:
+                raise RuntimeError("the connector did not reconnect to the second agent")
+
     try:
-        if {"miss", "kvtier_same", "kvtier_other"} & set(cases):
-            progress(f"starting the kvtier agent ({object_bytes(a.model) >> 10} KiB objects)")
-            agent = subprocess.Popen([a.kvtier_bin, "up", "--socket", sock, "--data", os.path.join(work, "pool"),
-                                      "--arena-bytes", "4GiB", "--object-bytes", str(object_bytes(a.model)),
-                                      "--pool-bytes", "16GiB"],
-                                     stdout=open(os.path.join(work, "agent.log"), "w"), stderr=subprocess.STDOUT)
-            deadline = time.time() + 30
-            while not os.path.exists(sock + ".fd"):
-                if agent.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"kvtier agent did not start; see {work}/agent.log")
-                time.sleep(0.1)
+        kvtier_cases = {"miss", "kvtier_same", "kvtier_other"} & set(cases)
+        passes = []
+        if kvtier_cases:
+            start_agent(a.arena_bytes, "pool")  # before the servers: they connect at start
+            passes.append((None, measure_kvtier))
+        if "kvtier_pool" in cases:
+            if kvtier_cases:
+                passes.append((small_arena, measure_pool))
+            else:
+                start_agent(a.pool_arena_bytes, "pool-small-arena")
+                passes.append((None, measure_pool))
+        if passes:
             # Prefix caching off: a repeated prompt can only hit through the connector.
             specs = [("A", kvtier_config(sock), False)]
             if "kvtier_other" in cases:
                 specs.append(("B", kvtier_config(sock), False))
-            phase(specs, measure_kvtier)
+            phase(specs, passes)
+            stop_agent()
         specs = []
         if "example" in cases:
             store = os.path.join(work, "example-store")
@@ -235,13 +341,11 @@ def main() -> int:
             specs.append(("D", None, True))  # no connector: vLLM alone, its prefix cache on
         if specs:
             phase(specs, measure_vllm)
+        copy_bw = copy_bandwidth()
+        disk_bw = disk_read_bandwidth(a.kvtier_bin, work)
+        progress(f"memory copy {copy_bw / 1e9:.1f} GB/s, disk read {disk_bw / 1e9:.2f} GB/s")
     finally:
-        if agent is not None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        stop_agent()
         if a.keep:
             progress(f"logs kept in {work}")
         else:
@@ -249,23 +353,41 @@ def main() -> int:
 
     med = {c: {size: statistics.median(v) for size, v in results[c].items()} for c in cases}
     floor = med.get("prefix_cache", {})
+    obj = object_bytes(a.model)
+    kv = {size: (size // BLOCK) * obj for size in a.sizes}  # bytes of the prompt's whole blocks
+    bounds = {"bound_copy": {size: kv[size] / copy_bw for size in a.sizes},
+              "bound_disk": {size: kv[size] / disk_bw for size in a.sizes}}
+    share = {size: statistics.median(v) for size, v in pool_share.items()}
     if a.json:
         print(json.dumps({"model": a.model, "rounds": a.rounds, "sizes": a.sizes,
-                          "extra_tokens": a.extra_tokens, "median_ttft_s": {
+                          "extra_tokens": a.extra_tokens, "arena_bytes": a.arena_bytes,
+                          "pool_arena_bytes": a.pool_arena_bytes,
+                          "kv_bytes": {str(k): v for k, v in kv.items()},
+                          "copy_bytes_per_s": copy_bw, "disk_read_bytes_per_s": disk_bw,
+                          "bounds_s": {b: {str(k): v for k, v in d.items()} for b, d in bounds.items()},
+                          "kvtier_pool_share_from_pool": {str(k): v for k, v in share.items()},
+                          "median_ttft_s": {
             c: {str(size): v for size, v in med[c].items()} for c in cases},
             "samples_s": {c: {str(size): v for size, v in results[c].items()} for c in cases},
             "ratio_to_prefix_cache": {c: {str(size): v / floor[size] for size, v in med[c].items() if size in floor}
                                       for c in cases}}, indent=1))
     else:
-        print(f"median TTFT, {a.rounds} rounds ({a.model}), prompts of SIZE+{a.extra_tokens} tokens")
+        print(f"median TTFT, {a.rounds} rounds ({a.model}), prompts of SIZE+{a.extra_tokens} tokens; "
+              f"(x floor) = ratio to prefix_cache")
         print("case            " + "".join(f"{size:>20}" for size in a.sizes))
-        for c in cases:
+        for c in cases + list(bounds):
             row = ""
             for size in a.sizes:
-                v = med[c].get(size)
+                v = med[c].get(size) if c in med else bounds[c][size]
                 ratio = f" ({v / floor[size]:.2f}x)" if v is not None and size in floor else ""
                 row += f"{(f'{v * 1000:.0f} ms' + ratio) if v is not None else '-':>20}"
             print(f"{c:<16}{row}")
+        print("KV bytes        " + "".join(f"{f'{kv[size] / 2**20:.0f} MiB':>20}" for size in a.sizes))
+        if share:
+            print("kvtier_pool: share of blocks from the pool " +
+                  ", ".join(f"{size}: {share[size]:.0%}" for size in a.sizes if size in share))
+        print(f"memory copy {copy_bw / 1e9:.1f} GB/s, disk read {disk_bw / 1e9:.2f} GB/s "
+              f"(kvtier bench disk), arena {a.arena_bytes}, small arena {a.pool_arena_bytes}")
     return 0
 
 

@@ -78,7 +78,9 @@ for m in "${MODELS[@]}"; do
   case "$m" in
     tiny)  args=(--layers 2 --hidden 256 --heads 4 --kv-heads 2 --intermediate 512) ;;
     bench) args=(--layers 8 --hidden 1024 --heads 8 --kv-heads 2 --intermediate 2816) ;;
-    *) echo "vllm_setup: unknown model '$m' (tiny, bench)" >&2; exit 2 ;;
+    # KV-heavy: 16 layers x 8 KV heads x head 128 in bf16, 64 KiB of KV per token (512 MiB at 8k).
+    kvheavy) args=(--layers 16 --hidden 1024 --heads 8 --kv-heads 8 --intermediate 1024) ;;
+    *) echo "vllm_setup: unknown model '$m' (tiny, bench, kvheavy)" >&2; exit 2 ;;
   esac
   dir="$CACHE/models/$m-llama"
   if [ ! -f "$dir/.kvtier-model-ok" ]; then

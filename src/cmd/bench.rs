@@ -20,8 +20,9 @@ pub enum BenchCmd {
     /// Pool server put/get over loopback TCP against the disk's ceiling and real peers.
     Pool(PoolBenchArgs),
     /// Median TTFT under real vLLM (CPU) at 2k/4k/8k tokens: miss, kvtier hit (same and other
-    /// replica), ExampleConnector hit, vLLM's prefix cache. Runs scripts/bench_ttft.sh; every
-    /// argument after `ttft` goes to it (`--sizes 8192 --rounds 5 --extra-tokens 1 --json`).
+    /// replica, and through an arena smaller than the request), ExampleConnector hit, vLLM's
+    /// prefix cache, and the copy and disk bounds. Runs scripts/bench_ttft.sh; every argument
+    /// after `ttft` goes to it (`--kv-heavy --sizes 8192 --rounds 5 --arena-bytes 4GiB --json`).
     Ttft(TtftArgs),
 }
 

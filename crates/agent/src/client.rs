@@ -342,8 +342,11 @@ impl AgentClient {
         Ok((r.prefix_blocks, r.in_memory))
     }
 
-    /// Leases slots for the keys the agent lacks (see [`State::begin_save`](super::State::begin_save)).
-    pub fn begin_save(&mut self, keys: &[BlockKey]) -> Result<Vec<Granted>> {
+    /// Leases slots for the keys the agent lacks, for at most a window of them (see
+    /// [`State::begin_save`](super::State::begin_save)); also returns how many keys the agent
+    /// considered: ask again from there.
+    pub fn begin_save(&mut self, keys: &[BlockKey]) -> Result<(Vec<Granted>, usize)> {
+        let n = keys.len();
         let keys = to_proto(keys);
         let r = self.call_again(|mut g, session| {
             let keys = keys.clone();
@@ -352,14 +355,7 @@ impl AgentClient {
                     .await
             }
         })?;
-        Ok(r.leases
-            .into_iter()
-            .map(|l| Granted {
-                index: l.index,
-                slot: l.slot,
-                lease: l.lease,
-            })
-            .collect())
+        Ok((granted(r.leases), considered(r.next, n)))
     }
 
     /// The payload bytes of a leased slot in the shared arena.
@@ -390,47 +386,36 @@ impl AgentClient {
         Ok((r.stored, r.deduplicated))
     }
 
-    /// Blocks asked of the agent at once by [`save`](Self::save) and [`load`](Self::load): a
-    /// quarter of the arena (at least one), so that a request of any size streams through an
-    /// arena smaller than it, window by window, while the rest of the arena serves others.
-    pub fn window(&self) -> usize {
-        self.conn
-            .as_ref()
-            .map_or(1, |c| (c.slots as usize / 4).max(1))
-    }
-
     /// Saves blocks: `fill(i, payload)` writes block `keys[i]` straight into the shared arena,
     /// for the keys the agent lacks. Returns how many were stored. A window of keys at a time
-    /// ([`window`](Self::window)): the agent holds saved blocks in its arena until they are
-    /// written behind to the pool, and a window waits for that room, so a save larger than the
-    /// arena is not lost while the pool takes it. Within a window, filled blocks are committed
-    /// in batches while the next batch is being filled (the agent checksums them meanwhile).
+    /// (the agent grants at most a quarter of its arena per call and says where it stopped):
+    /// the agent holds saved blocks in its arena until they are written behind to the pool, and
+    /// a window waits for that room, so a save larger than the arena is not lost while the pool
+    /// takes it. Within a window, filled blocks are committed in batches while the next batch is
+    /// being filled (the agent checksums them meanwhile).
     pub fn save(
         &mut self,
         keys: &[BlockKey],
         mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
     ) -> Result<u32> {
-        if !keys.is_empty() {
-            self.ensure(std::time::Instant::now() + self.cfg.timeout)?;
-        }
         let mut stored = 0;
         let mut at = 0;
         while at < keys.len() {
-            let n = self.window().min(keys.len() - at);
-            stored += self.save_window(&keys[at..at + n], |i, p| fill(at + i, p))?;
-            at += n;
+            let (n, considered) = self.save_window(&keys[at..], |i, p| fill(at + i, p))?;
+            stored += n;
+            at += considered;
         }
         Ok(stored)
     }
 
-    /// [`save`](Self::save) of one window.
+    /// [`save`](Self::save) of the window the agent considers of `keys`: (stored, considered).
     fn save_window(
         &mut self,
         keys: &[BlockKey],
         mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
-    ) -> Result<u32> {
+    ) -> Result<(u32, usize)> {
         const BATCH: usize = 4;
-        let granted = self.begin_save(keys)?;
+        let (granted, considered) = self.begin_save(keys)?;
         let timeout = self.cfg.timeout;
         let mut pending = Vec::new();
         let mut first_err = None;
@@ -492,7 +477,7 @@ impl AgentClient {
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(stored),
+            None => Ok((stored, considered)),
         }
     }
 
@@ -509,9 +494,10 @@ impl AgentClient {
 
     /// Loads blocks: `sink(i, payload)` copies block `keys[i]` out of the shared arena. Returns
     /// per key whether it was delivered; the others must be recomputed. A window of keys at a
-    /// time ([`window`](Self::window)): the agent pins a window's blocks (reading through from
-    /// the pool those not in memory), they are copied out and released, then the next, so a
-    /// load of any size completes through an arena smaller than it. The load budget
+    /// time (the agent considers at most a quarter of its arena per call and says where it
+    /// stopped): the agent pins a window's blocks (reading through from the pool those not in
+    /// memory), they are copied out and released, then the next, so a load of any size
+    /// completes through an arena smaller than it. The load budget
     /// ([`ClientConfig::load_budget`]) bounds the reads from the pool of the whole load; once it
     /// is spent, later windows deliver what is in memory only.
     pub fn load(
@@ -519,26 +505,23 @@ impl AgentClient {
         keys: &[BlockKey],
         mut sink: impl FnMut(usize, &[u8]),
     ) -> Result<Vec<bool>> {
-        if !keys.is_empty() {
-            self.ensure(std::time::Instant::now() + self.cfg.timeout)?;
-        }
         let deadline = std::time::Instant::now() + self.cfg.load_budget;
         let mut delivered = Vec::with_capacity(keys.len());
         let mut at = 0;
         while at < keys.len() {
-            let n = self.window().min(keys.len() - at);
             // Each window's reads end well inside its call's deadline.
             let budget = deadline
                 .saturating_duration_since(std::time::Instant::now())
                 .min(self.cfg.timeout * 3 / 4);
-            let got = self.load_window(&keys[at..at + n], budget, |i, p| sink(at + i, p))?;
+            let got = self.load_window(&keys[at..], budget, |i, p| sink(at + i, p))?;
+            at += got.len();
             delivered.extend(got);
-            at += n;
         }
         Ok(delivered)
     }
 
-    /// [`load`](Self::load) of one window, reading through from the pool within `budget`.
+    /// [`load`](Self::load) of the window the agent considers of `keys`, reading through from
+    /// the pool within `budget`: whether each key of the window was delivered.
     fn load_window(
         &mut self,
         keys: &[BlockKey],
@@ -558,14 +541,14 @@ impl AgentClient {
                 .await
             }
         })?;
-        let mut delivered = vec![false; keys.len()];
+        let mut delivered = vec![false; considered(r.next, keys.len())];
         let mut leases = Vec::with_capacity(r.leases.len());
         let mut first_err = None;
         for l in r.leases {
             // Every granted lease is released below, whatever happens to its block.
             leases.push(l.lease);
             let i = l.index as usize;
-            if i >= keys.len() {
+            if i >= delivered.len() {
                 continue;
             }
             match self.payload_mut(l.slot) {
@@ -603,6 +586,26 @@ impl Drop for AgentClient {
                 .await
             });
         }
+    }
+}
+
+fn granted(leases: Vec<proto::Lease>) -> Vec<Granted> {
+    leases
+        .into_iter()
+        .map(|l| Granted {
+            index: l.index,
+            slot: l.slot,
+            lease: l.lease,
+        })
+        .collect()
+}
+
+/// How many of `n` keys a call considered: its `next`, or all of them (0, from an agent older
+/// than windows; or a value past the end).
+fn considered(next: u32, n: usize) -> usize {
+    match next as usize {
+        0 => n,
+        k => k.min(n),
     }
 }
 

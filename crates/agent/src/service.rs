@@ -140,13 +140,14 @@ impl Agent for Service {
     ) -> Result<Response<proto::BeginSaveResponse>, Status> {
         let r = req.into_inner();
         let span = self.span(AgentOp::BeginSave, r.session, r.keys.len());
-        let g = self
+        let (g, next) = self
             .run(AgentOp::BeginSave, span, move |s| {
                 s.begin_save(r.session, &keys(&r.keys))
             })
             .await?;
         Ok(Response::new(proto::BeginSaveResponse {
             leases: leases(g),
+            next,
         }))
     }
 
@@ -174,13 +175,14 @@ impl Agent for Service {
         let r = req.into_inner();
         let budget = Duration::from_millis(r.budget_ms as u64);
         let span = self.span(AgentOp::BeginLoad, r.session, r.keys.len());
-        let g = self
+        let (g, next) = self
             .run(AgentOp::BeginLoad, span, move |s| {
                 s.begin_load(r.session, &keys(&r.keys), budget)
             })
             .await?;
         Ok(Response::new(proto::BeginLoadResponse {
             leases: leases(g),
+            next,
         }))
     }
 

@@ -62,15 +62,18 @@ impl State {
         Ok((prefix, in_memory))
     }
 
-    /// Pins the slots of stored keys, reading through from the pool within `budget`. Keys not
-    /// granted are misses.
+    /// Pins the slots of stored keys, reading through from the pool within `budget`, for at most
+    /// a window of keys (a quarter of the arena); also returns the index of the first key not
+    /// considered (`keys.len()` when all were), from which the engine asks again once it has
+    /// released these. Keys considered and not granted are misses.
     pub fn begin_load(
         &self,
         session: u64,
         keys: &[BlockKey],
         budget: Duration,
-    ) -> Result<Vec<Granted>> {
+    ) -> Result<(Vec<Granted>, u32)> {
         let (digest, tenant) = self.session_info(session)?;
+        let keys = &keys[..keys.len().min(self.window)];
         let deadline = Instant::now() + budget;
         let mut out = Vec::new();
         // A window at a time: the window's blocks already in memory are pinned first (so the
@@ -138,7 +141,7 @@ impl State {
         let mut t = self.tenants.lock();
         t.loads[tenant] += out.len() as u64;
         t.misses[tenant] += (keys.len() - out.len()) as u64;
-        Ok(out)
+        Ok((out, keys.len() as u32))
     }
 
     /// Releases load leases.

@@ -215,6 +215,10 @@ pub struct State {
     queue_cap: usize,
     /// Blocks held for write-behind, at most: half the arena, so loads always find room.
     max_held: usize,
+    /// Keys one save or load call considers, at most: a quarter of the arena, so that a request
+    /// larger than the arena streams through it window by window and one engine cannot pin it
+    /// all.
+    window: usize,
     /// Signalled when write-behind releases held blocks.
     room_cv: Condvar,
     /// The last write-behind batch failed: saves do not wait for room that may not come.
@@ -278,6 +282,7 @@ impl State {
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
             max_held: (arena_slots / 2).max(1),
+            window: (arena_slots / 4).max(1),
             room_cv: Condvar::new(),
             pool_failing: AtomicBool::new(false),
             read_ns_per_block: AtomicU64::new(0),

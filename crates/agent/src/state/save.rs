@@ -45,15 +45,20 @@ impl State {
         }
     }
 
-    /// Leases slots for the keys not stored or in flight. With a pool, a save larger than the
-    /// free arena waits for write-behind to make room (up to [`SAVE_WAIT`]); an arena still full
-    /// then (every slot pinned) ends the list early: the engine skips saving the rest, counted
-    /// as dropped saves.
-    pub fn begin_save(&self, session: u64, keys: &[BlockKey]) -> Result<Vec<Granted>> {
+    /// Leases slots for the keys not stored or in flight, at most a window (a quarter of the
+    /// arena): also returns the index of the first key not considered (`keys.len()` when all
+    /// were), from which the engine asks again once it has committed these. With a pool, a save
+    /// larger than the free arena waits for write-behind to make room (up to [`SAVE_WAIT`]); an
+    /// arena still full then (every slot pinned) ends the list: the engine skips saving the
+    /// rest, counted as dropped saves.
+    pub fn begin_save(&self, session: u64, keys: &[BlockKey]) -> Result<(Vec<Granted>, u32)> {
         self.session_digest(session)?;
         let deadline = Instant::now() + SAVE_WAIT;
         let mut out = Vec::new();
         for (i, &key) in keys.iter().enumerate() {
+            if out.len() >= self.window {
+                return Ok((out, i as u32));
+            }
             if self.arena.contains(key) {
                 self.counters.deduplicated.inc();
                 continue;
@@ -97,7 +102,7 @@ impl State {
                 lease,
             });
         }
-        Ok(out)
+        Ok((out, keys.len() as u32))
     }
 
     /// Seals and indexes filled slots, and queues them for the pool. Returns (stored, dedup).
