@@ -95,7 +95,7 @@ impl State {
                     .map(|(&k, _)| k)
                     .collect();
                 if !missing.is_empty() && self.store.is_some() && Instant::now() < deadline {
-                    self.read_through_many(&missing);
+                    self.read_through_many(&missing, Some(deadline));
                     for (k, p) in window.iter().zip(pinned.iter_mut()) {
                         if p.is_none() {
                             *p = self.arena.get(*k).map(|r| (r, true));

@@ -18,10 +18,12 @@ impl State {
                         .wait_for(&mut q, Duration::from_millis(200));
                 }
             };
-            // In windows, stopping at the first block the pool does not have (the rest of a
-            // chain is useless without it).
-            for window in chain.chunks(READ_THROUGH_BATCH) {
-                if !self.read_through_many(window).iter().all(|&b| b) {
+            // In windows no larger than a load's (so that a load finds room beside them),
+            // stopping at the first block the pool does not have (the rest of a chain is
+            // useless without it), and at half the arena: more would evict the chain's own head.
+            let chain = &chain[..chain.len().min(self.max_held)];
+            for window in chain.chunks(READ_THROUGH_BATCH.min(self.window)) {
+                if !self.read_through_many(window, None).iter().all(|&b| b) {
                     break;
                 }
             }
@@ -29,17 +31,36 @@ impl State {
     }
 
     /// Reads `keys` from the pool into new arena slots, all at once; for each key, whether it
-    /// is now in memory.
-    pub(super) fn read_through_many(&self, keys: &[BlockKey]) -> Vec<bool> {
+    /// is now in memory. With a `deadline` (a load's), a full arena (every slot pinned, for
+    /// moments: other windows, write-behind) is waited out until then; without, the keys that
+    /// got no slot are not read.
+    pub(super) fn read_through_many(
+        &self,
+        keys: &[BlockKey],
+        deadline: Option<Instant>,
+    ) -> Vec<bool> {
         let mut out: Vec<bool> = keys.iter().map(|&k| self.arena.contains(k)).collect();
         let Some(store) = self.store.as_ref() else {
             return out;
         };
         let mut slots = Vec::new();
-        for (j, _) in keys.iter().enumerate().filter(|(j, _)| !out[*j]) {
-            match self.arena.reserve_slot() {
-                Ok(s) => slots.push((j, s)),
-                Err(_) => break, // every slot pinned: the rest are misses
+        'keys: for (j, _) in keys.iter().enumerate().filter(|(j, _)| !out[*j]) {
+            loop {
+                match self.arena.reserve_slot() {
+                    Ok(s) => {
+                        slots.push((j, s));
+                        break;
+                    }
+                    Err(_) => match deadline {
+                        Some(d) if Instant::now() < d && slots.is_empty() => {
+                            let mut q = self.queue.lock();
+                            let slice = (Instant::now() + Duration::from_millis(5)).min(d);
+                            self.room_cv.wait_until(&mut q, slice);
+                        }
+                        // Every slot pinned: the rest are misses.
+                        _ => break 'keys,
+                    },
+                }
             }
         }
         if slots.is_empty() {
