@@ -45,6 +45,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_ok(port: int, path: str) -> bool:
+    """Whether GET `path` on 127.0.0.1:`port` answers 200."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", path)
+        return c.getresponse().status == 200
+    except OSError:
+        return False
+
+
 class Server:
     """One `vllm.entrypoints.openai.api_server` process."""
 
@@ -67,13 +77,8 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vLLM server {self.name} exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
+            if http_ok(self.port, "/health"):
+                return
             time.sleep(1)
         raise RuntimeError(f"vLLM server {self.name} not ready within {timeout}s; see {self.log_path}")
 
@@ -278,13 +283,8 @@ def main() -> int:
         while True:
             if agent.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"kvtier agent did not start; see {work}/agent-{data}.log")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
+            if http_ok(port, "/readyz"):
+                return
             time.sleep(0.1)
 
     def stop_agent():
@@ -340,7 +340,7 @@ def main() -> int:
         if "prefix_cache" in cases:
             specs.append(("D", None, True))  # no connector: vLLM alone, its prefix cache on
         if specs:
-            phase(specs, measure_vllm)
+            phase(specs, [(None, measure_vllm)])
         copy_bw = copy_bandwidth()
         disk_bw = disk_read_bandwidth(a.kvtier_bin, work)
         progress(f"memory copy {copy_bw / 1e9:.1f} GB/s, disk read {disk_bw / 1e9:.2f} GB/s")
