@@ -360,10 +360,17 @@ impl AgentClient {
 
     /// The payload bytes of a leased slot in the shared arena.
     pub fn payload_mut(&mut self, slot: u32) -> Result<&mut [u8]> {
+        let (ptr, len) = self.payload_ptr(slot)?;
+        // SAFETY: in bounds of the mapping; the lease makes the slot ours.
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
+
+    /// Where a leased slot's payload is in the mapped arena, and its length.
+    fn payload_ptr(&self, slot: u32) -> Result<(*mut u8, usize)> {
         let len = self.cfg.object_len as usize;
         let conn = self
             .conn
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| Error::new(ErrorKind::Unavailable, "not connected to the agent"))?;
         if slot >= conn.slots {
             return Err(Error::corrupt(format!(
@@ -372,8 +379,8 @@ impl AgentClient {
             )));
         }
         let off = slot as usize * conn.slot_len + conn.payload_offset;
-        // SAFETY: in bounds of the mapping (checked at hello); the lease makes the slot ours.
-        Ok(unsafe { std::slice::from_raw_parts_mut(conn.map.ptr.add(off), len) })
+        // SAFETY: in bounds of the mapping (checked at hello).
+        Ok((unsafe { conn.map.ptr.add(off) }, len))
     }
 
     /// Seals the filled leased slots. Returns (stored, deduplicated).
@@ -505,6 +512,21 @@ impl AgentClient {
         keys: &[BlockKey],
         mut sink: impl FnMut(usize, &[u8]),
     ) -> Result<Vec<bool>> {
+        self.load_windows(keys, |blocks| {
+            for &(i, p) in blocks {
+                sink(i, p);
+            }
+        })
+    }
+
+    /// [`load`](Self::load), handing `sink` each window's blocks at once (`(i, payload)` of
+    /// `keys[i]`), so that the engine can copy them out in parallel: the payloads stay leased
+    /// until `sink` returns.
+    pub fn load_windows(
+        &mut self,
+        keys: &[BlockKey],
+        mut sink: impl FnMut(&[(usize, &[u8])]),
+    ) -> Result<Vec<bool>> {
         let deadline = std::time::Instant::now() + self.cfg.load_budget;
         let mut delivered = Vec::with_capacity(keys.len());
         let mut at = 0;
@@ -513,7 +535,11 @@ impl AgentClient {
             let budget = deadline
                 .saturating_duration_since(std::time::Instant::now())
                 .min(self.cfg.timeout * 3 / 4);
-            let got = self.load_window(&keys[at..], budget, |i, p| sink(at + i, p))?;
+            let got = self.load_window(&keys[at..], budget, |blocks| {
+                let shifted: Vec<(usize, &[u8])> =
+                    blocks.iter().map(|&(i, p)| (at + i, p)).collect();
+                sink(&shifted)
+            })?;
             at += got.len();
             delivered.extend(got);
         }
@@ -526,7 +552,7 @@ impl AgentClient {
         &mut self,
         keys: &[BlockKey],
         budget: Duration,
-        mut sink: impl FnMut(usize, &[u8]),
+        sink: impl FnOnce(&[(usize, &[u8])]),
     ) -> Result<Vec<bool>> {
         let ks = to_proto(keys);
         let budget_ms = budget.as_millis().min(u32::MAX as u128) as u32;
@@ -544,6 +570,7 @@ impl AgentClient {
         let mut delivered = vec![false; considered(r.next, keys.len())];
         let mut leases = Vec::with_capacity(r.leases.len());
         let mut first_err = None;
+        let mut blocks: Vec<(usize, &[u8])> = Vec::with_capacity(r.leases.len());
         for l in r.leases {
             // Every granted lease is released below, whatever happens to its block.
             leases.push(l.lease);
@@ -551,9 +578,11 @@ impl AgentClient {
             if i >= delivered.len() {
                 continue;
             }
-            match self.payload_mut(l.slot) {
-                Ok(p) => {
-                    sink(i, p);
+            match self.payload_ptr(l.slot) {
+                Ok((ptr, len)) => {
+                    // SAFETY: inside the live mapping (checked); the lease keeps the slot's
+                    // object in place until the leases are released below, after `sink`.
+                    blocks.push((i, unsafe { std::slice::from_raw_parts(ptr, len) }));
                     delivered[i] = true;
                 }
                 Err(e) => {
@@ -561,6 +590,8 @@ impl AgentClient {
                 }
             }
         }
+        sink(&blocks);
+        drop(blocks);
         self.release_leases(leases);
         match first_err {
             Some(e) => Err(e),
