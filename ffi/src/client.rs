@@ -680,3 +680,59 @@ pub unsafe extern "C" fn kvt_ticket_free(ticket: *mut kvt_ticket) {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvtier_core::dtype::KvDtype;
+    use kvtier_core::layout::LayoutKind;
+
+    /// Objects scattered a window at a time on several threads land exactly where one thread
+    /// puts them, for every layout kind (two segments per block, and one), also when a window
+    /// names a block twice (then copied in order, last one wins).
+    #[test]
+    fn parallel_scatter_matches_one_thread() {
+        for kind in [
+            LayoutKind::VllmFlash,
+            LayoutKind::VllmCpu,
+            LayoutKind::LayerMajor,
+        ] {
+            let layout = KvLayout::new(kind, 3, 12, 16, 2, 8, KvDtype::Bf16).unwrap();
+            let len = layout.layer_bytes() as usize;
+            let objects: Vec<Vec<u8>> = (0..12u32)
+                .map(|o| {
+                    (0..layout.object_len() as usize)
+                        .map(|j| (j as u32).wrapping_mul(2654435761).wrapping_add(o * 97) as u8)
+                        .collect()
+                })
+                .collect();
+            for blocks in [vec![3u32, 0, 11, 5, 7, 1, 9], vec![4, 2, 4, 8]] {
+                let run = |parallel: bool| {
+                    let mut layers = vec![vec![0u8; len]; 3];
+                    let r = Registered {
+                        layout: layout.clone(),
+                        memory: Memory::Host(
+                            layers.iter_mut().map(|l| l.as_mut_ptr() as usize).collect(),
+                        ),
+                    };
+                    let items: Vec<(u32, &[u8])> = blocks
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &b)| (b, objects[k].as_slice()))
+                        .collect();
+                    let ok = if parallel {
+                        r.scatter_many(&items)
+                    } else {
+                        items
+                            .iter()
+                            .map(|&(b, p)| r.scatter(p, b).is_ok())
+                            .collect()
+                    };
+                    assert!(ok.iter().all(|&x| x), "{kind:?}");
+                    layers
+                };
+                assert_eq!(run(true), run(false), "{kind:?} {blocks:?}");
+            }
+        }
+    }
+}
