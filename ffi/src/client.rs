@@ -72,14 +72,11 @@ impl Registered {
     fn scatter(&self, payload: &[u8], block: u32) -> kvtier_core::Result<()> {
         match &self.memory {
             Memory::Host(layers) => {
-                let len = self.layout.layer_bytes() as usize;
-                // SAFETY: registered pointers are valid, and the engine leaves the blocks being
-                // loaded alone until the ticket completes.
-                let mut views: Vec<&mut [u8]> = layers
-                    .iter()
-                    .map(|&p| unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) })
-                    .collect();
-                self.layout.scatter(payload, &mut views, block)
+                let ptrs: Vec<*mut u8> = layers.iter().map(|&p| p as *mut u8).collect();
+                // SAFETY: registered pointers are valid for a layer's bytes (kvt_register_kv
+                // contract), and the engine leaves the blocks being loaded alone until the
+                // ticket completes.
+                unsafe { self.layout.scatter_to(payload, &ptrs, block) }
             }
             #[cfg(feature = "cuda")]
             Memory::Device { ptrs, copier } => copier.scatter(&self.layout, payload, ptrs, block),
@@ -114,51 +111,29 @@ impl Registered {
             let parts: Vec<_> = items
                 .chunks(per)
                 .map(|part| {
-                    s.spawn(move || {
+                    let n = part.len();
+                    let h = s.spawn(move || {
+                        let ptrs: Vec<*mut u8> = layers.iter().map(|&p| p as *mut u8).collect();
                         part.iter()
-                            .map(|&(b, p)| scatter_host(layout, layers, p, b))
+                            .map(|&(b, p)| {
+                                // SAFETY: registered pointers are valid for a layer's bytes
+                                // (kvt_register_kv contract); the window's blocks are
+                                // distinct (checked above), and the engine leaves them alone
+                                // until the ticket completes.
+                                unsafe { layout.scatter_to(p, &ptrs, b) }.is_ok()
+                            })
                             .collect::<Vec<_>>()
-                    })
+                    });
+                    (n, h)
                 })
                 .collect();
+            // A copier that panicked landed none of its blocks for sure: all of them fail.
             parts
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+                .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![false; n]))
                 .collect()
         })
     }
-}
-
-/// [`Registered::scatter`] into host memory through raw pointers, so that threads can copy
-/// distinct blocks of the same layer tensors at once (their byte ranges never overlap).
-fn scatter_host(layout: &KvLayout, layers: &[usize], payload: &[u8], block: u32) -> bool {
-    let len = layout.layer_bytes() as usize;
-    if payload.len() as u64 != layout.object_len() {
-        return false;
-    }
-    let Ok(plan) = layout.copy_plan(block) else {
-        return false;
-    };
-    for span in plan {
-        let inside = span.engine.end <= len
-            && span.object.end <= payload.len()
-            && span.engine.len() == span.object.len();
-        let (Some(&base), true) = (layers.get(span.layer), inside) else {
-            return false;
-        };
-        // SAFETY: registered pointers are valid for `len` bytes (kvt_register_kv contract) and
-        // the range is inside; the block's bytes are this call's alone (the window's blocks are
-        // distinct, checked by the caller) while the engine leaves them until the ticket
-        // completes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                payload.as_ptr().add(span.object.start),
-                (base as *mut u8).add(span.engine.start),
-                span.engine.len(),
-            );
-        }
-    }
-    true
 }
 
 /// Threads that copy one load's window into host memory at most.
@@ -687,9 +662,9 @@ mod tests {
     use kvtier_core::dtype::KvDtype;
     use kvtier_core::layout::LayoutKind;
 
-    /// Objects scattered a window at a time on several threads land exactly where one thread
-    /// puts them, for every layout kind (two segments per block, and one), also when a window
-    /// names a block twice (then copied in order, last one wins).
+    /// Objects scattered a window at a time on several threads land exactly where the layout's
+    /// safe copy puts them one after the other, for every layout kind (two segments per block,
+    /// and one), also when a window names a block twice (then copied in order, last one wins).
     #[test]
     fn parallel_scatter_matches_one_thread() {
         for kind in [
@@ -707,7 +682,7 @@ mod tests {
                 })
                 .collect();
             for blocks in [vec![3u32, 0, 11, 5, 7, 1, 9], vec![4, 2, 4, 8]] {
-                let run = |parallel: bool| {
+                let windowed = || {
                     let mut layers = vec![vec![0u8; len]; 3];
                     let r = Registered {
                         layout: layout.clone(),
@@ -720,18 +695,21 @@ mod tests {
                         .enumerate()
                         .map(|(k, &b)| (b, objects[k].as_slice()))
                         .collect();
-                    let ok = if parallel {
-                        r.scatter_many(&items)
-                    } else {
-                        items
-                            .iter()
-                            .map(|&(b, p)| r.scatter(p, b).is_ok())
-                            .collect()
-                    };
+                    let ok = r.scatter_many(&items);
                     assert!(ok.iter().all(|&x| x), "{kind:?}");
                     layers
                 };
-                assert_eq!(run(true), run(false), "{kind:?} {blocks:?}");
+                // The reference: the layout's safe copy, one block after the other.
+                let one_thread = || {
+                    let mut layers = vec![vec![0u8; len]; 3];
+                    let mut views: Vec<&mut [u8]> =
+                        layers.iter_mut().map(|l| l.as_mut_slice()).collect();
+                    for (k, &b) in blocks.iter().enumerate() {
+                        layout.scatter(&objects[k], &mut views, b).unwrap();
+                    }
+                    layers
+                };
+                assert_eq!(windowed(), one_thread(), "{kind:?} {blocks:?}");
             }
         }
     }

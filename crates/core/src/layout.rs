@@ -384,6 +384,31 @@ impl KvLayout {
         }
         Ok(())
     }
+
+    /// [`scatter`](Self::scatter) into layer tensors given by their addresses, so that
+    /// several threads can copy distinct blocks of the same tensors at once (distinct blocks
+    /// never share a byte; shared `&mut` slices of the tensors could not express that).
+    ///
+    /// # Safety
+    /// Each of `layers` must point to at least [`layer_bytes`](Self::layer_bytes) writable
+    /// bytes, and nothing else may read or write block `block`'s bytes during the call.
+    pub unsafe fn scatter_to(&self, object: &[u8], layers: &[*mut u8], block: u32) -> Result<()> {
+        self.check_layers(layers.iter().map(|_| self.layer_bytes as usize))?;
+        self.check_object(object.len())?;
+        for span in self.copy_plan(block)? {
+            debug_assert!(span.engine.end as u64 <= self.layer_bytes);
+            // SAFETY: the plan's ranges lie inside a layer tensor and inside the object (both
+            // sizes checked above); the caller owns the block's bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    object.as_ptr().add(span.object.start),
+                    layers[span.layer].add(span.engine.start),
+                    span.object.len(),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn overflow() -> Error {

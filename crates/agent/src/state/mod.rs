@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,7 +165,7 @@ pub struct AgentStats {
     pub object_bytes: u64,
     /// Bytes of one arena slot (header and payload, page-aligned).
     pub slot_bytes: u64,
-    /// Blocks waiting to be written behind to the pool.
+    /// Blocks held in the arena until written behind to the pool (queued or being written).
     pub write_queue: u64,
     /// Bound of the write-behind queue.
     pub write_queue_capacity: u64,
@@ -215,6 +215,8 @@ pub struct State {
     queue_cap: usize,
     /// Blocks held for write-behind, at most: half the arena, so loads always find room.
     max_held: usize,
+    /// Blocks held for write-behind now: queued, or in the batch being written.
+    held: AtomicUsize,
     /// Keys one save or load call considers, at most: a quarter of the arena, so that a request
     /// larger than the arena streams through it window by window and one engine cannot pin it
     /// all.
@@ -282,6 +284,7 @@ impl State {
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
             max_held: (arena_slots / 2).max(1),
+            held: AtomicUsize::new(0),
             window: (arena_slots / 4).max(1),
             room_cv: Condvar::new(),
             pool_failing: AtomicBool::new(false),

@@ -20,7 +20,9 @@ impl State {
             let wait = self.store.is_some() && !self.pool_failing.load(Ordering::Relaxed);
             if wait {
                 let mut q = self.queue.lock();
-                while q.len() >= self.max_held && Instant::now() < deadline {
+                while self.held.load(Ordering::Relaxed) >= self.max_held
+                    && Instant::now() < deadline
+                {
                     waited = true;
                     self.room_cv.wait_until(&mut q, deadline);
                 }

@@ -61,7 +61,7 @@ impl State {
         let tenants = self.tenant_stats();
         let sessions = self.sessions.lock().len() as u64;
         let leases = self.leases.lock().len() as u64;
-        let write_queue = self.queue.lock().len() as u64;
+        let write_queue = self.held.load(Ordering::Relaxed) as u64;
         let prefetch_queue = self.prefetch.lock().len() as u64;
         AgentStats {
             sessions,

@@ -13,10 +13,12 @@ impl State {
         if q.len() >= self.queue_cap {
             if let Some((_, old)) = q.pop_front() {
                 self.arena.unpin(old);
+                self.held.fetch_sub(1, Ordering::Relaxed);
                 self.counters.dropped_writes.inc();
             }
         }
         q.push_back((key, slot));
+        self.held.fetch_add(1, Ordering::Relaxed);
         self.queue_cv.notify_one();
     }
 
@@ -27,6 +29,7 @@ impl State {
         }
         // Under the queue's lock, so that a save checking for room cannot miss the wake-up.
         let _q = self.queue.lock();
+        self.held.fetch_sub(held.len(), Ordering::Relaxed);
         self.room_cv.notify_all();
     }
 

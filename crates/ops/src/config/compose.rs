@@ -120,12 +120,11 @@ impl AgentSection {
     /// The agent's configuration, validated; reads the pool's secret file. Errors name the
     /// file's key (`agent.arena_bytes`).
     pub fn agent_config(&self) -> Result<AgentConfig> {
-        let c = self.build(true)?;
-        c.validate().map_err(|e| in_keys(AGENT_KEYS, e))?;
-        Ok(c)
+        self.build(true)
     }
 
-    /// The configuration of this section, not validated; the secret file is read when `read`.
+    /// The configuration of this section, validated by its components (their errors restated
+    /// under this file's keys); the secret file is read when `read`.
     pub(super) fn build(&self, read: bool) -> Result<AgentConfig> {
         let mut c = AgentConfig::new(
             self.socket
@@ -168,14 +167,13 @@ impl AgentSection {
             p.create_dir = true;
             Some(PoolSpec::Embedded(p))
         };
+        c.validate().map_err(|e| in_keys(AGENT_KEYS, e))?;
         Ok(c)
     }
 
     /// The components' own checks, their errors naming this file's keys.
     pub(super) fn validate_components(&self) -> Result<()> {
-        self.build(false)?
-            .validate()
-            .map_err(|e| in_keys(AGENT_KEYS, e))
+        self.build(false).map(drop)
     }
 }
 
@@ -183,12 +181,11 @@ impl PoolSection {
     /// The pool server's configuration, validated; reads the secret file. Errors name the
     /// file's key (`pool.capacity`).
     pub fn server_config(&self) -> Result<PoolServerConfig> {
-        let c = self.build(true)?;
-        c.validate().map_err(|e| in_keys(POOL_KEYS, e))?;
-        Ok(c)
+        self.build(true)
     }
 
-    /// The configuration of this section, not validated; the secret file is read when `read`.
+    /// The configuration of this section, validated by its components (their errors restated
+    /// under this file's keys); the secret file is read when `read`.
     pub(super) fn build(&self, read: bool) -> Result<PoolServerConfig> {
         let mut store = SegmentStoreConfig::new(&self.data);
         store.capacity_bytes = self.capacity.0;
@@ -207,14 +204,13 @@ impl PoolSection {
         c.stream_chunk = usize::try_from(self.stream_chunk.0).unwrap_or(usize::MAX);
         c.stall_timeout = Duration::from_millis(self.stall_timeout_ms);
         c.secret = secret(&self.secret_file, "pool.secret_file", read)?;
+        c.validate().map_err(|e| in_keys(POOL_KEYS, e))?;
         Ok(c)
     }
 
     /// The components' own checks, their errors naming this file's keys.
     pub(super) fn validate_components(&self) -> Result<()> {
-        self.build(false)?
-            .validate()
-            .map_err(|e| in_keys(POOL_KEYS, e))
+        self.build(false).map(drop)
     }
 }
 
