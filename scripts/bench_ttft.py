@@ -250,9 +250,9 @@ def main() -> int:
 
     def measure_pool(servers, prompt):
         servers["A"].ttft(prompt, a.model)  # a miss on this agent: saved through its small arena
-        before = scrape_hits(agent_metrics[0])
+        before = scrape_hits(agent_port)
         got = {"kvtier_pool": servers["A"].ttft(prompt, a.model)}
-        after = scrape_hits(agent_metrics[0])
+        after = scrape_hits(agent_port)
         d = {t: after.get(t, 0) - before.get(t, 0) for t in after}
         total = sum(d.values())
         pool_share.setdefault(len(prompt) - a.extra_tokens, []).append(d.get("pool", 0) / total if total else 0.0)
@@ -268,12 +268,11 @@ def main() -> int:
             got["prefix_cache"] = servers["D"].ttft(prompt, a.model)
         return got
 
-    agent_metrics = [0]
+    agent_port = 0  # the running agent's metrics port
 
     def start_agent(arena: str, data: str):
-        nonlocal agent
-        port = free_port()
-        agent_metrics[0] = port
+        nonlocal agent, agent_port
+        port = agent_port = free_port()
         progress(f"starting a kvtier agent: arena {arena}, {object_bytes(a.model) >> 10} KiB objects")
         agent = subprocess.Popen([a.kvtier_bin, "up", "--socket", sock, "--data", os.path.join(work, data),
                                   "--arena-bytes", arena, "--object-bytes", str(object_bytes(a.model)),
@@ -305,9 +304,9 @@ def main() -> int:
         deadline = time.time() + 60
         while True:  # until the connector has reconnected: a repeated prompt hits
             servers["A"].ttft(warm, a.model)
-            before = scrape_hits(agent_metrics[0])
+            before = scrape_hits(agent_port)
             servers["A"].ttft(warm, a.model)
-            if sum(scrape_hits(agent_metrics[0]).values()) > sum(before.values()):
+            if sum(scrape_hits(agent_port).values()) > sum(before.values()):
                 return
             if time.time() > deadline:
                 raise RuntimeError("the connector did not reconnect to the second agent")
