@@ -481,6 +481,19 @@ fn a_request_larger_than_the_arena_is_saved_and_loaded_whole() {
         c.lookup_within(&keys, false, Duration::ZERO).unwrap().0 as usize,
         keys.len()
     );
+    // Weighed against recomputing: an engine that recomputes all of it in a microsecond gets
+    // only what is in memory (a pool read costs more); one that takes an hour gets every block.
+    let (cheap, in_memory) = c
+        .lookup_vs_recompute(&keys, false, Duration::from_micros(1))
+        .unwrap();
+    assert!((cheap as usize) < keys.len(), "{cheap} promised");
+    assert_eq!(cheap, in_memory, "no pool block is worth reading");
+    assert_eq!(
+        c.lookup_vs_recompute(&keys, false, Duration::from_secs(3600))
+            .unwrap()
+            .0 as usize,
+        keys.len()
+    );
     let s = c.stats().unwrap();
     assert_eq!(s.dropped_writes, 0);
     assert_eq!(s.misses, 0);

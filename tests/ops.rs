@@ -656,6 +656,7 @@ fn the_operations_page_documents_every_key_and_metric() {
             },
         )),
         tenants: vec![TenantStats::default()],
+        shortened_lookups: vec![("budget", 0)],
         ..AgentStats::default()
     };
     let h = [("lookup", HistogramSnapshot::default())];

@@ -204,6 +204,20 @@ kvt_status kvt_register_kv_device(kvt_client *client,
 // `keys` must hold `n` keys; `prefix` writable.
 kvt_status kvt_lookup(kvt_client *client, const kvt_key *keys, size_t n, uint32_t *prefix);
 
+// [`kvt_lookup`] that weighs loading against recomputing: `recompute_us` is the engine's
+// estimate of the time, in microseconds, to recompute all `n` blocks (from its own prefill
+// rate). `*prefix` then stops where reading more blocks from the pool (at the agent's
+// measured read time per block) would take longer than recomputing the blocks they complete,
+// so that a hit never costs more than a miss. `recompute_us` 0: unknown, as [`kvt_lookup`].
+//
+// # Safety
+// `keys` must hold `n` keys; `prefix` writable.
+kvt_status kvt_lookup_vs_recompute(kvt_client *client,
+                                   const kvt_key *keys,
+                                   size_t n,
+                                   uint64_t recompute_us,
+                                   uint32_t *prefix);
+
 // Saves engine blocks `block_ids[i]` under `keys[i]` (`n` of each): keys the agent already
 // holds are skipped; the others are gathered straight into the agent's arena. Writes the
 // number stored into `*stored` (may be NULL). The engine may reuse its blocks on return.
@@ -237,6 +251,21 @@ kvt_status kvt_load_start(kvt_client *client,
 // # Safety
 // `ticket` must be live; `loaded` must have room for `n` bytes.
 kvt_status kvt_ticket_wait(kvt_ticket *ticket, uint32_t timeout_ms, uint8_t *loaded, size_t n);
+
+// Waits up to `timeout_ms` until layer `layer` (0-based) of every block of a load is in the
+// engine's memory, or the load has ended (then [`kvt_ticket_wait`] tells which blocks were
+// delivered). Layers are copied in order, so an engine can compute layer `i` while the later
+// layers are still being copied; with a load larger than the agent's window, layers complete
+// with its last window. Writes into `*layers_ready` (may be NULL) how many leading layers are
+// copied (the layout's layer count once the load has ended). `KVT_ERR_TIMEOUT` if not there
+// yet: wait again, or free the ticket.
+//
+// # Safety
+// `ticket` must be live; `layers_ready` NULL or writable.
+kvt_status kvt_ticket_wait_layer(kvt_ticket *ticket,
+                                 uint32_t layer,
+                                 uint32_t timeout_ms,
+                                 uint32_t *layers_ready);
 
 // Frees a ticket. If the load is still running it is cancelled: no further block is copied
 // into the engine's memory, and this call returns only once no copy is in progress (at most

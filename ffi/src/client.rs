@@ -84,51 +84,81 @@ impl Registered {
     }
 
     /// Copies a window of loaded objects into their blocks (`(block, payload)`); whether each
-    /// landed. Host memory: on up to [`COPY_THREADS`] threads at once, each taking whole
-    /// blocks (one thread copies a large load at about a third of the machine's memory
-    /// bandwidth). Device memory: one after the other on the copier's stream.
-    fn scatter_many(&self, items: &[(u32, &[u8])]) -> Vec<bool> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(COPY_THREADS)
-            .min(items.len());
+    /// landed. Host memory goes layer by layer: `on_layer(l)` is called, in order, once layer
+    /// `l` of every block of the window is copied, so that the engine can start computing on
+    /// the first layers while the later ones are copied. On up to [`COPY_THREADS`] threads at
+    /// once, each taking whole blocks (one thread copies a large load at about a third of the
+    /// machine's memory bandwidth). Device memory: block after block on the copier's stream,
+    /// every layer reported at the end.
+    fn scatter_many(&self, items: &[(u32, &[u8])], on_layer: &(dyn Fn(u32) + Sync)) -> Vec<bool> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.scatter_on(items, on_layer, threads.min(COPY_THREADS))
+    }
+
+    /// [`scatter_many`](Self::scatter_many) on at most `threads` threads.
+    fn scatter_on(
+        &self,
+        items: &[(u32, &[u8])],
+        on_layer: &(dyn Fn(u32) + Sync),
+        threads: usize,
+    ) -> Vec<bool> {
+        let num_layers = self.layout.num_layers();
+        let threads = threads.min(items.len()).max(1);
         let distinct = {
             let mut seen = std::collections::HashSet::with_capacity(items.len());
             items.iter().all(|&(b, _)| seen.insert(b))
         };
         let layers = match &self.memory {
-            Memory::Host(layers) if threads > 1 && distinct => layers,
+            Memory::Host(layers) if distinct => layers,
             _ => {
-                return items
+                // A window naming a block twice is copied in order, whole block by whole
+                // block (the last copy wins), as is device memory.
+                let ok = items
                     .iter()
                     .map(|&(b, p)| self.scatter(p, b).is_ok())
-                    .collect()
+                    .collect();
+                (0..num_layers).for_each(on_layer);
+                return ok;
             }
         };
         let layout = &self.layout;
-        let per = items.len().div_ceil(threads);
+        // Per layer, how many copier threads are done with it; the next layer to report.
+        let progress = Mutex::new((vec![0usize; num_layers as usize], 0u32));
+        let per = items.len().div_ceil(threads).max(1);
+        let parts = items.chunks(per).count().max(1);
+        let layer_done = |layer: u32| {
+            let Ok(mut g) = progress.lock() else { return };
+            let (done, next) = &mut *g;
+            done[layer as usize] += 1;
+            while *next < num_layers && done[*next as usize] == parts {
+                on_layer(*next);
+                *next += 1;
+            }
+        };
+        let copy_part = |part: &[(u32, &[u8])]| {
+            let ptrs: Vec<*mut u8> = layers.iter().map(|&p| p as *mut u8).collect();
+            let mut ok = vec![true; part.len()];
+            for layer in 0..num_layers {
+                for (k, &(b, p)) in part.iter().enumerate() {
+                    // SAFETY: registered pointers are valid for a layer's bytes
+                    // (kvt_register_kv contract); the window's blocks are distinct (checked
+                    // above), and the engine leaves them alone until the ticket completes.
+                    ok[k] &= unsafe { layout.scatter_layer_to(p, &ptrs, b, layer) }.is_ok();
+                }
+                layer_done(layer);
+            }
+            ok
+        };
+        if parts == 1 {
+            return copy_part(items);
+        }
         std::thread::scope(|s| {
-            let parts: Vec<_> = items
+            let handles: Vec<_> = items
                 .chunks(per)
-                .map(|part| {
-                    let n = part.len();
-                    let h = s.spawn(move || {
-                        let ptrs: Vec<*mut u8> = layers.iter().map(|&p| p as *mut u8).collect();
-                        part.iter()
-                            .map(|&(b, p)| {
-                                // SAFETY: registered pointers are valid for a layer's bytes
-                                // (kvt_register_kv contract); the window's blocks are
-                                // distinct (checked above), and the engine leaves them alone
-                                // until the ticket completes.
-                                unsafe { layout.scatter_to(p, &ptrs, b) }.is_ok()
-                            })
-                            .collect::<Vec<_>>()
-                    });
-                    (n, h)
-                })
+                .map(|part| (part.len(), s.spawn(|| copy_part(part))))
                 .collect();
             // A copier that panicked landed none of its blocks for sure: all of them fail.
-            parts
+            handles
                 .into_iter()
                 .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![false; n]))
                 .collect()
@@ -150,13 +180,24 @@ pub struct kvt_client {
     inner: Arc<Mutex<Inner>>,
 }
 
-/// The outcome of a load (per-block delivered flags), once known, and its signal.
-type LoadOutcome = (Mutex<Option<Result<Vec<bool>, FfiError>>>, Condvar);
+/// What a load's waiters see.
+#[derive(Default)]
+struct LoadState {
+    /// The outcome (per-block delivered flags), once known.
+    outcome: Option<Result<Vec<bool>, FfiError>>,
+    /// How many leading layers of every block are copied into the engine's memory.
+    layers_ready: u32,
+}
+
+/// A load's state and its signal.
+type LoadProgress = (Mutex<LoadState>, Condvar);
 
 /// An asynchronous load in flight.
 pub struct kvt_ticket {
-    state: Arc<LoadOutcome>,
+    state: Arc<LoadProgress>,
     n: usize,
+    /// The layout's layer count.
+    num_layers: u32,
     /// Set by `kvt_ticket_free`: copy no further block into the engine's memory.
     cancel: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -438,6 +479,41 @@ pub unsafe extern "C" fn kvt_lookup(
     })
 }
 
+/// [`kvt_lookup`] that weighs loading against recomputing: `recompute_us` is the engine's
+/// estimate of the time, in microseconds, to recompute all `n` blocks (from its own prefill
+/// rate). `*prefix` then stops where reading more blocks from the pool (at the agent's
+/// measured read time per block) would take longer than recomputing the blocks they complete,
+/// so that a hit never costs more than a miss. `recompute_us` 0: unknown, as [`kvt_lookup`].
+///
+/// # Safety
+/// `keys` must hold `n` keys; `prefix` writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_lookup_vs_recompute(
+    client: *mut kvt_client,
+    keys: *const kvt_key,
+    n: usize,
+    recompute_us: u64,
+    prefix: *mut u32,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let keys = keys_of(unsafe { slice_arg(keys, n, "keys") }?);
+        if prefix.is_null() {
+            return Err(FfiError::null("prefix"));
+        }
+        let (p, _) = with_client(client, |inner| {
+            Ok(inner
+                .client
+                .as_mut()
+                .ok_or_else(closed)?
+                .lookup_vs_recompute(&keys, true, Duration::from_micros(recompute_us))?)
+        })?;
+        // SAFETY: writable per the contract.
+        unsafe { *prefix = p };
+        Ok(())
+    })
+}
+
 fn registered(inner: &Inner) -> Result<&Registered, FfiError> {
     inner
         .kv
@@ -516,8 +592,12 @@ pub unsafe extern "C" fn kvt_load_start(
         // SAFETY: per the contract.
         let c = unsafe { arg(client as *const kvt_client, "client") }?;
         let inner = c.inner.clone();
-        with_client(client, |i| check_blocks(registered(i)?, &blocks))?;
-        let state = Arc::new((Mutex::new(None), Condvar::new()));
+        let num_layers = with_client(client, |i| {
+            let kv = registered(i)?;
+            check_blocks(kv, &blocks)?;
+            Ok(kv.layout.num_layers())
+        })?;
+        let state: Arc<LoadProgress> = Arc::new(Default::default());
         let done = state.clone();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = cancel.clone();
@@ -525,7 +605,7 @@ pub unsafe extern "C" fn kvt_load_start(
             .name("kvtier-load".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    load(&inner, &keys, &blocks, &stop)
+                    load(&inner, &keys, &blocks, &stop, &done)
                 }))
                 .unwrap_or_else(|_| {
                     Err(FfiError {
@@ -535,13 +615,20 @@ pub unsafe extern "C" fn kvt_load_start(
                 });
                 let (m, cv) = &*done;
                 if let Ok(mut g) = m.lock() {
-                    *g = Some(result);
+                    g.outcome = Some(result);
                 }
                 cv.notify_all();
             })
             .map_err(|e| FfiError::from(Error::io("starting a load thread", e)))?;
         // SAFETY: writable per the contract.
-        unsafe { *out = Box::into_raw(Box::new(kvt_ticket { state, n, cancel })) };
+        unsafe {
+            *out = Box::into_raw(Box::new(kvt_ticket {
+                state,
+                n,
+                num_layers,
+                cancel,
+            }))
+        };
         Ok(())
     })
 }
@@ -551,6 +638,7 @@ fn load(
     keys: &[BlockKey],
     blocks: &[u32],
     cancel: &std::sync::atomic::AtomicBool,
+    progress: &LoadProgress,
 ) -> Result<Vec<bool>, FfiError> {
     let mut g = inner
         .lock()
@@ -561,14 +649,23 @@ fn load(
         .ok_or_else(|| FfiError::invalid("no KV memory registered: call kvt_register_kv first"))?;
     let c = client.as_mut().ok_or_else(closed)?;
     let mut failed = Vec::new();
-    let mut delivered = c.load_windows(keys, |window| {
+    // Only the last window completes a layer of every block of the load.
+    let report = |layer: u32| {
+        let (m, cv) = progress;
+        if let Ok(mut g) = m.lock() {
+            g.layers_ready = g.layers_ready.max(layer + 1);
+        }
+        cv.notify_all();
+    };
+    let mut delivered = c.load_windows(keys, |window, last| {
         // After a cancel the engine may already be reusing these blocks: never touch them.
         if cancel.load(std::sync::atomic::Ordering::Acquire) {
             failed.extend(window.iter().map(|&(i, _)| i));
             return;
         }
         let items: Vec<(u32, &[u8])> = window.iter().map(|&(i, p)| (blocks[i], p)).collect();
-        for (&(i, _), ok) in window.iter().zip(kv.scatter_many(&items)) {
+        let on_layer: &(dyn Fn(u32) + Sync) = if last { &report } else { &|_| {} };
+        for (&(i, _), ok) in window.iter().zip(kv.scatter_many(&items, on_layer)) {
             if !ok {
                 failed.push(i);
             }
@@ -612,9 +709,11 @@ pub unsafe extern "C" fn kvt_ticket_wait(
             .lock()
             .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
         let (g, _) = cv
-            .wait_timeout_while(g, Duration::from_millis(timeout_ms as u64), |r| r.is_none())
+            .wait_timeout_while(g, Duration::from_millis(timeout_ms as u64), |r| {
+                r.outcome.is_none()
+            })
             .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
-        match g.as_ref() {
+        match g.outcome.as_ref() {
             None => Err(FfiError {
                 status: KVT_ERR_TIMEOUT,
                 message: format!("the load did not finish within {timeout_ms} ms"),
@@ -631,6 +730,77 @@ pub unsafe extern "C" fn kvt_ticket_wait(
                 Ok(())
             }
         }
+    })
+}
+
+/// Waits up to `timeout_ms` until layer `layer` (0-based) of every block of a load is in the
+/// engine's memory, or the load has ended (then [`kvt_ticket_wait`] tells which blocks were
+/// delivered). Layers are copied in order, so an engine can compute layer `i` while the later
+/// layers are still being copied; with a load larger than the agent's window, layers complete
+/// with its last window. Writes into `*layers_ready` (may be NULL) how many leading layers are
+/// copied (the layout's layer count once the load has ended). `KVT_ERR_TIMEOUT` if not there
+/// yet: wait again, or free the ticket.
+///
+/// # Safety
+/// `ticket` must be live; `layers_ready` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvt_ticket_wait_layer(
+    ticket: *mut kvt_ticket,
+    layer: u32,
+    timeout_ms: u32,
+    layers_ready: *mut u32,
+) -> kvt_status {
+    guard(|| {
+        // SAFETY: per the contract.
+        let t = unsafe { arg(ticket as *const kvt_ticket, "ticket") }?;
+        if layer >= t.num_layers {
+            return Err(FfiError::invalid(format!(
+                "layer {layer} is out of range: the layout has {} layers",
+                t.num_layers
+            )));
+        }
+        let ready = wait_layer(
+            &t.state,
+            layer,
+            Duration::from_millis(timeout_ms as u64),
+            t.num_layers,
+        )?;
+        if !layers_ready.is_null() {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { *layers_ready = ready };
+        }
+        if ready > layer {
+            Ok(())
+        } else {
+            Err(FfiError {
+                status: KVT_ERR_TIMEOUT,
+                message: format!("layer {layer} of the load did not arrive within {timeout_ms} ms"),
+            })
+        }
+    })
+}
+
+/// Waits until layer `layer` is ready or the load has ended; the leading layers ready then
+/// (`num_layers` once ended).
+fn wait_layer(
+    state: &LoadProgress,
+    layer: u32,
+    timeout: Duration,
+    num_layers: u32,
+) -> Result<u32, FfiError> {
+    let (m, cv) = state;
+    let g = m
+        .lock()
+        .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
+    let (g, _) = cv
+        .wait_timeout_while(g, timeout, |r| {
+            r.outcome.is_none() && r.layers_ready <= layer
+        })
+        .map_err(|_| FfiError::invalid("the ticket is poisoned"))?;
+    Ok(if g.outcome.is_some() {
+        num_layers
+    } else {
+        g.layers_ready
     })
 }
 
@@ -651,7 +821,7 @@ pub unsafe extern "C" fn kvt_ticket_free(ticket: *mut kvt_ticket) {
         t.cancel.store(true, std::sync::atomic::Ordering::Release);
         let (m, cv) = &*t.state;
         if let Ok(g) = m.lock() {
-            drop(cv.wait_while(g, |r| r.is_none()));
+            drop(cv.wait_while(g, |r| r.outcome.is_none()));
         }
     }));
 }
@@ -695,7 +865,7 @@ mod tests {
                         .enumerate()
                         .map(|(k, &b)| (b, objects[k].as_slice()))
                         .collect();
-                    let ok = r.scatter_many(&items);
+                    let ok = r.scatter_many(&items, &|_| {});
                     assert!(ok.iter().all(|&x| x), "{kind:?}");
                     layers
                 };
@@ -712,5 +882,74 @@ mod tests {
                 assert_eq!(windowed(), one_thread(), "{kind:?} {blocks:?}");
             }
         }
+    }
+
+    /// A load hands the engine its layers in order: when the wait for layer 0 returns, layer 0
+    /// of every block is in place and the last layer is not (the copier is held inside the
+    /// report of layer 0 until the waiter has looked), and every layer lands in the end.
+    #[test]
+    fn a_layer_wait_returns_before_the_last_layer_is_copied() {
+        let layout = KvLayout::new(LayoutKind::VllmCpu, 4, 16, 16, 2, 8, KvDtype::Bf16).unwrap();
+        let len = layout.layer_bytes() as usize;
+        let blocks: Vec<u32> = (0..16).collect();
+        let objects: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|&b| vec![b as u8 + 1; layout.object_len() as usize])
+            .collect();
+        let mut want = vec![vec![0u8; len]; 4];
+        {
+            let mut w: Vec<&mut [u8]> = want.iter_mut().map(|l| l.as_mut_slice()).collect();
+            for &b in &blocks {
+                layout.scatter(&objects[b as usize], &mut w, b).unwrap();
+            }
+        }
+        let mut layers = vec![vec![0u8; len]; 4];
+        let ptrs: Vec<usize> = layers.iter_mut().map(|l| l.as_mut_ptr() as usize).collect();
+        let r = Registered {
+            layout: layout.clone(),
+            memory: Memory::Host(ptrs.clone()),
+        };
+        let state: LoadProgress = Default::default();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let report = |layer: u32| {
+            let (m, cv) = &state;
+            m.lock().unwrap().layers_ready = layer + 1;
+            cv.notify_all();
+            if layer == 0 {
+                // Held until the waiter has looked (bounded: a failing waiter ends the test).
+                let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+        };
+        std::thread::scope(|s| {
+            let copier = s.spawn(|| {
+                let items: Vec<(u32, &[u8])> = blocks
+                    .iter()
+                    .map(|&b| (b, objects[b as usize].as_slice()))
+                    .collect();
+                // One copier, so that nothing writes while the waiter looks.
+                r.scatter_on(&items, &report, 1)
+            });
+            let ready = wait_layer(&state, 0, Duration::from_secs(30), 4).unwrap();
+            assert_eq!(ready, 1, "layer 0 is reported alone");
+            // SAFETY: read-only views while the only copier is parked in the report of
+            // layer 0.
+            let view = |l: usize| unsafe { std::slice::from_raw_parts(ptrs[l] as *const u8, len) };
+            assert!(
+                view(0) == want[0].as_slice(),
+                "layer 0 of every block is in place"
+            );
+            assert!(
+                view(3).iter().all(|&b| b == 0),
+                "the last layer is not copied yet when layer 0's wait returns"
+            );
+            go_tx.send(()).unwrap();
+            assert!(copier.join().unwrap().iter().all(|&ok| ok));
+        });
+        assert_eq!(wait_layer(&state, 3, Duration::ZERO, 4).unwrap(), 4);
+        assert_eq!(
+            layers, want,
+            "every layer of every block lands where the layout puts it"
+        );
     }
 }

@@ -325,7 +325,31 @@ impl AgentClient {
         prefetch: bool,
         budget: Duration,
     ) -> Result<(u32, u32)> {
+        self.lookup_costed(keys, prefetch, budget, Duration::ZERO)
+    }
+
+    /// [`lookup`](Self::lookup) that also weighs loading against recomputing: `recompute` is
+    /// the engine's estimate of the time to recompute every block of `keys`; the prefix then
+    /// stops where reading more blocks from the pool would take longer than recomputing the
+    /// blocks they complete. `Duration::ZERO`: unknown (no such bound).
+    pub fn lookup_vs_recompute(
+        &mut self,
+        keys: &[BlockKey],
+        prefetch: bool,
+        recompute: Duration,
+    ) -> Result<(u32, u32)> {
+        self.lookup_costed(keys, prefetch, self.cfg.load_budget, recompute)
+    }
+
+    fn lookup_costed(
+        &mut self,
+        keys: &[BlockKey],
+        prefetch: bool,
+        budget: Duration,
+        recompute: Duration,
+    ) -> Result<(u32, u32)> {
         let budget_us = budget.as_micros().clamp(0, u64::MAX as u128) as u64;
+        let recompute_us = recompute.as_micros().clamp(0, u64::MAX as u128) as u64;
         let keys = to_proto(keys);
         let r = self.call_again(|mut g, session| {
             let keys = keys.clone();
@@ -335,6 +359,7 @@ impl AgentClient {
                     keys,
                     prefetch,
                     budget_us,
+                    recompute_us,
                 })
                 .await
             }
@@ -512,7 +537,7 @@ impl AgentClient {
         keys: &[BlockKey],
         mut sink: impl FnMut(usize, &[u8]),
     ) -> Result<Vec<bool>> {
-        self.load_windows(keys, |blocks| {
+        self.load_windows(keys, |blocks, _| {
             for &(i, p) in blocks {
                 sink(i, p);
             }
@@ -520,12 +545,13 @@ impl AgentClient {
     }
 
     /// [`load`](Self::load), handing `sink` each window's blocks at once (`(i, payload)` of
-    /// `keys[i]`), so that the engine can copy them out in parallel: the payloads stay leased
-    /// until `sink` returns.
+    /// `keys[i]`), so that the engine can copy them out in parallel, and whether it is the last
+    /// window (no block of `keys` comes after it): the payloads stay leased until `sink`
+    /// returns.
     pub fn load_windows(
         &mut self,
         keys: &[BlockKey],
-        mut sink: impl FnMut(&[(usize, &[u8])]),
+        mut sink: impl FnMut(&[(usize, &[u8])], bool),
     ) -> Result<Vec<bool>> {
         let deadline = std::time::Instant::now() + self.cfg.load_budget;
         let mut delivered = Vec::with_capacity(keys.len());
@@ -535,10 +561,10 @@ impl AgentClient {
             let budget = deadline
                 .saturating_duration_since(std::time::Instant::now())
                 .min(self.cfg.timeout * 3 / 4);
-            let got = self.load_window(&keys[at..], budget, |blocks| {
+            let got = self.load_window(&keys[at..], budget, |blocks, last| {
                 let shifted: Vec<(usize, &[u8])> =
                     blocks.iter().map(|&(i, p)| (at + i, p)).collect();
-                sink(&shifted)
+                sink(&shifted, last)
             })?;
             at += got.len();
             delivered.extend(got);
@@ -552,7 +578,7 @@ impl AgentClient {
         &mut self,
         keys: &[BlockKey],
         budget: Duration,
-        sink: impl FnOnce(&[(usize, &[u8])]),
+        sink: impl FnOnce(&[(usize, &[u8])], bool),
     ) -> Result<Vec<bool>> {
         let ks = to_proto(keys);
         let budget_ms = budget.as_millis().min(u32::MAX as u128) as u32;
@@ -590,7 +616,7 @@ impl AgentClient {
                 }
             }
         }
-        sink(&blocks);
+        sink(&blocks, delivered.len() == keys.len());
         drop(blocks);
         self.release_leases(leases);
         match first_err {

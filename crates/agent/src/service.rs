@@ -125,7 +125,8 @@ impl Agent for Service {
         let (prefix_blocks, in_memory) = self
             .run(AgentOp::Lookup, span, move |s| {
                 let budget = (r.budget_us > 0).then(|| Duration::from_micros(r.budget_us));
-                s.lookup(r.session, &keys(&r.keys), r.prefetch, budget)
+                let recompute = (r.recompute_us > 0).then(|| Duration::from_micros(r.recompute_us));
+                s.lookup(r.session, &keys(&r.keys), r.prefetch, budget, recompute)
             })
             .await?;
         Ok(Response::new(proto::LookupResponse {

@@ -409,6 +409,44 @@ impl KvLayout {
         }
         Ok(())
     }
+
+    /// [`scatter_to`](Self::scatter_to) of one layer only: copies `layer`'s slice of the block
+    /// object into that layer's tensor, so that a load can hand the engine its layers in order.
+    ///
+    /// # Safety
+    /// As for [`scatter_to`](Self::scatter_to).
+    pub unsafe fn scatter_layer_to(
+        &self,
+        object: &[u8],
+        layers: &[*mut u8],
+        block: u32,
+        layer: u32,
+    ) -> Result<()> {
+        self.check_layers(layers.iter().map(|_| self.layer_bytes as usize))?;
+        self.check_object(object.len())?;
+        if layer >= self.num_layers {
+            return Err(Error::invalid(format!(
+                "layer {layer} is out of range: the layout has {} layers",
+                self.num_layers
+            )));
+        }
+        let base = self.object_layer_range(layer).start;
+        let mut off = base;
+        for r in self.block_ranges(block)? {
+            debug_assert!(r.end as u64 <= self.layer_bytes);
+            // SAFETY: the range lies inside the layer tensor and `off..off + r.len()` inside
+            // the object (both sizes checked above); the caller owns the block's bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    object.as_ptr().add(off),
+                    layers[layer as usize].add(r.start),
+                    r.len(),
+                );
+            }
+            off += r.len();
+        }
+        Ok(())
+    }
 }
 
 fn overflow() -> Error {

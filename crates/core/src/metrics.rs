@@ -418,9 +418,13 @@ families! {
     /// Blocks not saved, by reason: `no_room` (the arena stayed full for the save's whole
     /// wait), `pool_down` (the arena was full while writes to the pool were failing).
     AgentDroppedSaves => ("kvtier_agent_dropped_saves_total", Counter),
-    /// Lookups whose prefix was cut where reading more blocks from the pool would not fit the
-    /// engine's load budget at the measured read rate.
+    /// Lookups whose prefix was cut, by reason: `budget` (reading more blocks from the pool
+    /// would not fit the engine's load budget at the measured read rate), `recompute` (it would
+    /// take longer than the engine recomputing them).
     AgentShortenedLookups => ("kvtier_agent_shortened_lookups_total", Counter),
+    /// Windows of blocks handed out by loads: a load larger than the agent's window (a quarter
+    /// of the arena) takes several, each copied out and released before the next.
+    AgentLoadWindows => ("kvtier_agent_load_windows_total", Counter),
     /// Measured time to read one block through from the pool (a moving average of batched
     /// reads; 0 until the first), which bounds what a lookup promises.
     AgentReadSecondsPerBlock => ("kvtier_agent_read_seconds_per_block", Gauge),

@@ -118,7 +118,10 @@ pub fn agent_page(
         s.pool_write_errors,
     );
     w.counter(Family::AgentSaveWaits, &[], s.save_waits);
-    w.counter(Family::AgentShortenedLookups, &[], s.shortened_lookups);
+    for &(reason, n) in &s.shortened_lookups {
+        w.counter(Family::AgentShortenedLookups, &[("reason", reason)], n);
+    }
+    w.counter(Family::AgentLoadWindows, &[], s.load_windows);
     w.gauge(
         Family::AgentReadSecondsPerBlock,
         &[],

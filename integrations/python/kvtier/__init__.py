@@ -126,12 +126,16 @@ _SIGNATURES = {
                                 ctypes.c_size_t, ctypes.c_int32], _st),
     "kvt_lookup": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t,
                     ctypes.POINTER(ctypes.c_uint32)], _st),
+    "kvt_lookup_vs_recompute": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.c_size_t, ctypes.c_uint64,
+                                 ctypes.POINTER(ctypes.c_uint32)], _st),
     "kvt_save": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
                   ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)], _st),
     "kvt_load_start": ([ctypes.c_void_p, ctypes.POINTER(_Key), ctypes.POINTER(ctypes.c_uint32),
                         ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)], _st),
     "kvt_ticket_wait": ([ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8),
                          ctypes.c_size_t], _st),
+    "kvt_ticket_wait_layer": ([ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32,
+                               ctypes.POINTER(ctypes.c_uint32)], _st),
     "kvt_ticket_free": ([ctypes.c_void_p], None),
 }
 
@@ -261,11 +265,20 @@ def _keys_array(keys: Sequence[int]):
 
 
 class LoadTicket:
-    """A load in flight: `wait()` returns per-block flags (False: recompute that block)."""
+    """A load in flight: `wait()` returns per-block flags (False: recompute that block);
+    `wait_layer(i)` returns once layer i of every block is in place (layers arrive in order)."""
 
     def __init__(self, handle, n: int):
         self._h = handle
         self.n = n
+
+    def wait_layer(self, layer: int, timeout_ms: int = 10000) -> int:
+        """Waits until layer `layer` of every block is copied, or the load ended (then `wait()`
+        tells which blocks landed); returns how many leading layers are copied. Raises
+        KvtierError (KVT_ERR_TIMEOUT) if the layer is not there in time."""
+        ready = ctypes.c_uint32()
+        _check(lib().kvt_ticket_wait_layer(self._h, layer, timeout_ms, ctypes.byref(ready)))
+        return ready.value
 
     def wait(self, timeout_ms: int = 10000) -> List[bool]:
         flags = (ctypes.c_uint8 * max(self.n, 1))()
@@ -311,9 +324,16 @@ class Client:
         arr = (ctypes.c_uint64 * max(len(layer_ptrs), 1))(*layer_ptrs)
         _check(lib().kvt_register_kv_device(self._h, self.layout._h, arr, len(layer_ptrs), device))
 
-    def lookup(self, keys: Sequence[int]) -> int:
+    def lookup(self, keys: Sequence[int], recompute_us: int = 0) -> int:
+        """How many leading keys are held (and loadable within the load budget). With
+        `recompute_us`, the engine's estimate of the time to recompute all of `keys`, only as many
+        as load faster than they recompute."""
         prefix = ctypes.c_uint32()
-        _check(lib().kvt_lookup(self._h, _keys_array(keys), len(keys), ctypes.byref(prefix)))
+        if recompute_us > 0:
+            _check(lib().kvt_lookup_vs_recompute(self._h, _keys_array(keys), len(keys),
+                                                 int(recompute_us), ctypes.byref(prefix)))
+        else:
+            _check(lib().kvt_lookup(self._h, _keys_array(keys), len(keys), ctypes.byref(prefix)))
         return prefix.value
 
     def save(self, keys: Sequence[int], block_ids: Sequence[int]) -> int:

@@ -50,6 +50,14 @@ class Settings:
     load_async: bool = False
     # Directory where each connector process writes its counters as JSON. Default: none.
     stats_dir: str = ""
+    # Hand each layer's KV to the forward as soon as it is copied (layer i computes while the
+    # later layers are copied) instead of waiting for the whole load at the first layer.
+    # Default: true.
+    layerwise: bool = True
+    # Prefill time per token in microseconds, to weigh loading a prefix from the pool against
+    # recomputing it (a hit never costs more than a miss). Default: 0, learnt from the engine's
+    # own prefill steps.
+    prefill_us_per_token: float = 0.0
 
     @staticmethod
     def from_extra(extra: Optional[Dict[str, Any]]) -> "Settings":

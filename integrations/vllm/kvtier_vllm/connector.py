@@ -89,7 +89,9 @@ class KvtierConnector(KVConnectorBase_V1):
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: "AttentionMetadata",
                       **kwargs: Any) -> None:
-        return  # block objects hold every layer: saved whole in wait_for_save
+        # Block objects hold every layer: a step's blocks are saved whole in wait_for_save, one
+        # copy per block into the agent's arena (see docs/vllm.md, "Layer-wise loads").
+        return
 
     def wait_for_save(self) -> None:
         meta = self._connector_metadata
@@ -132,6 +134,11 @@ class KvtierConnector(KVConnectorBase_V1):
             return KvtierConnectorMetadata()
         loads, saves = self._scheduler.build_meta(scheduler_output)
         return KvtierConnectorMetadata(loads=loads, saves=saves)
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        super().update_connector_output(connector_output)
+        if self._scheduler is not None:
+            self._scheduler.step_done()
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> Tuple[bool, Optional[dict]]:
         if self._scheduler is not None:

@@ -1,8 +1,10 @@
 """The scheduler side (vLLM's EngineCore process): looks up how many leading blocks of a prompt
 kvtier holds for every rank, plans their load into the blocks vLLM allocated, and plans the
 save of every prompt block once it is computed."""
+import collections
+import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import kvtier
 
@@ -34,6 +36,9 @@ class SchedulerSide:
         self.kv_cache_manager: Any = None
         self._reqs: Dict[str, _Req] = {}
         self._loads: Dict[str, BlockOp] = {}
+        self.prefill = PrefillRate(settings.prefill_us_per_token)
+        # Steps planned and not yet back: (when planned, tokens scheduled).
+        self._steps: Deque[Tuple[float, int]] = collections.deque(maxlen=8)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -54,9 +59,12 @@ class SchedulerSide:
         salt, lora, mm = request_key_inputs(request)
         tokens = list(prompt[:max_blocks * self.bs])
         hit = max_blocks
+        # What recomputing every candidate block would take: a prefix from the pool is counted
+        # only as far as loading it is faster.
+        recompute_us = self.prefill.us_for(max_blocks * self.bs)
         try:
             for km in self.key_makers:
-                hit = min(hit, client.lookup(km.keys(tokens, salt, lora, mm)))
+                hit = min(hit, client.lookup(km.keys(tokens, salt, lora, mm), recompute_us))
                 if hit * self.bs <= num_computed_tokens:
                     break
         except kvtier.KvtierError as e:
@@ -103,6 +111,7 @@ class SchedulerSide:
     # -- per step ---------------------------------------------------------------------------
 
     def build_meta(self, scheduler_output: Any) -> Tuple[List[BlockOp], List[BlockOp]]:
+        self._steps.append((time.monotonic(), int(getattr(scheduler_output, "total_num_scheduled_tokens", 0))))
         loads = list(self._loads.values())
         self._loads.clear()
         saves: List[BlockOp] = []
@@ -142,6 +151,40 @@ class SchedulerSide:
         self.stats.add("planned_save_blocks", full - st.saved)
         st.saved = full
 
+    def step_done(self) -> None:
+        """The output of the oldest step planned is back: its time per token teaches the
+        prefill rate (steps of at least a block of tokens: prefills, not decodes)."""
+        if not self._steps:
+            return
+        started, tokens = self._steps.popleft()
+        if tokens >= max(self.bs, PrefillRate.MIN_TOKENS) and self.prefill.learn(tokens, time.monotonic() - started):
+            self.stats.add("prefill_samples")
+
     def request_finished(self, request: Any) -> None:
         self._reqs.pop(request.request_id, None)
         self._loads.pop(request.request_id, None)
+
+
+class PrefillRate:
+    """The engine's prefill time per token, learnt from its own steps (a moving average over
+    steps that computed at least MIN_TOKENS tokens), or fixed by the operator."""
+
+    MIN_TOKENS = 256
+    WEIGHT = 0.3  # of the newest step
+
+    def __init__(self, fixed_us_per_token: float = 0.0):
+        self.fixed = fixed_us_per_token > 0
+        self.us_per_token = fixed_us_per_token
+
+    def learn(self, tokens: int, seconds: float) -> bool:
+        """Counts a step of `tokens` tokens that took `seconds`; whether it was used."""
+        if self.fixed or tokens <= 0 or seconds <= 0:
+            return False
+        sample = seconds * 1e6 / tokens
+        self.us_per_token = sample if self.us_per_token <= 0 else (
+            self.WEIGHT * sample + (1 - self.WEIGHT) * self.us_per_token)
+        return True
+
+    def us_for(self, tokens: int) -> int:
+        """Estimated microseconds to prefill `tokens` tokens; 0 while unknown."""
+        return int(self.us_per_token * tokens)

@@ -1,5 +1,6 @@
 """The worker side (one per rank): registers the rank's KV tensors with the agent, runs the loads
 and saves the scheduler planned, and reports blocks that did not load so vLLM recomputes them."""
+import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import kvtier
@@ -26,6 +27,8 @@ class WorkerSide:
         self._sync: List[Tuple[BlockOp, Optional[kvtier.LoadTicket]]] = []
         self._async: Dict[str, List[Tuple[BlockOp, Optional[kvtier.LoadTicket]]]] = {}
         self._errors: Set[int] = set()
+        self._layer_index = {name: i for i, name in enumerate(shape.layer_names)}
+        self._sync_deadline = 0.0
 
     # -- registration -------------------------------------------------------------------------
 
@@ -72,6 +75,7 @@ class WorkerSide:
     # -- loads ----------------------------------------------------------------------------------
 
     def start_load_kv(self, loads: List[BlockOp]) -> None:
+        self._sync_deadline = time.monotonic() + self.settings.load_timeout_ms / 1000
         for op in loads:
             self.stats.add("load_blocks", len(op.block_ids))
             ticket = None
@@ -87,9 +91,31 @@ class WorkerSide:
             (self._async.setdefault(op.req_id, []) if op.is_async else self._sync).append((op, ticket))
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        # Block objects hold every layer, so the first layer waits for all of this step's loads.
+        """Waits until this layer of every block of this step's loads is in place: libkvtier
+        copies a load layer by layer, so the forward computes layer i while later layers are
+        copied. Without `layerwise`, the first layer waits for the whole load."""
+        if not self._sync:
+            return
+        layer = self._layer_index.get(layer_name)
+        if not self.settings.layerwise or layer is None:
+            return self._finish_sync()
+        for _, ticket in self._sync:
+            if ticket is None:
+                continue
+            try:
+                ready = ticket.wait_layer(layer, self._remaining_ms())
+            except kvtier.KvtierError:
+                # Timed out or failed: settle the whole load now (its blocks are recomputed).
+                return self._finish_sync()
+            if layer == 0 and ready < self.shape.num_layers:
+                self.stats.add("layer_waits_early")  # the forward started before the last layer
+
+    def _remaining_ms(self) -> int:
+        return max(0, int((self._sync_deadline - time.monotonic()) * 1000))
+
+    def _finish_sync(self) -> None:
         if self._sync:
-            self._finish(self._sync, self.settings.load_timeout_ms)
+            self._finish(self._sync, self._remaining_ms())
             self._sync = []
 
     def _finish(self, pending: List[Tuple[BlockOp, Optional[kvtier.LoadTicket]]], timeout_ms: int) -> None:
@@ -144,7 +170,7 @@ class WorkerSide:
     # -- saves ----------------------------------------------------------------------------------
 
     def wait_for_save(self, saves: List[BlockOp]) -> None:
-        self.wait_for_layer_load("")  # a step whose forward skipped attention still completes its loads
+        self._finish_sync()  # every load of the step is settled (and a forward that skipped attention)
         if not saves:
             self.stats.flush()
             return

@@ -41,8 +41,20 @@ def engine(role: str, socket: str) -> None:
         print("saved", stored)
     elif role == "load":
         assert client.lookup(keys) == 256
+        # Every block is in the agent's memory: loading beats any recompute time.
+        assert client.lookup(keys, recompute_us=1) == 256
         ids = [299 - i for i in range(256)]
-        flags = client.load(keys, ids)
+        ticket = client.load_start(keys, ids)
+        # Layers arrive in order; a layer's wait returns once it is in place for every block.
+        for l in range(4):
+            ready = ticket.wait_layer(l)
+            assert l < ready <= 4, (l, ready)
+        try:
+            ticket.wait_layer(4)
+            raise AssertionError("layer 4 of a 4-layer load was accepted")
+        except kvtier.KvtierError as e:
+            assert "out of range" in str(e), e
+        flags = ticket.wait()
         assert all(flags), flags
         for l, buf in enumerate(layers):
             data = bytes(buf)

@@ -124,10 +124,16 @@ def test_same_prompt_twice_loads_from_kvtier(env, agent):
     assert run(env, "r1", "same") == 0, "a fresh agent cannot hit"
     s1 = r1.stats()
     assert delta(s0, s1, "worker0", "saved_blocks") == full_blocks("same")
+    # The 700-token prefill taught the scheduler its prefill rate (lookups weigh loads with it).
+    assert delta(s0, s1, "scheduler", "prefill_samples") >= 1
     assert run(env, "r1", "same") == full_blocks("same") * BS
     s2 = r1.stats()
     assert delta(s1, s2, "worker0", "loaded_blocks") == full_blocks("same")
     assert delta(s1, s2, "worker0", "failed_blocks") == 0
+    # Loaded layer by layer (the ids above match the run without kvtier); whether the forward
+    # reached layer 0 before the last layer landed depends on timing: reported, not asserted.
+    print(f"\nfirst-layer waits that returned before the last layer: "
+          f"{delta(s1, s2, 'worker0', 'layer_waits_early')}")
     # A prompt of whole blocks: all of them load and vLLM computes only the last token.
     assert run(env, "r1", "exact") == 0
     assert run(env, "r1", "exact") == len(PROMPTS["exact"]) - 1

@@ -7,13 +7,17 @@ impl State {
     /// memory. With `prefetch`, pool-resident ones are read into memory in the background.
     /// With a `budget` (the engine's load budget), the prefix counts only as many blocks from
     /// the pool as reads at the measured rate fit in three quarters of it (a shortened lookup
-    /// is counted): a lookup promises what a load can deliver.
+    /// is counted): a lookup promises what a load can deliver. With `recompute` (the engine's
+    /// estimate of the time to recompute all of `keys`), the prefix stops where reading more
+    /// pool blocks would cost more than recomputing what they complete (counted too): a hit
+    /// never costs more than a miss.
     pub fn lookup(
         self: &Arc<Self>,
         session: u64,
         keys: &[BlockKey],
         prefetch: bool,
         budget: Option<Duration>,
+        recompute: Option<Duration>,
     ) -> Result<(u32, u32)> {
         self.session_digest(session)?;
         let per_block = self.read_ns_per_block.load(Ordering::Relaxed);
@@ -21,36 +25,54 @@ impl State {
             Some(b) if per_block > 0 => (b.as_nanos() * 3 / 4 / per_block as u128) as usize,
             _ => usize::MAX,
         };
-        let (mut prefix, mut in_memory) = (0u32, 0u32);
-        let mut from_pool = Vec::new();
+        // Per block of the prefix: whether it is in memory (else in the pool).
+        let mut resident: Vec<bool> = Vec::new();
+        let mut from_pool = 0usize;
         // Asked of the pool once, in one batch, from the first key not in memory on.
         let mut in_pool: Option<(usize, Vec<bool>)> = None;
         for (i, &k) in keys.iter().enumerate() {
             // Touch what is in memory: prefetching the rest must not evict this prefix's head.
             if self.arena.touch(k) {
-                in_memory += 1;
-            } else if let Some(store) = &self.store {
-                let (start, has) = in_pool.get_or_insert_with(|| {
-                    (
-                        i,
-                        timed(&self.pool_latency, PoolCall::Exists, keys.len() - i, || {
-                            store.contains_many(&keys[i..])
-                        }),
-                    )
-                });
-                if !has[i - *start] {
-                    break;
-                }
-                if from_pool.len() >= max_from_pool {
-                    self.counters.shortened_lookups.inc();
-                    break;
-                }
-                from_pool.push(k);
-            } else {
+                resident.push(true);
+                continue;
+            }
+            let Some(store) = &self.store else { break };
+            let (start, has) = in_pool.get_or_insert_with(|| {
+                (
+                    i,
+                    timed(&self.pool_latency, PoolCall::Exists, keys.len() - i, || {
+                        store.contains_many(&keys[i..])
+                    }),
+                )
+            });
+            if !has[i - *start] {
                 break;
             }
-            prefix += 1;
+            if from_pool >= max_from_pool {
+                self.counters.shortened_lookups_budget.inc();
+                break;
+            }
+            from_pool += 1;
+            resident.push(false);
         }
+        if let Some(r) = recompute {
+            let cut = worth_loading(
+                &resident,
+                r.as_nanos() / keys.len().max(1) as u128,
+                per_block,
+            );
+            if cut < resident.len() {
+                self.counters.shortened_lookups_recompute.inc();
+                resident.truncate(cut);
+            }
+        }
+        let in_memory = resident.iter().filter(|&&m| m).count() as u32;
+        let from_pool: Vec<BlockKey> = resident
+            .iter()
+            .zip(keys)
+            .filter(|(&m, _)| !m)
+            .map(|(_, &k)| k)
+            .collect();
         if prefetch && !from_pool.is_empty() {
             let mut q = self.prefetch.lock();
             if q.len() >= PREFETCH_QUEUE {
@@ -59,7 +81,7 @@ impl State {
             q.push_back(from_pool);
             self.prefetch_cv.notify_one();
         }
-        Ok((prefix, in_memory))
+        Ok((resident.len() as u32, in_memory))
     }
 
     /// Pins the slots of stored keys, reading through from the pool within `budget`, for at most
@@ -74,6 +96,7 @@ impl State {
     ) -> Result<(Vec<Granted>, u32)> {
         let (digest, tenant) = self.session_info(session)?;
         let keys = &keys[..keys.len().min(self.window)];
+        self.counters.load_windows.inc();
         let deadline = Instant::now() + budget;
         let mut out = Vec::new();
         // A window at a time: the window's blocks already in memory are pinned first (so the
@@ -152,5 +175,39 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// The prefix length (of a prefix whose blocks are in memory or, `false`, in the pool) whose
+/// load plus the recompute of the rest takes least: a block saves `recompute_ns` of prefill and
+/// a pool block costs `read_ns` to read (`0`: not measured yet, free). The longest such prefix.
+fn worth_loading(resident: &[bool], recompute_ns: u128, read_ns: u64) -> usize {
+    let (mut saving, mut best, mut best_at) = (0i128, 0i128, 0usize);
+    for (i, &m) in resident.iter().enumerate() {
+        saving += recompute_ns as i128 - if m { 0 } else { read_ns as i128 };
+        if saving >= best {
+            (best, best_at) = (saving, i + 1);
+        }
+    }
+    best_at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_loading;
+
+    #[test]
+    fn a_prefix_is_cut_where_reading_costs_more_than_recomputing() {
+        let (m, p) = (true, false);
+        // Reads cheaper than recomputing: every block is worth it.
+        assert_eq!(worth_loading(&[m, p, p, p], 10, 5), 4);
+        // Reads dearer: only the blocks in memory, up to the first pool block...
+        assert_eq!(worth_loading(&[m, m, p, p], 10, 50), 2);
+        // ...unless enough blocks in memory follow to pay for it (2 x 10 saved > 15 - 10 lost).
+        assert_eq!(worth_loading(&[m, p, m, m], 10, 15), 4);
+        assert_eq!(worth_loading(&[m, p, m], 10, 40), 1);
+        // Nothing measured yet: reads count as free.
+        assert_eq!(worth_loading(&[p, p], 10, 0), 2);
+        assert_eq!(worth_loading(&[], 10, 5), 0);
     }
 }

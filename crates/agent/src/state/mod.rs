@@ -150,9 +150,11 @@ pub struct AgentStats {
     /// Blocks not saved: no room in the arena within the save's wait (`no_room`), or none
     /// while the pool was failing (`pool_down`).
     pub dropped_saves: Vec<(&'static str, u64)>,
-    /// Lookups whose prefix was cut where reading more from the pool would not fit the
-    /// engine's load budget.
-    pub shortened_lookups: u64,
+    /// Lookups whose prefix was cut, by reason: reading more from the pool would not fit the
+    /// engine's load budget (`budget`), or would take longer than recomputing (`recompute`).
+    pub shortened_lookups: Vec<(&'static str, u64)>,
+    /// Windows of blocks handed out by loads (a load larger than a window takes several).
+    pub load_windows: u64,
     /// Measured time to read one block through from the pool, in ns (0: none read yet).
     pub read_ns_per_block: u64,
     /// Objects that failed their checksum on the way back from the pool.
@@ -193,7 +195,9 @@ struct Counters {
     save_waits: Counter,
     dropped_saves_no_room: Counter,
     dropped_saves_pool_down: Counter,
-    shortened_lookups: Counter,
+    shortened_lookups_budget: Counter,
+    shortened_lookups_recompute: Counter,
+    load_windows: Counter,
     reclaimed_leases: Counter,
 }
 

@@ -81,7 +81,11 @@ impl State {
                 ("no_room", c.dropped_saves_no_room.get()),
                 ("pool_down", c.dropped_saves_pool_down.get()),
             ],
-            shortened_lookups: c.shortened_lookups.get(),
+            shortened_lookups: vec![
+                ("budget", c.shortened_lookups_budget.get()),
+                ("recompute", c.shortened_lookups_recompute.get()),
+            ],
+            load_windows: c.load_windows.get(),
             read_ns_per_block: self.read_ns_per_block.load(Ordering::Relaxed),
             corrupt: pool
                 .as_ref()
