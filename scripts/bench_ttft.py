@@ -5,6 +5,8 @@ prompts of each size (fresh random token ids per round), for:
   miss             prefill from scratch (server A, kvtier connector; the save is part of it)
   kvtier_same      kvtier hit on the replica that stored it (server A, prefix caching off)
   kvtier_other     kvtier hit on another replica (server B, same agent)
+  kvtier_whole     kvtier_same with layer-wise loads off: the forward waits for the whole load at
+                   its first layer (server W, same agent)
   kvtier_pool      kvtier hit through an arena smaller than the request (server A, a second agent
                    with --pool-arena-bytes): most blocks come from the pool (the share is reported)
   example          vLLM's ExampleConnector hit (server C, files under a scratch folder)
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 
-CASES = ["miss", "kvtier_same", "kvtier_other", "kvtier_pool", "example", "prefix_cache"]
+CASES = ["miss", "kvtier_same", "kvtier_whole", "kvtier_other", "kvtier_pool", "example", "prefix_cache"]
 BLOCK = 128
 
 
@@ -116,10 +118,29 @@ class Server:
         self._log.close()
 
 
-def kvtier_config(sock: str) -> dict:
+def kvtier_config(sock: str, stats_dir: str, layerwise: bool = True) -> dict:
     return {"kv_connector": "KvtierConnector", "kv_connector_module_path": "kvtier_vllm.connector",
             "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {"socket": sock, "reconnect_s": 0.5}}
+            "kv_connector_extra_config": {"socket": sock, "reconnect_s": 0.5, "stats_dir": stats_dir,
+                                          "layerwise": layerwise}}
+
+
+def connector_counts(stats_dir: str) -> dict:
+    """The connector's counters of one server, summed over its processes."""
+    out = {}
+    for name in os.listdir(stats_dir) if os.path.isdir(stats_dir) else []:
+        if name.endswith(".json"):
+            try:
+                with open(os.path.join(stats_dir, name)) as f:
+                    for k, v in json.load(f).items():
+                        out[k] = out.get(k, 0) + v
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+# Connector timings reported per hit (microseconds, summed over the request's steps).
+TIMINGS = ("lookup_us", "load_wait_us", "load_finish_us", "save_us")
 
 
 def scrape_hits(port: int) -> dict:
@@ -201,6 +222,7 @@ def main() -> int:
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
     })
     sock = os.path.join(work, "agent.sock")
+    stats_of = {n: os.path.join(work, f"connector-stats-{n}") for n in ("A", "B", "W")}
     agent = None
     results = {c: {} for c in cases}
 
@@ -237,13 +259,32 @@ def main() -> int:
             for srv in servers.values():
                 srv.stop()
 
+    timings = {}  # case -> timing -> size -> [us per hit]
+    hits_measured = [0]
+
+    def timed_hit(case, srv, prompt):
+        before = connector_counts(stats_of[srv.name])
+        t = srv.ttft(prompt, a.model)
+        after = connector_counts(stats_of[srv.name])
+        size = len(prompt) - a.extra_tokens
+        for k in TIMINGS:
+            timings.setdefault(case, {}).setdefault(k, {}).setdefault(size, []).append(
+                after.get(k, 0) - before.get(k, 0))
+        return t
+
     def measure_kvtier(servers, prompt):
         got = {}
         got["miss"] = servers["A"].ttft(prompt, a.model)  # prefill; its blocks are saved to kvtier
-        if "kvtier_same" in cases:
-            got["kvtier_same"] = servers["A"].ttft(prompt, a.model)
+        # The two hits from the arena take turns going first.
+        hits = [("kvtier_same", "A"), ("kvtier_whole", "W")]
+        if hits_measured[0] % 2:
+            hits.reverse()
+        hits_measured[0] += 1
+        for case, name in hits:
+            if case in cases:
+                got[case] = timed_hit(case, servers[name], prompt)
         if "B" in servers:
-            got["kvtier_other"] = servers["B"].ttft(prompt, a.model)
+            got["kvtier_other"] = timed_hit("kvtier_other", servers["B"], prompt)
         return got
 
     pool_share = {}
@@ -251,7 +292,7 @@ def main() -> int:
     def measure_pool(servers, prompt):
         servers["A"].ttft(prompt, a.model)  # a miss on this agent: saved through its small arena
         before = scrape_hits(agent_port)
-        got = {"kvtier_pool": servers["A"].ttft(prompt, a.model)}
+        got = {"kvtier_pool": timed_hit("kvtier_pool", servers["A"], prompt)}
         after = scrape_hits(agent_port)
         d = {t: after.get(t, 0) - before.get(t, 0) for t in after}
         total = sum(d.values())
@@ -312,7 +353,7 @@ def main() -> int:
                 raise RuntimeError("the connector did not reconnect to the second agent")
 
     try:
-        kvtier_cases = {"miss", "kvtier_same", "kvtier_other"} & set(cases)
+        kvtier_cases = {"miss", "kvtier_same", "kvtier_whole", "kvtier_other"} & set(cases)
         passes = []
         if kvtier_cases:
             start_agent(a.arena_bytes, "pool")  # before the servers: they connect at start
@@ -325,9 +366,11 @@ def main() -> int:
                 passes.append((None, measure_pool))
         if passes:
             # Prefix caching off: a repeated prompt can only hit through the connector.
-            specs = [("A", kvtier_config(sock), False)]
+            specs = [("A", kvtier_config(sock, stats_of["A"]), False)]
+            if "kvtier_whole" in cases:
+                specs.append(("W", kvtier_config(sock, stats_of["W"], layerwise=False), False))
             if "kvtier_other" in cases:
-                specs.append(("B", kvtier_config(sock), False))
+                specs.append(("B", kvtier_config(sock, stats_of["B"]), False))
             phase(specs, passes)
             stop_agent()
         specs = []
@@ -357,6 +400,9 @@ def main() -> int:
     bounds = {"bound_copy": {size: kv[size] / copy_bw for size in a.sizes},
               "bound_disk": {size: kv[size] / disk_bw for size in a.sizes}}
     share = {size: statistics.median(v) for size, v in pool_share.items()}
+    # Median connector time per hit, ms: case -> timing -> size.
+    tmed = {c: {k: {size: statistics.median(v) / 1000 for size, v in d.items()} for k, d in t.items()}
+            for c, t in timings.items()}
     if a.json:
         print(json.dumps({"model": a.model, "rounds": a.rounds, "sizes": a.sizes,
                           "extra_tokens": a.extra_tokens, "arena_bytes": a.arena_bytes,
@@ -365,6 +411,8 @@ def main() -> int:
                           "copy_bytes_per_s": copy_bw, "disk_read_bytes_per_s": disk_bw,
                           "bounds_s": {b: {str(k): v for k, v in d.items()} for b, d in bounds.items()},
                           "kvtier_pool_share_from_pool": {str(k): v for k, v in share.items()},
+                          "connector_ms_per_hit": {c: {k: {str(size): v for size, v in d.items()}
+                                                       for k, d in t.items()} for c, t in tmed.items()},
                           "median_ttft_s": {
             c: {str(size): v for size, v in med[c].items()} for c in cases},
             "samples_s": {c: {str(size): v for size, v in results[c].items()} for c in cases},
@@ -382,6 +430,9 @@ def main() -> int:
                 row += f"{(f'{v * 1000:.0f} ms' + ratio) if v is not None else '-':>20}"
             print(f"{c:<16}{row}")
         print("KV bytes        " + "".join(f"{f'{kv[size] / 2**20:.0f} MiB':>20}" for size in a.sizes))
+        for c, t in tmed.items():
+            print(f"{c}: connector ms per hit (" + " / ".join(TIMINGS) + "): " + ", ".join(
+                f"{size}: " + " / ".join(f"{t[k].get(size, 0):.0f}" for k in TIMINGS) for size in a.sizes))
         if share:
             print("kvtier_pool: share of blocks from the pool " +
                   ", ".join(f"{size}: {share[size]:.0%}" for size in a.sizes if size in share))

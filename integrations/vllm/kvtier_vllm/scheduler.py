@@ -62,6 +62,7 @@ class SchedulerSide:
         # What recomputing every candidate block would take: a prefix from the pool is counted
         # only as far as loading it is faster.
         recompute_us = self.prefill.us_for(max_blocks * self.bs)
+        t0 = time.monotonic()
         try:
             for km in self.key_makers:
                 hit = min(hit, client.lookup(km.keys(tokens, salt, lora, mm), recompute_us))
@@ -72,6 +73,7 @@ class SchedulerSide:
             return 0, False
         self.agent.ok()
         self.stats.add("lookups")
+        self.stats.add("lookup_us", int((time.monotonic() - t0) * 1e6))
         # vLLM must compute at least one token to sample from: at most num_tokens - 1 tokens come
         # from outside (the last loaded block then holds one slot that vLLM recomputes).
         hit_tokens = min(hit * self.bs, request.num_tokens - 1)

@@ -96,27 +96,34 @@ class WorkerSide:
         copied. Without `layerwise`, the first layer waits for the whole load."""
         if not self._sync:
             return
-        layer = self._layer_index.get(layer_name)
-        if not self.settings.layerwise or layer is None:
-            return self._finish_sync()
-        for _, ticket in self._sync:
-            if ticket is None:
-                continue
-            try:
-                ready = ticket.wait_layer(layer, self._remaining_ms())
-            except kvtier.KvtierError:
-                # Timed out or failed: settle the whole load now (its blocks are recomputed).
+        t0 = time.monotonic()
+        try:
+            layer = self._layer_index.get(layer_name)
+            if not self.settings.layerwise or layer is None:
                 return self._finish_sync()
-            if layer == 0 and ready < self.shape.num_layers:
-                self.stats.add("layer_waits_early")  # the forward started before the last layer
+            for _, ticket in self._sync:
+                if ticket is None:
+                    continue
+                try:
+                    ready = ticket.wait_layer(layer, self._remaining_ms())
+                except kvtier.KvtierError:
+                    # Timed out or failed: settle the whole load now (its blocks are recomputed).
+                    return self._finish_sync()
+                if layer == 0 and ready < self.shape.num_layers:
+                    self.stats.add("layer_waits_early")  # the forward started before the last layer
+        finally:
+            # Time the forward stood still waiting for loaded KV.
+            self.stats.add("load_wait_us", int((time.monotonic() - t0) * 1e6))
 
     def _remaining_ms(self) -> int:
         return max(0, int((self._sync_deadline - time.monotonic()) * 1000))
 
     def _finish_sync(self) -> None:
         if self._sync:
+            t0 = time.monotonic()
             self._finish(self._sync, self._remaining_ms())
             self._sync = []
+            self.stats.add("load_finish_us", int((time.monotonic() - t0) * 1e6))
 
     def _finish(self, pending: List[Tuple[BlockOp, Optional[kvtier.LoadTicket]]], timeout_ms: int) -> None:
         for op, ticket in pending:
@@ -179,6 +186,7 @@ class WorkerSide:
             if self._device is not None:
                 import torch
                 torch.cuda.current_stream().synchronize()  # this step's KV is written
+            t0 = time.monotonic()
             for op in saves:
                 try:
                     keys = self.key_maker.op_keys(op)
@@ -190,6 +198,7 @@ class WorkerSide:
                     self.stats.add("save_skipped_blocks", len(keys) - stored)
                 except (kvtier.KvtierError, ValueError) as e:
                     self.agent.failed("save_errors", e)
+            self.stats.add("save_us", int((time.monotonic() - t0) * 1e6))
         else:
             self.stats.add("save_unavailable_blocks", sum(len(op.block_ids) for op in saves))
         self.stats.flush()

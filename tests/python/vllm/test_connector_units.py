@@ -51,3 +51,18 @@ def test_keys_depend_on_rank_salt_lora_and_prefix():
     assert k1[:2] == k0[:2] and k1[2] != k0[2] and k1[3] != k0[3]
     op = BlockOp(req_id="r", token_ids=tokens[:48], start=1, block_ids=[7, 9])
     assert KeyMaker(spec(0)).op_keys(op) == k0[1:3]
+
+
+def test_prefill_rate_is_learnt_or_fixed():
+    from kvtier_vllm.scheduler import PrefillRate
+
+    r = PrefillRate()
+    assert r.us_for(1000) == 0, "unknown until a step was measured"
+    assert not r.learn(0, 1.0) and not r.learn(100, 0.0)
+    assert r.learn(1000, 0.5)  # 500 us per token
+    assert r.us_for(2000) == 1_000_000
+    assert r.learn(1000, 1.0)  # moves a part of the way towards 1000 us per token
+    assert 500 < r.us_per_token < 1000
+    fixed = PrefillRate(250.0)
+    assert not fixed.learn(1000, 5.0), "a rate the operator set is kept"
+    assert fixed.us_for(4) == 1000
