@@ -390,6 +390,48 @@ fn another_node_loads_from_a_shared_directory() {
     another_node_loads_through(&["--shared-dir", shared.to_str().unwrap()]);
 }
 
+/// The arena is memory every engine maps: a load checks each granted slot's header (key,
+/// layout, checksum) before copying out, so a slot whose header another process overwrote is a
+/// miss, never another object's bytes.
+#[test]
+fn a_slot_whose_header_was_overwritten_is_a_miss_not_wrong_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(dir.path(), &["--no-pool"]);
+    let mut c = AgentClient::connect(agent.config()).unwrap();
+    let keys = [key(1), key(2)];
+    let (granted, _) = c.begin_save(&keys).unwrap();
+    assert_eq!(granted.len(), 2);
+    let mut slot_of_first = None;
+    for g in &granted {
+        c.payload_mut(g.slot)
+            .unwrap()
+            .copy_from_slice(&block(g.index as u64 + 1));
+        if g.index == 0 {
+            slot_of_first = Some(g.slot);
+        }
+    }
+    let leases: Vec<u64> = granted.iter().map(|g| g.lease).collect();
+    assert_eq!(c.commit_save(&leases).unwrap().0, 2);
+    // Another process with the arena mapped rewrites a byte of the first block's key in its
+    // header (the 64 bytes before the payload).
+    let payload = c.payload_mut(slot_of_first.unwrap()).unwrap().as_mut_ptr();
+    // SAFETY: the header lies in the same mapped slot, right before the payload.
+    unsafe { *payload.sub(64).add(16) ^= 0x01 };
+    let flags = c
+        .load(&keys, |i, p| {
+            assert!(
+                p == block(i as u64 + 1).as_slice(),
+                "block {i} delivered with other bytes"
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        flags,
+        vec![false, true],
+        "the forged slot is a miss, the other loads"
+    );
+}
+
 /// Saves the blocks `ids` (each filled with `block(id)`); how many were stored.
 fn save_ids(c: &mut AgentClient, ids: &[u64]) -> u32 {
     let keys: Vec<BlockKey> = ids.iter().map(|&i| key(i)).collect();

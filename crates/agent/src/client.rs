@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use super::proto::{self, agent_client};
 use super::state::Granted;
 use super::{fd_socket_path, fdpass};
+use kvtier_core::block::{BlockHeader, HEADER_LEN};
 use kvtier_core::error::{Error, ErrorKind, Result};
 use kvtier_core::key::BlockKey;
 
@@ -408,6 +409,37 @@ impl AgentClient {
         Ok((unsafe { conn.map.ptr.add(off) }, len))
     }
 
+    /// Whether leased slot `slot` holds `key`'s object in this engine's layout, by its header
+    /// (magic, header checksum, key, layout digest, length): the arena is shared memory, so what
+    /// the agent granted is checked before a byte of it reaches the engine. A header being
+    /// rewritten at that instant (sealed by write-behind) reads torn: read once more.
+    fn slot_holds(&self, slot: u32, key: BlockKey) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        if slot >= conn.slots || conn.payload_offset < HEADER_LEN {
+            return false;
+        }
+        let check = || {
+            let mut raw = [0u8; HEADER_LEN];
+            // SAFETY: the slot lies inside the live mapping (checked at hello and above); a
+            // racing writer can only make the copy torn, which decoding rejects.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    conn.map.ptr.add(slot as usize * conn.slot_len),
+                    raw.as_mut_ptr(),
+                    HEADER_LEN,
+                )
+            };
+            BlockHeader::decode(&raw).is_ok_and(|h| {
+                h.key() == key
+                    && h.layout_digest() == self.cfg.layout_digest
+                    && h.payload_len() == self.cfg.object_len
+            })
+        };
+        check() || check()
+    }
+
     /// Seals the filled leased slots. Returns (stored, deduplicated).
     pub fn commit_save(&mut self, leases: &[u64]) -> Result<(u32, u32)> {
         let leases = leases.to_vec();
@@ -603,6 +635,9 @@ impl AgentClient {
             let i = l.index as usize;
             if i >= delivered.len() {
                 continue;
+            }
+            if !self.slot_holds(l.slot, keys[i]) {
+                continue; // not the object asked for: a miss, never wrong KV
             }
             match self.payload_ptr(l.slot) {
                 Ok((ptr, len)) => {
