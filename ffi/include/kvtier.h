@@ -230,51 +230,6 @@ kvt_status kvt_save(kvt_client *client,
                     size_t n,
                     size_t *stored);
 
-// Starts loading `keys[i]` into engine blocks `block_ids[i]` (`n` of each) on a background
-// thread; wait on the ticket in `*out`. The engine must not touch those blocks until the
-// ticket completes.
-//
-// # Safety
-// As for [`kvt_save`]; registered memory must stay valid until the ticket completes.
-kvt_status kvt_load_start(kvt_client *client,
-                          const kvt_key *keys,
-                          const uint32_t *block_ids,
-                          size_t n,
-                          kvt_ticket **out);
-
-// Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
-// given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
-// be recomputed. `KVT_ERR_TIMEOUT` if still running: the load goes on, so wait again, or free
-// the ticket (which cancels it) before reusing or recomputing those blocks. Otherwise the
-// load's own failure (every block must then be recomputed).
-//
-// # Safety
-// `ticket` must be live; `loaded` must have room for `n` bytes.
-kvt_status kvt_ticket_wait(kvt_ticket *ticket, uint32_t timeout_ms, uint8_t *loaded, size_t n);
-
-// Waits up to `timeout_ms` until layer `layer` (0-based) of every block of a load is in the
-// engine's memory, or the load has ended (then [`kvt_ticket_wait`] tells which blocks were
-// delivered). Layers are copied in order, so an engine can compute layer `i` while the later
-// layers are still being copied; with a load larger than the agent's window, layers complete
-// with its last window. Writes into `*layers_ready` (may be NULL) how many leading layers are
-// copied (the layout's layer count once the load has ended). `KVT_ERR_TIMEOUT` if not there
-// yet: wait again, or free the ticket.
-//
-// # Safety
-// `ticket` must be live; `layers_ready` NULL or writable.
-kvt_status kvt_ticket_wait_layer(kvt_ticket *ticket,
-                                 uint32_t layer,
-                                 uint32_t timeout_ms,
-                                 uint32_t *layers_ready);
-
-// Frees a ticket. If the load is still running it is cancelled: no further block is copied
-// into the engine's memory, and this call returns only once no copy is in progress (at most
-// the client's call deadline), so the engine may reuse the blocks right after. NULL is a no-op.
-//
-// # Safety
-// `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.
-void kvt_ticket_free(kvt_ticket *ticket);
-
 // Validates `params` and creates a namespace in `*out`. Free it with [`kvt_namespace_free`].
 //
 // # Safety
@@ -366,6 +321,51 @@ kvt_status kvt_scatter(const kvt_layout *layout,
                        uint32_t block,
                        const uint8_t *src,
                        size_t src_len);
+
+// Starts loading `keys[i]` into engine blocks `block_ids[i]` (`n` of each) on a background
+// thread; wait on the ticket in `*out`. The engine must not touch those blocks until the
+// ticket completes.
+//
+// # Safety
+// As for [`kvt_save`]; registered memory must stay valid until the ticket completes.
+kvt_status kvt_load_start(kvt_client *client,
+                          const kvt_key *keys,
+                          const uint32_t *block_ids,
+                          size_t n,
+                          kvt_ticket **out);
+
+// Waits up to `timeout_ms` for a load. On `KVT_OK`, `loaded[i]` (room for `n`, the count
+// given to [`kvt_load_start`]) is 1 for each block delivered and 0 for each block that must
+// be recomputed. `KVT_ERR_TIMEOUT` if still running: the load goes on, so wait again, or free
+// the ticket (which cancels it) before reusing or recomputing those blocks. Otherwise the
+// load's own failure (every block must then be recomputed).
+//
+// # Safety
+// `ticket` must be live; `loaded` must have room for `n` bytes.
+kvt_status kvt_ticket_wait(kvt_ticket *ticket, uint32_t timeout_ms, uint8_t *loaded, size_t n);
+
+// Waits up to `timeout_ms` until layer `layer` (0-based) of every block of a load is in the
+// engine's memory, or the load has ended (then [`kvt_ticket_wait`] tells which blocks were
+// delivered). Layers are copied in order, so an engine can compute layer `i` while the later
+// layers are still being copied; with a load larger than the agent's window, layers complete
+// with its last window. Writes into `*layers_ready` (may be NULL) how many leading layers are
+// copied (the layout's layer count once the load has ended). `KVT_ERR_TIMEOUT` if not there
+// yet: wait again, or free the ticket.
+//
+// # Safety
+// `ticket` must be live; `layers_ready` NULL or writable.
+kvt_status kvt_ticket_wait_layer(kvt_ticket *ticket,
+                                 uint32_t layer,
+                                 uint32_t timeout_ms,
+                                 uint32_t *layers_ready);
+
+// Frees a ticket. If the load is still running it is cancelled: no further block is copied
+// into the engine's memory, and this call returns only once no copy is in progress (at most
+// the client's call deadline), so the engine may reuse the blocks right after. NULL is a no-op.
+//
+// # Safety
+// `ticket` must be NULL or a handle from [`kvt_load_start`] not freed before.
+void kvt_ticket_free(kvt_ticket *ticket);
 
 // A short, static name for a status code (`"KVT_OK"`, `"KVT_ERR_NULL"`, ..., `"KVT_UNKNOWN"`).
 const char *kvt_status_name(kvt_status status);

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod keys;
 pub mod layout;
+pub mod load;
 pub mod status;
 
 pub use status::*;
