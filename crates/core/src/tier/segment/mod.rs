@@ -505,12 +505,24 @@ impl SegmentStore {
     /// header, or `None` on a miss, including a record that failed verification (counted by
     /// reason and dropped from the index). The payload is `buf[HEADER_LEN..][..payload_len]`.
     pub fn get_into(&self, key: BlockKey, buf: &mut AlignedBuf) -> Result<Option<BlockHeader>> {
-        if let Some(len) = self.record_len(key) {
-            if buf.len() < len {
-                *buf = AlignedBuf::zeroed(len);
-            }
+        // One index lookup sizes the buffer and locates the record: a writer indexing `key`
+        // in between cannot make the buffer too small.
+        let Some(at) = self.locate(key) else {
+            self.counters.store.misses.inc();
+            return Ok(None);
+        };
+        if buf.len() < at.2 {
+            *buf = AlignedBuf::zeroed(at.2);
         }
-        self.get_into_slice(key, buf)
+        self.read_located(key, at, buf)
+    }
+
+    /// Where `key`'s record is (segment, offset, length), marking it used for the second chance.
+    fn locate(&self, key: BlockKey) -> Option<(u64, u64, usize)> {
+        self.index.get(&key).map(|l| {
+            l.hot.store(true, Ordering::Relaxed);
+            (l.seg, l.off, l.len as usize)
+        })
     }
 
     /// The record length of `key` if indexed.
@@ -521,13 +533,19 @@ impl SegmentStore {
     /// Like [`get_into`](Self::get_into) into a caller's page-aligned buffer (a host-arena
     /// slot, say). A buffer too small for the record is a miss.
     pub fn get_into_slice(&self, key: BlockKey, buf: &mut [u8]) -> Result<Option<BlockHeader>> {
-        let Some((seg_id, off, len)) = self.index.get(&key).map(|l| {
-            l.hot.store(true, Ordering::Relaxed);
-            (l.seg, l.off, l.len as usize)
-        }) else {
+        let Some(at) = self.locate(key) else {
             self.counters.store.misses.inc();
             return Ok(None);
         };
+        self.read_located(key, at, buf)
+    }
+
+    fn read_located(
+        &self,
+        key: BlockKey,
+        (seg_id, off, len): (u64, u64, usize),
+        buf: &mut [u8],
+    ) -> Result<Option<BlockHeader>> {
         let Some(seg) = self.segments.read().get(&seg_id).cloned() else {
             // Evicted between the index lookup and now.
             self.counters.store.misses.inc();
