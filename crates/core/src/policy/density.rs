@@ -10,8 +10,13 @@
 //!
 //! What this does. Time is counted in operations (one `insert` or `access` is one tick).
 //!
-//! - **Classes.** A block's class is how often it has been touched: 1, 2, 3, 4 or more times.
-//!   An evicted block leaves a ghost (its last touch and count) for `horizon` ticks, so a block
+//! - **Classes.** A block's class is how often it has been touched (1, 2, 3, 4 or more times)
+//!   and whether it ended its chain at its last touch (no block was touched right after it as
+//!   its child: a request's last block, usually partly filled, so the next turn's differs and
+//!   it almost never returns). A block touched once is also told by where its chain began:
+//!   from scratch (no parent, or a parent of the same kind), right after a known prefix (its
+//!   parent was touched before), or further along a new segment. Twelve classes. An evicted
+//!   block leaves a ghost (its last touch, count and kind) for `horizon` ticks, so a block
 //!   that comes back resumes its count: "stored again after eviction" is the strongest sign
 //!   that it will be used again.
 //! - **Learning.** For each class, the policy learns the distribution of the gap from a touch
@@ -33,7 +38,7 @@
 //!   a chain loses its tail first, so the prefix that remains is still usable.
 //!
 //! Deterministic (no randomness), O(1) per access and insert, O(request length) per eviction in
-//! the worst case, and `O(classes · bins²)` (about 20k flops) per recomputation. Memory: a
+//! the worst case, and `O(classes · bins²)` (about 60k flops) per recomputation. Memory: a
 //! resident entry per object (~150 bytes with its index, for 16-byte keys), and a ghost (~40
 //! bytes) per object evicted within the horizon: at most 8 per object of capacity when every
 //! store is new (plus up to a quarter not yet swept), so ~400 bytes per slot at worst, 0.02%
@@ -50,8 +55,18 @@ use std::hash::Hash;
 
 use super::{EvictionPolicy, InsertInfo, Standing};
 
-/// Classes by touch count: 1, 2, 3, 4 or more.
-const NCLS: usize = 4;
+/// Touch-count buckets: 1, 2, 3, 4 or more.
+const NCNT: u32 = 4;
+/// Classes: a block touched once is one of four (a chain started from scratch or one hanging
+/// off a known prefix, times whether it ended its request's chain); one touched more, one of
+/// two per count bucket (whether it ended the chain at its last touch).
+const NCLS: usize = 6 + 2 * (NCNT as usize - 1);
+/// `Node::kind` bits: the block was the last of its chain at its last touch...
+const TAIL: u8 = 1;
+/// ... and (touched once) its chain began with blocks new to the tier.
+const SCRATCH: u8 = 2;
+/// ... or (touched once) it was the first new block after a known prefix.
+const FRESH: u8 = 4;
 /// First age bin edge, in ticks.
 const FIRST: f64 = 64.0;
 /// Age bins grow by this factor.
@@ -72,14 +87,21 @@ const GHOST_SLACK: usize = 4096;
 
 const NIL: u32 = u32::MAX;
 
-fn class(cnt: u32) -> usize {
-    (cnt.clamp(1, NCLS as u32) - 1) as usize
+fn class(cnt: u32, kind: u8) -> usize {
+    let tail = (kind & TAIL != 0) as usize;
+    match cnt.clamp(1, NCNT) {
+        1 if kind & FRESH != 0 => 4 + tail,
+        1 => tail + 2 * (kind & SCRATCH != 0) as usize,
+        b => 6 + 2 * (b as usize - 2) + tail,
+    }
 }
 
 struct Node<K> {
     key: K,
     last: u64,
     cnt: u32,
+    /// `TAIL` and `SCRATCH` bits.
+    kind: u8,
     parent: Option<K>,
     /// The last child inserted while this block was resident.
     kid: Option<K>,
@@ -98,6 +120,7 @@ struct List {
 struct Ghost {
     last: u64,
     cnt: u32,
+    kind: u8,
 }
 
 /// Touches and returns of one period of ticks.
@@ -240,7 +263,7 @@ impl<K: Copy + Eq + Hash> HitDensity<K> {
     fn unlink(&mut self, i: u32) {
         let (prev, next, c) = {
             let n = &self.nodes[i as usize];
-            (n.prev, n.next, class(n.cnt))
+            (n.prev, n.next, class(n.cnt, n.kind))
         };
         match prev {
             NIL => self.lists[c].head = next,
@@ -254,7 +277,10 @@ impl<K: Copy + Eq + Hash> HitDensity<K> {
 
     /// Appends `i` at the young end of its class's list.
     fn push_young(&mut self, i: u32) {
-        let c = class(self.nodes[i as usize].cnt);
+        let c = {
+            let n = &self.nodes[i as usize];
+            class(n.cnt, n.kind)
+        };
         let tail = self.lists[c].tail;
         {
             let n = &mut self.nodes[i as usize];
@@ -268,17 +294,45 @@ impl<K: Copy + Eq + Hash> HitDensity<K> {
         self.lists[c].tail = i;
     }
 
-    /// Unlinks and frees `i`, returning its node's key, last touch and count.
-    fn release(&mut self, i: u32) -> (K, u64, u32) {
+    /// Unlinks and frees `i`, returning its node's key and what its ghost would hold.
+    fn release(&mut self, i: u32) -> (K, Ghost) {
         self.unlink(i);
         self.free.push(i);
         let n = &self.nodes[i as usize];
         self.index.remove(&n.key);
-        (n.key, n.last, n.cnt)
+        let g = Ghost {
+            last: n.last,
+            cnt: n.cnt,
+            kind: n.kind,
+        };
+        (n.key, g)
     }
 
-    fn remember(&mut self, key: K, last: u64, cnt: u32) {
-        self.ghosts.insert(key, Ghost { last, cnt });
+    fn remember(&mut self, key: K, g: Ghost) {
+        self.ghosts.insert(key, g);
+    }
+
+    /// A block is being touched after `parent`: if the parent was the last touch, it no
+    /// longer ends its chain. It was the youngest block of all, so moving it to the young end
+    /// of its new class keeps every list ordered. Its touch is recounted in its new class.
+    fn continues(&mut self, parent: Option<&K>) {
+        let Some(&p) = parent.and_then(|p| self.index.get(p)) else {
+            return;
+        };
+        let n = &self.nodes[p as usize];
+        if n.last != self.t || n.kind & TAIL == 0 {
+            return;
+        }
+        let (c0, last) = (class(n.cnt, n.kind), n.last);
+        self.unlink(p);
+        self.nodes[p as usize].kind &= !TAIL;
+        let n = &self.nodes[p as usize];
+        let c1 = class(n.cnt, n.kind);
+        self.push_young(p);
+        if let Some(co) = self.cohort(last) {
+            co.n[c0] -= 1.0;
+            co.n[c1] += 1.0;
+        }
     }
 
     /// Forgets ghosts past the horizon once they have grown enough since the last sweep.
@@ -428,7 +482,7 @@ impl<K: Copy + Eq + Hash> HitDensity<K> {
         }
         let (prev, next, c) = {
             let n = &self.nodes[v as usize];
-            (n.prev, n.next, class(n.cnt))
+            (n.prev, n.next, class(n.cnt, n.kind))
         };
         if cursors[c][0] == v {
             cursors[c][0] = prev;
@@ -436,8 +490,8 @@ impl<K: Copy + Eq + Hash> HitDensity<K> {
         if cursors[c][1] == v {
             cursors[c][1] = next;
         }
-        let (key, last, cnt) = self.release(v);
-        self.remember(key, last, cnt);
+        let (key, g) = self.release(v);
+        self.remember(key, g);
         Some(key)
     }
 
@@ -459,12 +513,32 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for HitDensity<K> {
             .remove(&key)
             .filter(|g| self.t + 1 - g.last <= self.horizon);
         let cnt = ghost.map_or(1, |g| g.cnt.saturating_add(1));
-        let c = class(cnt);
-        self.touch(ghost.map(|g| (g.last, class(g.cnt))), c);
+        // Touched once: a chain from scratch when its parent is too (or it has none).
+        let pk = info
+            .parent
+            .as_ref()
+            .and_then(|p| self.index.get(p))
+            .map(|&i| {
+                let n = &self.nodes[i as usize];
+                (n.cnt, n.kind)
+            });
+        let kind = TAIL
+            | match (cnt, info.parent.is_some(), pk) {
+                (1, false, _) => SCRATCH,
+                (1, _, Some((1, k))) if k & SCRATCH != 0 => SCRATCH,
+                (1, _, Some((c, _))) if c >= 2 => FRESH,
+                _ => 0,
+            };
+        self.continues(info.parent.as_ref());
+        self.touch(
+            ghost.map(|g| (g.last, class(g.cnt, g.kind))),
+            class(cnt, kind),
+        );
         let node = Node {
             key,
             last: self.t,
             cnt,
+            kind,
             parent: info.parent,
             kid: None,
             prev: NIL,
@@ -492,13 +566,17 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for HitDensity<K> {
         let Some(&i) = self.index.get(&key) else {
             return;
         };
+        let parent = self.nodes[i as usize].parent;
+        self.continues(parent.as_ref());
         self.unlink(i);
-        let (last, cnt) = {
+        let (last, c0, c) = {
             let n = &mut self.nodes[i as usize];
+            let c0 = class(n.cnt, n.kind);
             n.cnt = n.cnt.saturating_add(1);
-            (n.last, n.cnt)
+            n.kind = TAIL;
+            (n.last, c0, class(n.cnt, n.kind))
         };
-        self.touch(Some((last, class(cnt - 1))), class(cnt));
+        self.touch(Some((last, c0)), c);
         self.nodes[i as usize].last = self.t;
         self.push_young(i);
     }
@@ -511,8 +589,8 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for HitDensity<K> {
 
     fn evicted(&mut self, key: K) {
         if let Some(&i) = self.index.get(&key) {
-            let (k, last, cnt) = self.release(i);
-            self.remember(k, last, cnt);
+            let (k, g) = self.release(i);
+            self.remember(k, g);
         }
     }
 
@@ -538,7 +616,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for HitDensity<K> {
         let n = &self.nodes[*self.index.get(key)? as usize];
         Some(Standing {
             uses: n.cnt,
-            density: self.density_at(class(n.cnt), self.t - n.last),
+            density: self.density_at(class(n.cnt, n.kind), self.t - n.last),
         })
     }
 
@@ -552,221 +630,4 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for HitDensity<K> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ins(p: &mut HitDensity<u64>, key: u64, parent: Option<u64>) {
-        p.insert(key, InsertInfo { parent });
-    }
-
-    #[test]
-    fn bins_are_geometric_and_cover_the_horizon() {
-        let p = HitDensity::<u64>::new(1000);
-        assert_eq!(p.horizon(), 65536);
-        assert_eq!(&p.edges[..4], &[0, 64, 73, 84]);
-        assert!(*p.edges.last().unwrap() > p.horizon());
-        assert!(p.edges[p.edges.len() - 2] <= p.horizon());
-        assert_eq!(p.bin(0), 0);
-        assert_eq!(p.bin(63), 0);
-        assert_eq!(p.bin(64), 1);
-        assert_eq!(p.bin(73), 2);
-        assert_eq!(p.bin(p.horizon()), p.bins() - 2);
-        assert_eq!(HitDensity::<u64>::new(100_000).horizon(), 800_000);
-        assert_eq!(HitDensity::<u64>::new(100_000).period, 25_000);
-        assert_eq!(HitDensity::<u64>::new(usize::MAX).horizon(), HMAX);
-    }
-
-    #[test]
-    fn before_learning_it_evicts_the_oldest() {
-        let mut p = HitDensity::new(10);
-        for k in 0..4u64 {
-            ins(&mut p, k, None);
-        }
-        p.access(0);
-        assert_eq!(p.evict(&mut |_| true), Some(1));
-        assert_eq!(p.evict(&mut |k| *k != 2), Some(3));
-        p.remove(2);
-        assert_eq!(p.evict(&mut |_| true), Some(0));
-        assert_eq!(p.evict(&mut |_| true), None);
-        assert!(p.is_empty());
-    }
-
-    #[test]
-    fn chain_tails_go_before_their_parents() {
-        let mut p = HitDensity::new(10);
-        ins(&mut p, 1, None);
-        ins(&mut p, 2, Some(1));
-        ins(&mut p, 3, Some(2));
-        ins(&mut p, 9, None);
-        // 1 is the oldest, but its chain loses its tail first.
-        assert_eq!(p.evict(&mut |_| true), Some(3));
-        assert_eq!(p.evict(&mut |_| true), Some(2));
-        // When the tail may not go, its parent goes and the tail stays.
-        ins(&mut p, 4, Some(1));
-        assert_eq!(p.evict(&mut |k| *k != 4), Some(1));
-        assert_eq!(p.evict(&mut |_| true), Some(9));
-        assert_eq!(p.evict(&mut |_| true), Some(4));
-    }
-
-    /// Blocks touched twice come back (after a gap of ~3000 ticks); blocks touched once never
-    /// do. After learning, a twice-touched block outlives once-touched ones of the same age.
-    #[test]
-    fn learns_that_reused_blocks_come_back() {
-        let mut p = HitDensity::<u64>::new(1000);
-        let mut next = 0u64;
-        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
-        while p.t < 3 * p.period {
-            next += 1;
-            ins(&mut p, next, None);
-            if next % 2 == 0 {
-                // Every second block is used twice more, 1500 and 3000 ticks later.
-                pending.push_back((p.t + 1500, next));
-            }
-            while pending.front().is_some_and(|&(at, _)| at <= p.t) {
-                let (at, k) = pending.pop_front().unwrap();
-                p.access(k);
-                if p.nodes[p.index[&k] as usize].cnt == 2 {
-                    pending.push_back((at + 1500, k));
-                }
-            }
-            while p.len() > 4000 {
-                p.evict(&mut |_| true);
-            }
-        }
-        assert!(p.density.iter().any(|&d| d > 0.0), "learnt something");
-        // Two fresh blocks of the same age: one used once more, one never.
-        ins(&mut p, 1 << 40, None);
-        ins(&mut p, 1 << 41, None);
-        p.access(1 << 40);
-        for i in 0..200 {
-            ins(&mut p, (1 << 42) + i, None);
-        }
-        let once = p.standing(&(1 << 41)).unwrap();
-        let twice = p.standing(&(1 << 40)).unwrap();
-        assert_eq!((once.uses, twice.uses), (1, 2));
-        assert!(
-            twice.density > once.density,
-            "{twice:?} should beat {once:?}"
-        );
-        let only = [1u64 << 40, 1 << 41];
-        assert_eq!(p.evict(&mut |k| only.contains(k)), Some(1 << 41));
-    }
-
-    #[test]
-    fn a_ghost_resumes_the_count_within_the_horizon_only() {
-        let mut p = HitDensity::<u64>::new(10);
-        ins(&mut p, 7, None);
-        p.access(7);
-        assert_eq!(p.evict(&mut |_| true), Some(7));
-        assert_eq!(p.ghosts(), 1);
-        ins(&mut p, 7, None);
-        assert_eq!(p.standing(&7).unwrap().uses, 3, "two touches remembered");
-        assert_eq!(p.evict(&mut |_| true), Some(7));
-        // Past the horizon the ghost is forgotten, and swept away eventually.
-        for k in 0..(p.horizon() + 2 * p.period) {
-            ins(&mut p, 1000 + k, None);
-            p.evict(&mut |_| true);
-        }
-        ins(&mut p, 7, None);
-        assert_eq!(p.standing(&7).unwrap().uses, 1);
-        assert!(
-            p.ghosts() as u64 <= p.horizon() * 5 / 4 + 2 * GHOST_SLACK as u64,
-            "{}",
-            p.ghosts()
-        );
-        // A removed object leaves no ghost.
-        p.remove(7);
-        ins(&mut p, 7, None);
-        assert_eq!(p.standing(&7).unwrap().uses, 1);
-    }
-
-    #[test]
-    fn evicted_by_the_owner_leaves_a_ghost() {
-        let mut p = HitDensity::<u64>::new(10);
-        ins(&mut p, 5, None);
-        p.evicted(5);
-        assert!(p.is_empty());
-        ins(&mut p, 5, None);
-        assert_eq!(p.standing(&5).unwrap().uses, 2);
-    }
-
-    #[test]
-    fn reinserting_a_resident_key_is_a_use() {
-        let mut p = HitDensity::<u64>::new(10);
-        ins(&mut p, 5, None);
-        ins(&mut p, 5, None);
-        assert_eq!(p.len(), 1);
-        assert_eq!(p.standing(&5).unwrap().uses, 2);
-    }
-
-    fn churn(seed: u64) -> Vec<u64> {
-        let mut p = HitDensity::<u64>::new(500);
-        let mut x = seed;
-        let mut held = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for step in 0..100_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // A skewed key space: small keys come back often.
-            let key = (x % 4000) / (1 + (x >> 60));
-            if held.contains(&key) {
-                p.access(key);
-            } else {
-                let parent = key.checked_sub(1).filter(|k| held.contains(k));
-                ins(&mut p, key, parent);
-                held.insert(key);
-            }
-            while held.len() > 500 {
-                // Never the current key, nor keys divisible by 7 on odd steps.
-                let v = p
-                    .evict(&mut |k| *k != key && (step % 2 == 0 || k % 7 != 0))
-                    .unwrap();
-                assert!(
-                    v != key && (step % 2 == 0 || v % 7 != 0),
-                    "{v} not evictable"
-                );
-                assert!(held.remove(&v), "{v} was not held");
-                out.push(v);
-            }
-            assert_eq!(p.len(), held.len());
-        }
-        out
-    }
-
-    #[test]
-    fn never_evicts_what_may_not_go_and_is_deterministic() {
-        let a = churn(0x9e3779b97f4a7c15);
-        assert!(a.len() > 10_000);
-        assert_eq!(a, churn(0x9e3779b97f4a7c15));
-    }
-
-    #[test]
-    fn a_batch_evicts_what_single_evictions_would() {
-        let fill = |p: &mut HitDensity<u64>| {
-            for k in 0..3000u64 {
-                ins(p, k, k.checked_sub(1).filter(|_| k % 5 != 0));
-                if k % 3 == 0 {
-                    p.access(k / 2);
-                }
-            }
-        };
-        let (mut a, mut b) = (HitDensity::new(500), HitDensity::new(500));
-        fill(&mut a);
-        fill(&mut b);
-        // The youngest 400 may not go (a request being stored), nor multiples of 11.
-        let ok = |k: &u64| *k < 2600 && k % 11 != 0;
-        let batch = a.evict_batch(2000, &mut |k| ok(k));
-        let single: Vec<u64> = (0..2000).map_while(|_| b.evict(&mut |k| ok(k))).collect();
-        assert_eq!(batch, single);
-        assert!(batch.len() > 1500 && batch.iter().all(ok));
-    }
-
-    #[test]
-    fn nothing_evictable_is_none() {
-        let mut p = HitDensity::<u64>::new(10);
-        ins(&mut p, 1, None);
-        assert_eq!(p.evict(&mut |_| false), None);
-        assert_eq!(p.len(), 1);
-    }
-}
+mod tests;
