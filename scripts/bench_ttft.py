@@ -5,8 +5,8 @@ prompts of each size (fresh random token ids per round), for:
   miss             prefill from scratch (server A, kvtier connector; the save is part of it)
   kvtier_same      kvtier hit on the replica that stored it (server A, prefix caching off)
   kvtier_other     kvtier hit on another replica (server B, same agent)
-  kvtier_whole     kvtier_same with layer-wise loads off: the forward waits for the whole load at
-                   its first layer (server W, same agent)
+  kvtier_layerwise kvtier_same with layer-wise loads on: layer i computes while later layers are
+                   copied (server W, same agent; kvtier_same waits for the whole load at layer 0)
   kvtier_pool      kvtier hit through an arena smaller than the request (server A, a second agent
                    with --pool-arena-bytes): most blocks come from the pool (the share is reported)
   example          vLLM's ExampleConnector hit (server C, files under a scratch folder)
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-CASES = ["miss", "kvtier_same", "kvtier_whole", "kvtier_other", "kvtier_pool", "example", "prefix_cache"]
+CASES = ["miss", "kvtier_same", "kvtier_layerwise", "kvtier_other", "kvtier_pool", "example", "prefix_cache"]
 BLOCK = 128
 
 
@@ -118,7 +118,7 @@ class Server:
         self._log.close()
 
 
-def kvtier_config(sock: str, stats_dir: str, layerwise: bool = True) -> dict:
+def kvtier_config(sock: str, stats_dir: str, layerwise: bool = False) -> dict:
     return {"kv_connector": "KvtierConnector", "kv_connector_module_path": "kvtier_vllm.connector",
             "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
             "kv_connector_extra_config": {"socket": sock, "reconnect_s": 0.5, "stats_dir": stats_dir,
@@ -276,7 +276,7 @@ def main() -> int:
         got = {}
         got["miss"] = servers["A"].ttft(prompt, a.model)  # prefill; its blocks are saved to kvtier
         # The two hits from the arena take turns going first.
-        hits = [("kvtier_same", "A"), ("kvtier_whole", "W")]
+        hits = [("kvtier_same", "A"), ("kvtier_layerwise", "W")]
         if hits_measured[0] % 2:
             hits.reverse()
         hits_measured[0] += 1
@@ -353,7 +353,7 @@ def main() -> int:
                 raise RuntimeError("the connector did not reconnect to the second agent")
 
     try:
-        kvtier_cases = {"miss", "kvtier_same", "kvtier_whole", "kvtier_other"} & set(cases)
+        kvtier_cases = {"miss", "kvtier_same", "kvtier_layerwise", "kvtier_other"} & set(cases)
         passes = []
         if kvtier_cases:
             start_agent(a.arena_bytes, "pool")  # before the servers: they connect at start
@@ -367,8 +367,8 @@ def main() -> int:
         if passes:
             # Prefix caching off: a repeated prompt can only hit through the connector.
             specs = [("A", kvtier_config(sock, stats_of["A"]), False)]
-            if "kvtier_whole" in cases:
-                specs.append(("W", kvtier_config(sock, stats_of["W"], layerwise=False), False))
+            if "kvtier_layerwise" in cases:
+                specs.append(("W", kvtier_config(sock, stats_of["W"], layerwise=True), False))
             if "kvtier_other" in cases:
                 specs.append(("B", kvtier_config(sock, stats_of["B"]), False))
             phase(specs, passes)

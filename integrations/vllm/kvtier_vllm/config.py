@@ -52,8 +52,8 @@ class Settings:
     stats_dir: str = ""
     # Hand each layer's KV to the forward as soon as it is copied (layer i computes while the
     # later layers are copied) instead of waiting for the whole load at the first layer.
-    # Default: true.
-    layerwise: bool = True
+    # Default: false (on a CPU engine the copy competes with the forward for its cores).
+    layerwise: bool = False
     # Prefill time per token in microseconds, to weigh loading a prefix from the pool against
     # recomputing it (a hit never costs more than a miss). Default: 0, learnt from the engine's
     # own prefill steps.

@@ -88,10 +88,12 @@ class Replica:
 
     def __init__(self, python: str, model: str, log_path: str, socket: Optional[str] = None,
                  stats_dir: Optional[str] = None, env: Optional[Dict[str, str]] = None,
-                 load_async: bool = False, tp: int = 1):
+                 load_async: bool = False, tp: int = 1, layerwise: bool = False):
         args = [python, os.path.join(HERE, "replica.py"), "--model", model, "--tp", str(tp)]
         if load_async:
             args += ["--load-async"]
+        if layerwise:
+            args += ["--layerwise"]
         if socket:
             args += ["--socket", socket]
         if stats_dir:

@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--load-async", action="store_true")
+    ap.add_argument("--layerwise", action="store_true")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     a = ap.parse_args()
 
@@ -29,7 +30,7 @@ def main() -> None:
 
     kw = {}
     if a.socket:
-        extra = {"socket": a.socket, "load_async": a.load_async, "timeout_ms": 5000, "reconnect_s": 0.5}
+        extra = {"socket": a.socket, "load_async": a.load_async, "layerwise": a.layerwise, "timeout_ms": 5000, "reconnect_s": 0.5}
         if a.stats_dir:
             extra["stats_dir"] = a.stats_dir
         kw["kv_transfer_config"] = {

@@ -75,7 +75,9 @@ def env():
         # window. Connected once, engines reconnect by themselves to each test's fresh agent.
         boot = Agent(KVTIER_BIN, socket, os.path.join(work, "data-boot"), obj,
                      os.path.join(work, "agent.log")).start()
-        r1 = Replica(_python(), MODEL, os.path.join(work, "r1.log"), socket, os.path.join(work, "stats1"))
+        # r1 loads synchronously, layer by layer; r2 asynchronously.
+        r1 = Replica(_python(), MODEL, os.path.join(work, "r1.log"), socket, os.path.join(work, "stats1"),
+                     layerwise=True)
         replicas.append(r1)
         r2 = Replica(_python(), MODEL, os.path.join(work, "r2.log"), socket, os.path.join(work, "stats2"),
                      load_async=True)
