@@ -643,29 +643,30 @@ mod tests {
             }
         };
         std::thread::scope(|s| {
-            let copier = s.spawn(|| {
-                let items: Vec<(u32, &[u8])> = blocks
-                    .iter()
-                    .map(|&b| (b, objects[b as usize].as_slice()))
-                    .collect();
-                // One copier, so that nothing writes while the waiter looks.
-                r.scatter_on(&items, &report, 1)
+            // The waiter on its own thread, the copier (one thread) on this one.
+            let waiter = s.spawn(|| {
+                let ready = wait_layer(&state, 0, Duration::from_secs(30), 4).unwrap();
+                // SAFETY: read-only views while the only copier is parked in the report of
+                // layer 0.
+                let view =
+                    |l: usize| unsafe { std::slice::from_raw_parts(ptrs[l] as *const u8, len) };
+                let first_in_place = view(0) == want[0].as_slice();
+                let last_untouched = view(3).iter().all(|&b| b == 0);
+                go_tx.send(()).unwrap();
+                (ready, first_in_place, last_untouched)
             });
-            let ready = wait_layer(&state, 0, Duration::from_secs(30), 4).unwrap();
+            let items: Vec<(u32, &[u8])> = blocks
+                .iter()
+                .map(|&b| (b, objects[b as usize].as_slice()))
+                .collect();
+            assert!(r.scatter_on(&items, &report, 1).iter().all(|&ok| ok));
+            let (ready, first_in_place, last_untouched) = waiter.join().unwrap();
             assert_eq!(ready, 1, "layer 0 is reported alone");
-            // SAFETY: read-only views while the only copier is parked in the report of
-            // layer 0.
-            let view = |l: usize| unsafe { std::slice::from_raw_parts(ptrs[l] as *const u8, len) };
+            assert!(first_in_place, "layer 0 of every block is in place");
             assert!(
-                view(0) == want[0].as_slice(),
-                "layer 0 of every block is in place"
-            );
-            assert!(
-                view(3).iter().all(|&b| b == 0),
+                last_untouched,
                 "the last layer is not copied yet when layer 0's wait returns"
             );
-            go_tx.send(()).unwrap();
-            assert!(copier.join().unwrap().iter().all(|&ok| ok));
         });
         assert_eq!(wait_layer(&state, 3, Duration::ZERO, 4).unwrap(), 4);
         assert_eq!(
