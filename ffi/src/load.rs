@@ -292,3 +292,81 @@ pub unsafe extern "C" fn kvt_ticket_free(ticket: *mut kvt_ticket) {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Memory, Registered};
+    use kvtier_core::dtype::KvDtype;
+    use kvtier_core::layout::{KvLayout, LayoutKind};
+
+    /// A load hands the engine its layers in order: when the wait for layer 0 returns, layer 0
+    /// of every block is in place and the last layer is not (the copier is held inside the
+    /// report of layer 0 until the waiter has looked), and every layer lands in the end.
+    #[test]
+    fn a_layer_wait_returns_before_the_last_layer_is_copied() {
+        let layout = KvLayout::new(LayoutKind::VllmCpu, 4, 16, 16, 2, 8, KvDtype::Bf16).unwrap();
+        let len = layout.layer_bytes() as usize;
+        let blocks: Vec<u32> = (0..16).collect();
+        let objects: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|&b| vec![b as u8 + 1; layout.object_len() as usize])
+            .collect();
+        let mut want = vec![vec![0u8; len]; 4];
+        {
+            let mut w: Vec<&mut [u8]> = want.iter_mut().map(|l| l.as_mut_slice()).collect();
+            for &b in &blocks {
+                layout.scatter(&objects[b as usize], &mut w, b).unwrap();
+            }
+        }
+        let mut layers = vec![vec![0u8; len]; 4];
+        let ptrs: Vec<usize> = layers.iter_mut().map(|l| l.as_mut_ptr() as usize).collect();
+        let r = Registered {
+            layout: layout.clone(),
+            memory: Memory::Host(ptrs.clone()),
+        };
+        let state: LoadProgress = Default::default();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let report = |layer: u32| {
+            let (m, cv) = &state;
+            m.lock().unwrap().layers_ready = layer + 1;
+            cv.notify_all();
+            if layer == 0 {
+                // Held until the waiter has looked (bounded: a failing waiter ends the test).
+                let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+        };
+        std::thread::scope(|s| {
+            // The waiter on its own thread, the copier (one thread) on this one.
+            let waiter = s.spawn(|| {
+                let ready = wait_layer(&state, 0, Duration::from_secs(30), 4).unwrap();
+                // SAFETY: read-only views while the only copier is parked in the report of
+                // layer 0.
+                let view =
+                    |l: usize| unsafe { std::slice::from_raw_parts(ptrs[l] as *const u8, len) };
+                let first_in_place = view(0) == want[0].as_slice();
+                let last_untouched = view(3).iter().all(|&b| b == 0);
+                go_tx.send(()).unwrap();
+                (ready, first_in_place, last_untouched)
+            });
+            let items: Vec<(u32, &[u8])> = blocks
+                .iter()
+                .map(|&b| (b, objects[b as usize].as_slice()))
+                .collect();
+            assert!(r.scatter_on(&items, &report, 1).iter().all(|&ok| ok));
+            let (ready, first_in_place, last_untouched) = waiter.join().unwrap();
+            assert_eq!(ready, 1, "layer 0 is reported alone");
+            assert!(first_in_place, "layer 0 of every block is in place");
+            assert!(
+                last_untouched,
+                "the last layer is not copied yet when layer 0's wait returns"
+            );
+        });
+        assert_eq!(wait_layer(&state, 3, Duration::ZERO, 4).unwrap(), 4);
+        assert_eq!(
+            layers, want,
+            "every layer of every block lands where the layout puts it"
+        );
+    }
+}
