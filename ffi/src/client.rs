@@ -439,23 +439,8 @@ pub unsafe extern "C" fn kvt_lookup(
     n: usize,
     prefix: *mut u32,
 ) -> kvt_status {
-    guard(|| {
-        // SAFETY: per the contract.
-        let keys = keys_of(unsafe { slice_arg(keys, n, "keys") }?);
-        if prefix.is_null() {
-            return Err(FfiError::null("prefix"));
-        }
-        let (p, _) = with_client(client, |inner| {
-            Ok(inner
-                .client
-                .as_mut()
-                .ok_or_else(closed)?
-                .lookup(&keys, true)?)
-        })?;
-        // SAFETY: writable per the contract.
-        unsafe { *prefix = p };
-        Ok(())
-    })
+    // SAFETY: the same contract; a recompute time of 0 is no such bound.
+    unsafe { kvt_lookup_vs_recompute(client, keys, n, 0, prefix) }
 }
 
 /// [`kvt_lookup`] that weighs loading against recomputing: `recompute_us` is the engine's

@@ -100,7 +100,7 @@ class WorkerSide:
         try:
             layer = self._layer_index.get(layer_name)
             if not self.settings.layerwise or layer is None:
-                return self._finish_sync()
+                return self._finish_sync(timed=False)
             for _, ticket in self._sync:
                 if ticket is None:
                     continue
@@ -108,7 +108,7 @@ class WorkerSide:
                     ready = ticket.wait_layer(layer, self._remaining_ms())
                 except kvtier.KvtierError:
                     # Timed out or failed: settle the whole load now (its blocks are recomputed).
-                    return self._finish_sync()
+                    return self._finish_sync(timed=False)
                 if layer == 0 and ready < self.shape.num_layers:
                     self.stats.add("layer_waits_early")  # the forward started before the last layer
         finally:
@@ -118,12 +118,15 @@ class WorkerSide:
     def _remaining_ms(self) -> int:
         return max(0, int((self._sync_deadline - time.monotonic()) * 1000))
 
-    def _finish_sync(self) -> None:
+    def _finish_sync(self, timed: bool = True) -> None:
+        """Settles this step's synchronous loads; `timed`: counted as load_finish_us (a wait
+        inside wait_for_layer_load counts as load_wait_us instead)."""
         if self._sync:
             t0 = time.monotonic()
             self._finish(self._sync, self._remaining_ms())
             self._sync = []
-            self.stats.add("load_finish_us", int((time.monotonic() - t0) * 1e6))
+            if timed:
+                self.stats.add("load_finish_us", int((time.monotonic() - t0) * 1e6))
 
     def _finish(self, pending: List[Tuple[BlockOp, Optional[kvtier.LoadTicket]]], timeout_ms: int) -> None:
         for op, ticket in pending:
