@@ -1,7 +1,8 @@
 //! Passing the arena's file descriptor to engine processes over a Unix socket (`SCM_RIGHTS`).
 //!
 //! The agent sends one message per connection: 16 bytes (a session token, and the arena size)
-//! with the memfd attached. The engine keeps the connection open for as long as it lives; when
+//! with the memfd attached, or 16 zero bytes without a descriptor when it refuses the peer
+//! (its credentials allow it no tenant). The engine keeps the connection open for as long as it lives; when
 //! it closes (the engine exited or died), the agent reclaims everything the token's sessions
 //! held.
 
@@ -55,7 +56,25 @@ pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, token: u64, len: u64) -> i
     Ok(())
 }
 
-/// Receives what [`send_fd`] sent: `(fd, token, len)`.
+/// Tells the peer it is refused: 16 zero bytes, no descriptor.
+pub fn send_refusal(sock: &UnixStream) -> io::Result<()> {
+    // SAFETY: a valid socket and a 16-byte buffer.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            [0u8; 16].as_ptr().cast(),
+            16,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n != 16 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives what [`send_fd`] sent: `(fd, token, len)`. A refusal ([`send_refusal`]) is a
+/// `PermissionDenied` error.
 pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
     let mut data = [0u8; 16];
     let mut iov = libc::iovec {
@@ -91,6 +110,13 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
             "the agent closed the descriptor socket",
         ));
     }
+    if fd.is_none() && data == [0u8; 16] {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the agent refused this process: its uid and groups may use none of the agent's \
+             tenants (agent.tenants)",
+        ));
+    }
     let fd = fd.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -119,6 +145,9 @@ mod tests {
         let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 12, 0) };
         assert_eq!(n, 12);
         assert_eq!(&buf, b"shared bytes");
+        send_refusal(&a).unwrap();
+        let e = recv_fd(&b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         drop(a);
         assert!(recv_fd(&b).is_err(), "EOF after the agent closes");
     }

@@ -7,6 +7,7 @@
 //! that connection open while it lives, and its closing releases every lease of the token's
 //! sessions. Bytes never travel over gRPC: engines copy blocks straight into the arena.
 
+pub mod access;
 pub mod client;
 pub mod fdpass;
 mod service;
@@ -40,6 +41,9 @@ pub struct AgentConfig {
     /// Writes to the pool waiting at most; when full the oldest is dropped (a future miss,
     /// counted). Default: `4096`.
     pub write_queue: usize,
+    /// The tenants and the uids and gids that may use them; empty (the default): every process
+    /// that can open the sockets (owner and group) may use any tenant.
+    pub access: access::Access,
 }
 
 impl AgentConfig {
@@ -51,6 +55,7 @@ impl AgentConfig {
             arena: HostArenaConfig::default(),
             pool: None,
             write_queue: 4096,
+            access: access::Access::default(),
         }
     }
 
@@ -75,7 +80,7 @@ impl AgentConfig {
         if let Some(p) = &self.pool {
             p.validate(payload)?;
         }
-        Ok(())
+        self.access.validate()
     }
 }
 
@@ -116,14 +121,15 @@ pub struct BoundAgent {
     fd_path: PathBuf,
 }
 
-/// Creates the state (arena, pool) and binds both sockets (owner and group only). Must be
-/// called within a tokio runtime.
+/// Creates the state (arena, pool) and binds both sockets: owner and group only, or, with
+/// tenants configured, reachable by every uid (each peer is then checked by its credentials).
+/// The socket directory is created owner and group only (with tenants: others may traverse
+/// it), and refused if another user owns it or may write to it. Must be called within a tokio
+/// runtime.
 pub fn bind(cfg: &AgentConfig) -> Result<BoundAgent> {
     let state = State::new(cfg)?;
-    if let Some(dir) = cfg.socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::io("creating the socket directory", e).with_context("dir", dir.display())
-        })?;
+    if let Some(dir) = cfg.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        socket_dir(dir, cfg.access.is_open())?;
     }
     let fd_path = fd_socket_path(&cfg.socket);
     for p in [&cfg.socket, &fd_path] {
@@ -143,10 +149,10 @@ pub fn bind(cfg: &AgentConfig) -> Result<BoundAgent> {
     let fds = std::os::unix::net::UnixListener::bind(&fd_path).map_err(|e| {
         Error::io("binding the descriptor socket", e).with_context("path", fd_path.display())
     })?;
+    let mode = if cfg.access.is_open() { 0o660 } else { 0o666 };
     for p in [&cfg.socket, &fd_path] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
-            Error::io("restricting the socket to owner and group", e)
-                .with_context("path", p.display())
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            Error::io("setting the socket's mode", e).with_context("path", p.display())
         })?;
     }
     Ok(BoundAgent {
@@ -156,6 +162,67 @@ pub fn bind(cfg: &AgentConfig) -> Result<BoundAgent> {
         socket: cfg.socket.clone(),
         fd_path,
     })
+}
+
+/// Creates the socket directory (mode 0750, or 0711 for `open == false`: other uids reach the
+/// sockets, not the listing), or checks an existing one: it must be a directory owned by this
+/// process's uid or root, and writable by nobody else. Otherwise another local user could have
+/// made it (the default under /tmp) and could swap the sockets for their own. A sticky
+/// directory owned by root (/tmp itself) is accepted.
+fn socket_dir(dir: &Path, open: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ctx = |e: Error| e.with_context("dir", dir.display());
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| ctx(Error::io("creating the socket directory's parent", e)))?;
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => {
+                    let mode = if open { 0o750 } else { 0o711 };
+                    return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| ctx(Error::io("setting the socket directory's mode", e)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ctx(Error::io("creating the socket directory", e))),
+            }
+        }
+        Err(e) => return Err(ctx(Error::io("reading the socket directory", e))),
+        Ok(_) => {}
+    }
+    let m = std::fs::symlink_metadata(dir)
+        .map_err(|e| ctx(Error::io("reading the socket directory", e)))?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        Err(ctx(Error::new(
+            kvtier_core::ErrorKind::PermissionDenied,
+            format!(
+                "refusing the socket directory {}: {why}; remove it, or give the agent a socket \
+                 in a directory only it may write (agent.socket)",
+                dir.display()
+            ),
+        )))
+    };
+    if !m.file_type().is_dir() {
+        return refuse("it is not a directory (a symlink?)".into());
+    }
+    if m.uid() != me && m.uid() != 0 {
+        return refuse(format!(
+            "it is owned by uid {}, not this agent's uid {me}",
+            m.uid()
+        ));
+    }
+    // A sticky directory (/tmp) keeps others from removing or renaming the agent's sockets.
+    let sticky = m.mode() & 0o1000 != 0;
+    if m.mode() & 0o022 != 0 && !(sticky && m.uid() == 0) {
+        return refuse(format!(
+            "its mode {:o} lets other users write to it",
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 impl BoundAgent {

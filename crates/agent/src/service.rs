@@ -78,6 +78,14 @@ fn to_status(e: Error) -> Status {
     }
 }
 
+/// The uid of a request's peer (the kernel's `SO_PEERCRED` of its connection), if known.
+fn caller<T>(req: &Request<T>) -> Option<u32> {
+    req.extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid())
+}
+
 fn keys(k: &[proto::Key]) -> Vec<BlockKey> {
     k.iter()
         .map(|k| BlockKey::from_u128(((k.hi as u128) << 64) | k.lo as u128))
@@ -100,11 +108,12 @@ impl Agent for Service {
         &self,
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
         let span = tracing::info_span!("rpc", op = AgentOp::Hello.name(), engine = %r.engine);
         let session = self
             .run(AgentOp::Hello, span, move |s| {
-                s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine)
+                s.hello(r.fd_token, r.layout_digest, r.object_len, &r.engine, uid)
             })
             .await?;
         let arena = self.state.arena();
@@ -120,7 +129,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let span = self.span(AgentOp::Lookup, r.session, r.keys.len());
         let (prefix_blocks, in_memory) = self
             .run(AgentOp::Lookup, span, move |s| {
@@ -139,7 +150,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::BeginSaveRequest>,
     ) -> Result<Response<proto::BeginSaveResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let span = self.span(AgentOp::BeginSave, r.session, r.keys.len());
         let (g, next) = self
             .run(AgentOp::BeginSave, span, move |s| {
@@ -156,7 +169,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::CommitSaveRequest>,
     ) -> Result<Response<proto::CommitSaveResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let span = self.span(AgentOp::CommitSave, r.session, r.leases.len());
         let (stored, deduplicated) = self
             .run(AgentOp::CommitSave, span, move |s| {
@@ -173,7 +188,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::BeginLoadRequest>,
     ) -> Result<Response<proto::BeginLoadResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let budget = Duration::from_millis(r.budget_ms as u64);
         let span = self.span(AgentOp::BeginLoad, r.session, r.keys.len());
         let (g, next) = self
@@ -191,7 +208,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::EndLoadRequest>,
     ) -> Result<Response<proto::EndLoadResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let span = self.span(AgentOp::EndLoad, r.session, r.leases.len());
         self.run(AgentOp::EndLoad, span, move |s| {
             s.end_load(r.session, &r.leases)
@@ -204,7 +223,9 @@ impl Agent for Service {
         &self,
         req: Request<proto::GoodbyeRequest>,
     ) -> Result<Response<proto::GoodbyeResponse>, Status> {
+        let uid = caller(&req);
         let r = req.into_inner();
+        self.state.authorize(r.session, uid).map_err(to_status)?;
         let span = self.span(AgentOp::Goodbye, r.session, 0);
         self.run(AgentOp::Goodbye, span, move |s| {
             s.goodbye(r.session);

@@ -9,6 +9,7 @@
 //! - [`block`]: block objects: the 64-byte header, checksums, records and their one
 //!   verification.
 //! - [`layout`]: engine KV layouts, and gathering one engine block into one object and back.
+//! - [`size`]: sizes in bytes as written in configuration (`2MiB`).
 //! - [`metrics`]: counters, histograms, and metric names.
 //! - [`policy`]: eviction policies (hit density, the tiers' default; LRU), pure code shared by
 //!   the tiers and the simulator.
@@ -32,6 +33,7 @@ pub mod key;
 pub mod layout;
 pub mod metrics;
 pub mod policy;
+pub mod size;
 pub mod tier;
 
 pub use dtype::KvDtype;

@@ -430,6 +430,13 @@ families! {
     AgentReadSecondsPerBlock => ("kvtier_agent_read_seconds_per_block", Gauge),
     /// Leases released because their engine's connection closed.
     AgentReclaimed => ("kvtier_agent_reclaimed_leases_total", Counter),
+    /// Peers the agent refused, by reason: `no_tenant` (its uid and groups may use no tenant of
+    /// `agent.tenants`: it never got the arena), `tenant` (it asked for a tenant it may not
+    /// use), `not_owner` (it named a session or descriptor token of another uid).
+    AgentRefused => ("kvtier_agent_refused_total", Counter),
+    /// Leases not granted because the session (`scope="session"`: three quarters of the arena)
+    /// or its tenant (`scope="tenant"`: its `arena=` share) held its limit of slots.
+    AgentLeaseLimited => ("kvtier_agent_lease_limited_total", Counter),
     /// The agent's pool backend (`backend` label: embedded, servers, shared-dir, none), value 1.
     AgentPoolBackend => ("kvtier_agent_pool_backend", Gauge),
     /// Per tenant (the engine name): sessions open.

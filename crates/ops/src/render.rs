@@ -128,7 +128,7 @@ pub fn agent_page(
         s.read_ns_per_block as f64 / 1e9,
     );
     // Every reason, also before the first drop.
-    for reason in ["no_room", "pool_down"] {
+    for reason in ["no_room", "pool_down", "lease_limit"] {
         let n = s.dropped_saves.iter().find(|(r, _)| *r == reason);
         w.counter(
             Family::AgentDroppedSaves,
@@ -140,6 +140,24 @@ pub fn agent_page(
     w.counter(Family::AgentDedup, &[], s.deduplicated);
     w.counter(Family::AgentPoolWrites, &[], s.pool_writes);
     w.counter(Family::AgentReclaimed, &[], s.reclaimed_leases);
+    // Every reason and scope, also before the first.
+    let of =
+        |v: &[(&'static str, u64)], k: &str| v.iter().find(|(r, _)| *r == k).map_or(0, |x| x.1);
+    for r in kvtier_agent::access::Refusal::ALL {
+        let reason = r.name();
+        w.counter(
+            Family::AgentRefused,
+            &[("reason", reason)],
+            of(&s.refused, reason),
+        );
+    }
+    for scope in ["session", "tenant"] {
+        w.counter(
+            Family::AgentLeaseLimited,
+            &[("scope", scope)],
+            of(&s.lease_limited, scope),
+        );
+    }
     w.gauge(
         Family::QueueDepth,
         &[("queue", "write_behind")],

@@ -103,6 +103,7 @@ impl State {
         // slots its reads from the pool take cannot evict them), then the others are read
         // through from the pool and pinned; then each is granted in order.
         let mut pinned = Vec::new();
+        let mut considered = keys.len();
         for i in 0..keys.len() {
             let j = i % READ_THROUGH_BATCH;
             if j == 0 {
@@ -130,6 +131,18 @@ impl State {
                 Some((r, p)) => (Some(r), p),
                 None => (None, false),
             };
+            if read.is_some() {
+                if let Err(e) = self.lease_room(session) {
+                    if e.kind() != ErrorKind::NoSpace {
+                        return Err(e);
+                    }
+                    // The session or its tenant holds its share of the arena: the engine copies
+                    // these out, releases them and asks again from here (with none granted,
+                    // the rest is a miss).
+                    considered = if out.is_empty() { keys.len() } else { i };
+                    break;
+                }
+            }
             let granted = read.and_then(|r| {
                 if self.arena.slot_digest(r.id()) != digest {
                     return None; // another layout's object: never hand it to this engine
@@ -163,8 +176,8 @@ impl State {
         }
         let mut t = self.tenants.lock();
         t.loads[tenant] += out.len() as u64;
-        t.misses[tenant] += (keys.len() - out.len()) as u64;
-        Ok((out, keys.len() as u32))
+        t.misses[tenant] += (considered - out.len()) as u64;
+        Ok((out, considered as u32))
     }
 
     /// Releases load leases.

@@ -18,6 +18,7 @@ use kvtier_core::policy::InsertInfo;
 use kvtier_core::tier::host::{Commit, HostArena, SlotId};
 use kvtier_pool::PoolBackend;
 
+use crate::access::{Access, Peer, Refusal};
 use crate::fdpass;
 use crate::AgentConfig;
 
@@ -100,6 +101,9 @@ struct Lease {
 
 struct Session {
     token: u64,
+    /// The uid of the process that opened it (from its descriptor connection): calls naming
+    /// this session from another uid are refused.
+    uid: u32,
     layout_digest: u64,
     engine: String,
     /// Index into the tenant table.
@@ -147,8 +151,9 @@ pub struct AgentStats {
     pub pool_write_errors: u64,
     /// Blocks whose save waited for write-behind to make room in the arena.
     pub save_waits: u64,
-    /// Blocks not saved: no room in the arena within the save's wait (`no_room`), or none
-    /// while the pool was failing (`pool_down`).
+    /// Blocks not saved: no room in the arena within the save's wait (`no_room`), none while
+    /// the pool was failing (`pool_down`), or the session or tenant held its limit of leased
+    /// slots (`lease_limit`).
     pub dropped_saves: Vec<(&'static str, u64)>,
     /// Lookups whose prefix was cut, by reason: reading more from the pool would not fit the
     /// engine's load budget (`budget`), or would take longer than recomputing (`recompute`).
@@ -161,6 +166,11 @@ pub struct AgentStats {
     pub corrupt: u64,
     /// Leases released because their engine's connection closed.
     pub reclaimed_leases: u64,
+    /// Peers refused, by reason ([`Refusal::name`]: `no_tenant`, `tenant`, `not_owner`).
+    pub refused: Vec<(&'static str, u64)>,
+    /// Leases not granted because the session (`session`) or its tenant (`tenant`) held its
+    /// limit of arena slots.
+    pub lease_limited: Vec<(&'static str, u64)>,
     /// Arena objects evicted to make room.
     pub evictions: u64,
     /// Payload bytes of one block object.
@@ -195,10 +205,14 @@ struct Counters {
     save_waits: Counter,
     dropped_saves_no_room: Counter,
     dropped_saves_pool_down: Counter,
+    dropped_saves_limit: Counter,
     shortened_lookups_budget: Counter,
     shortened_lookups_recompute: Counter,
     load_windows: Counter,
     reclaimed_leases: Counter,
+    refused: [Counter; 3],
+    lease_limited_session: Counter,
+    lease_limited_tenant: Counter,
 }
 
 /// The agent's shared state.
@@ -209,8 +223,15 @@ pub struct State {
     leases: Mutex<HashMap<u64, Lease>>,
     /// Keys with a write lease outstanding (dedup of concurrent saves).
     saving: Mutex<HashMap<BlockKey, u64>>,
-    /// Descriptor connections alive, by token.
-    tokens: Mutex<HashSet<u64>>,
+    /// Descriptor connections alive, by token, with their peers.
+    tokens: Mutex<HashMap<u64, Peer>>,
+    /// Who may use which tenant.
+    access: Access,
+    /// Slots one session may hold leased at once: three quarters of the arena (an engine
+    /// holds one window, a quarter, per call), so that no engine can pin all of it.
+    session_cap: usize,
+    /// The secret that makes ids unpredictable ([`State::id`]).
+    id_key: std::collections::hash_map::RandomState,
     next_id: AtomicU64,
     /// Blocks to write behind, each holding a pin on its arena slot until it is written (or
     /// refused), so that a block is never evicted before the pool has it.
@@ -283,7 +304,10 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             saving: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashSet::new()),
+            tokens: Mutex::new(HashMap::new()),
+            access: cfg.access.clone(),
+            session_cap: (arena_slots * 3 / 4).max(1),
+            id_key: std::collections::hash_map::RandomState::new(),
             next_id: AtomicU64::new(first_id()),
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
@@ -333,8 +357,18 @@ impl State {
         self.read_ns_per_block.store(avg, Ordering::Relaxed);
     }
 
+    /// A fresh session, lease or descriptor token id: a keyed hash (SipHash, keyed by this
+    /// process's random secret) of a counter, so that no engine can guess another's ids from
+    /// its own. Never 0, high bit clear.
     fn id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        use std::hash::BuildHasher;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (self.id_key.hash_one(n) >> 1) | 1
+    }
+
+    /// Counts a refused peer.
+    pub(super) fn refused(&self, why: Refusal) {
+        self.counters.refused[why as usize].inc();
     }
 
     /// The arena (for tests and the stats view).

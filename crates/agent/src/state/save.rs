@@ -52,7 +52,8 @@ impl State {
     /// were), from which the engine asks again once it has committed these. With a pool, a save
     /// larger than the free arena waits for write-behind to make room (up to [`SAVE_WAIT`]); an
     /// arena still full then (every slot pinned) ends the list: the engine skips saving the
-    /// rest, counted as dropped saves.
+    /// rest, counted as dropped saves. A session (or tenant) holding its limit of leased slots
+    /// gets no more: the list ends there (reason `lease_limit` when nothing was granted).
     pub fn begin_save(&self, session: u64, keys: &[BlockKey]) -> Result<(Vec<Granted>, u32)> {
         self.session_digest(session)?;
         let deadline = Instant::now() + SAVE_WAIT;
@@ -64,6 +65,20 @@ impl State {
             if self.arena.contains(key) {
                 self.counters.deduplicated.inc();
                 continue;
+            }
+            if let Err(e) = self.lease_room(session) {
+                if e.kind() != ErrorKind::NoSpace {
+                    return Err(e);
+                }
+                // The session or its tenant holds its share of the arena: the engine commits
+                // these and asks again from here; with none granted, the rest is not saved.
+                if out.is_empty() {
+                    self.counters
+                        .dropped_saves_limit
+                        .add((keys.len() - i) as u64);
+                    return Ok((out, keys.len() as u32));
+                }
+                return Ok((out, i as u32));
             }
             // Mark the key in flight under its lease id first, so that a concurrent save of the
             // same key, or a reclaim racing with this call, never leaves a stale mark behind.

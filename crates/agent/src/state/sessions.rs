@@ -1,6 +1,7 @@
 //! Engine sessions and leases: hello, the descriptor socket, grants, release, goodbye, and reclaiming a dead engine's leases.
 
 use super::*;
+use crate::access::{MAX_ENGINE_NAME, MAX_TENANT_NAME};
 
 impl State {
     /// Serves the descriptor socket on a thread: each connection gets a token and the arena's
@@ -14,8 +15,19 @@ impl State {
                         break;
                     }
                     let Ok(mut conn) = conn else { continue };
+                    let peer = Peer::of(&conn).ok();
+                    if !self.access.admits(peer.as_ref()) {
+                        // Never hand the arena to a peer that may use no tenant.
+                        self.refused(Refusal::NoTenant);
+                        tracing::warn!(uid = peer.as_ref().map(|p| p.uid), "refused a peer allowed no tenant (agent.tenants)");
+                        let _ = fdpass::send_refusal(&conn);
+                        continue;
+                    }
+                    let Some(peer) = peer.or_else(|| self.access.is_open().then(|| Peer::new(u32::MAX, u32::MAX, 0))) else {
+                        continue;
+                    };
                     let token = self.id();
-                    self.tokens.lock().insert(token);
+                    self.tokens.lock().insert(token, peer);
                     let len = self.arena.slot_len() as u64 * self.arena.slots() as u64;
                     if let Err(e) = fdpass::send_fd(&conn, self.arena.fd(), token, len) {
                         tracing::debug!(error = %e, "could not pass the arena descriptor (the peer left at once)");
@@ -48,13 +60,17 @@ impl State {
         }
     }
 
-    /// Opens a session for an engine whose descriptor connection holds `token`.
+    /// Opens a session for an engine whose descriptor connection holds `token`, called by
+    /// `caller` (the uid of the gRPC connection's peer; `None` when unknown): it must be the
+    /// uid that holds the token. The session's tenant comes from the engine name and what the
+    /// token's peer may use ([`Access::tenant`]).
     pub fn hello(
         &self,
         token: u64,
         layout_digest: u64,
         object_len: u64,
         engine: &str,
+        caller: Option<u32>,
     ) -> Result<u64> {
         if object_len != self.arena.payload_len() as u64 {
             return Err(Error::invalid(format!(
@@ -63,25 +79,106 @@ impl State {
                 self.arena.payload_len()
             )));
         }
-        if !self.tokens.lock().contains(&token) {
+        if engine.len() > MAX_ENGINE_NAME || engine.chars().any(char::is_control) {
+            return Err(Error::invalid(format!(
+                "the engine name must be at most {MAX_ENGINE_NAME} bytes without control characters \
+                 (got {} bytes)",
+                engine.len()
+            )));
+        }
+        let Some(peer) = self.tokens.lock().get(&token).cloned() else {
             return Err(Error::invalid(
                 "unknown descriptor token: connect to the descriptor socket first",
             ));
+        };
+        if caller.is_some_and(|uid| uid != peer.uid) || (caller.is_none() && !self.access.is_open())
+        {
+            self.refused(Refusal::NotOwner);
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "this descriptor token belongs to another uid's connection",
+            ));
         }
-        let session = self.id();
-        let tenant = self.tenants.lock().id(engine);
-        self.sessions.lock().insert(
+        let (name, rule) = self
+            .access
+            .tenant(Some(&peer), engine)
+            .map_err(|(why, e)| {
+                self.refused(why);
+                tracing::warn!(uid = peer.uid, engine, error = %e, "refused a session");
+                e
+            })?;
+        let name: String = name.chars().take(MAX_TENANT_NAME).collect();
+        let cap = rule
+            .and_then(|i| self.access.rules[i].arena)
+            .map(|share| share.slots(self.arena.slots(), self.arena.slot_len()));
+        let mut session = self.id();
+        let tenant = self.tenants.lock().id(&name, cap);
+        let mut sessions = self.sessions.lock();
+        while sessions.contains_key(&session) {
+            session = self.id();
+        }
+        sessions.insert(
             session,
             Session {
                 token,
+                uid: peer.uid,
                 layout_digest,
                 engine: engine.to_string(),
                 tenant,
                 leases: HashSet::new(),
             },
         );
-        tracing::info!(session, engine, "engine session opened");
+        drop(sessions);
+        tracing::info!(session, engine, tenant = %name, uid = peer.uid, "engine session opened");
         Ok(session)
+    }
+
+    /// Refuses a call naming `session` from `caller`, a uid other than the session's owner
+    /// (`PermissionDenied`, counted). An unknown session passes: the call itself says so.
+    pub fn authorize(&self, session: u64, caller: Option<u32>) -> Result<()> {
+        let owner = self.sessions.lock().get(&session).map(|s| s.uid);
+        match owner {
+            Some(uid) if uid != u32::MAX && caller != Some(uid) => {
+                self.refused(Refusal::NotOwner);
+                Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("session {session} belongs to another uid; open your own with Hello"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `session` may take one more lease: `NoSpace` when it, or its tenant, holds its
+    /// limit of slots (counted).
+    pub(super) fn lease_room(&self, session: u64) -> Result<()> {
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(&session) else {
+            return Err(Error::new(ErrorKind::NotFound, "unknown session"));
+        };
+        if s.leases.len() >= self.session_cap {
+            self.counters.lease_limited_session.inc();
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!("the session holds {} leases, its limit", s.leases.len()),
+            ));
+        }
+        let cap = self.tenants.lock().caps.get(s.tenant).copied().flatten();
+        if let Some(cap) = cap {
+            let held: usize = sessions
+                .values()
+                .filter(|o| o.tenant == s.tenant)
+                .map(|o| o.leases.len())
+                .sum();
+            if held >= cap {
+                self.counters.lease_limited_tenant.inc();
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!("the tenant's sessions hold {held} leases, its share of the arena"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn session_digest(&self, session: u64) -> Result<u64> {

@@ -80,6 +80,7 @@ impl State {
             dropped_saves: vec![
                 ("no_room", c.dropped_saves_no_room.get()),
                 ("pool_down", c.dropped_saves_pool_down.get()),
+                ("lease_limit", c.dropped_saves_limit.get()),
             ],
             shortened_lookups: vec![
                 ("budget", c.shortened_lookups_budget.get()),
@@ -91,6 +92,14 @@ impl State {
                 .as_ref()
                 .map_or(0, |(_, s)| s.corrupt.iter().map(|(_, n)| n).sum()),
             reclaimed_leases: c.reclaimed_leases.get(),
+            refused: Refusal::ALL
+                .iter()
+                .map(|&r| (r.name(), c.refused[r as usize].get()))
+                .collect(),
+            lease_limited: vec![
+                ("session", c.lease_limited_session.get()),
+                ("tenant", c.lease_limited_tenant.get()),
+            ],
             evictions: arena.evictions,
             object_bytes: self.arena.payload_len() as u64,
             slot_bytes: self.arena.slot_len() as u64,

@@ -1,5 +1,6 @@
-//! Tenants: the engine names sessions give, each with its counters (bounded: past
-//! [`MAX_TENANTS`] names, engines count together under [`OTHER_TENANT`]).
+//! Tenants: the configured tenants (`agent.tenants`), or without them the names engines give,
+//! each with its counters (bounded: past [`MAX_TENANTS`] names, engines count together under
+//! [`OTHER_TENANT`]).
 
 use std::collections::HashMap;
 
@@ -12,9 +13,10 @@ pub const MAX_TENANTS: usize = 64;
 /// The tenant label of engines past the first [`MAX_TENANTS`] names.
 pub const OTHER_TENANT: &str = "_other";
 
-/// Per-tenant counters. A tenant is the engine name an engine gives when it opens a session
-/// (`HelloRequest.engine`): the agent never sees the cache salt that isolates tenants in the
-/// keys, only the name.
+/// Per-tenant counters. A tenant is one of `agent.tenants` its peer may use, or without them the
+/// engine name an engine gives when it opens a session (`HelloRequest.engine`, up to its first
+/// `/`); see [`crate::access::Access::tenant`]. The agent never sees the cache salt that
+/// isolates tenants in the keys.
 #[derive(Default)]
 pub(super) struct Tenants {
     pub(super) names: Vec<String>,
@@ -22,10 +24,13 @@ pub(super) struct Tenants {
     pub(super) saves: Vec<u64>,
     pub(super) loads: Vec<u64>,
     pub(super) misses: Vec<u64>,
+    /// Slots the tenant's sessions may hold leased at once (its `arena=` share).
+    pub(super) caps: Vec<Option<usize>>,
 }
 
 impl Tenants {
-    pub(super) fn id(&mut self, engine: &str) -> usize {
+    /// The index of tenant `engine`, added (with its lease cap) when new.
+    pub(super) fn id(&mut self, engine: &str, cap: Option<usize>) -> usize {
         if let Some(&i) = self.index.get(engine) {
             return i;
         }
@@ -43,6 +48,7 @@ impl Tenants {
         self.saves.push(0);
         self.loads.push(0);
         self.misses.push(0);
+        self.caps.push(cap);
         i
     }
 }

@@ -26,6 +26,7 @@ const AGENT_KEYS: &KeyMap = &[
     ("host arena", "payload_len", "agent.object_bytes"),
     ("agent", "write_queue", "agent.write_queue"),
     ("agent", "socket", "agent.socket"),
+    ("agent", "tenants", "agent.tenants"),
     ("segment store", "capacity_bytes", "agent.pool_bytes"),
     ("segment store", "segment_bytes", "agent.segment_bytes"),
     ("shared directory", "capacity_bytes", "agent.pool_bytes"),
@@ -88,6 +89,7 @@ impl Default for AgentSection {
             pool_timeout_ms: client.timeout.as_millis() as u64,
             shared_dir: None,
             write_queue: agent.write_queue,
+            tenants: Vec::new(),
             metrics_addr: super::OptAddr(Some(([127, 0, 0, 1], 9464).into())),
         }
     }
@@ -134,6 +136,15 @@ impl AgentSection {
         c.arena.capacity_bytes = self.arena_bytes.0;
         c.arena.payload_len = usize::try_from(self.object_bytes.0).unwrap_or(usize::MAX);
         c.write_queue = self.write_queue;
+        c.access.rules = self
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                kvtier_agent::access::TenantRule::parse(t)
+                    .map_err(|e| field_error(format!("agent.tenants[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         c.pool = if self.no_pool {
             None
         } else if !self.pool_servers.is_empty() {

@@ -94,6 +94,8 @@ pub const KEYS: &[Key] = &[
         "Use a directory shared by every node (a parallel file system) instead of the embedded pool; `pool_bytes` bounds it."),
     key!("agent", "write_queue", Some("4096"), "",
         "Blocks waiting to be written behind to the pool, at most; when full the oldest is dropped (a future miss, counted)."),
+    key!("agent", "tenants", Some("[]"), "",
+        "Who may use the agent: `NAME: uid=UID gid=GID arena=SHARE` each (any number of uid= and gid=; arena= a percent or size, the slots the tenant's sessions may hold at once). Empty: every process that can open the sockets (owner and group). Set: the sockets open to all, each peer checked by its kernel credentials; an engine named `NAME/...` asks for tenant NAME, any other name gets its peer's first allowed tenant."),
     key!("agent", "metrics_addr", Some("\"127.0.0.1:9464\""), "",
         "HTTP address of /metrics, /healthz and /readyz, or `none`."),
     key!("pool", "listen", Some("\"0.0.0.0:7070\""), "",

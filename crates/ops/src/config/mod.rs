@@ -76,6 +76,8 @@ pub struct AgentSection {
     /// See [`KEYS`] (its default comes from the component it configures).
     pub write_queue: usize,
     /// See [`KEYS`] (its default comes from the component it configures).
+    pub tenants: Vec<String>,
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub metrics_addr: OptAddr,
 }
 
@@ -158,6 +160,7 @@ setters!(
         pool_timeout_ms,
         shared_dir,
         write_queue,
+        tenants,
         metrics_addr,
     ]
 );

@@ -128,6 +128,16 @@ fn bad_values_are_named() {
             "host:port",
         ),
         (
+            "[agent]\ntenants = [\"chat: uid=1\", \"batch: user=2\"]\n",
+            "agent.tenants[1]",
+            "unknown key `user`",
+        ),
+        (
+            "[agent]\ntenants = [\"chat: uid=1\", \"chat: gid=2\"]\n",
+            "agent.tenants",
+            "configured twice",
+        ),
+        (
             "[agent]\nno_pool = true\nshared_dir = \"/x\"\n",
             "agent.shared_dir",
             "conflicts",

@@ -13,44 +13,9 @@ use kvtier_core::error::{Error, Result};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    /// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB`.
+    /// Parses `2MiB`, `512KiB`, `1GiB`, `4096`, `1.5GB` ([`kvtier_core::size::parse_size`]).
     pub fn parse(s: &str) -> Result<ByteSize> {
-        let t = s.trim();
-        if t.starts_with('-') {
-            return Err(Error::invalid(format!(
-                "`{s}` is negative; a size is 0 or more"
-            )));
-        }
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: f64 = num.parse().map_err(|_| {
-            Error::invalid(format!(
-                "`{s}` is not a size (examples: 4096, 256KiB, 2MiB, 1GiB)"
-            ))
-        })?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kib" => 1 << 10,
-            "m" | "mib" => 1 << 20,
-            "g" | "gib" => 1 << 30,
-            "t" | "tib" => 1 << 40,
-            "kb" => 1_000,
-            "mb" => 1_000_000,
-            "gb" => 1_000_000_000,
-            "tb" => 1_000_000_000_000,
-            u => {
-                return Err(Error::invalid(format!(
-                    "unknown size unit `{u}` in `{s}` (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-                )))
-            }
-        };
-        let v = n * mult as f64;
-        if !(v.is_finite() && v < u64::MAX as f64) {
-            return Err(Error::invalid(format!("`{s}` is too large")));
-        }
-        Ok(ByteSize(v as u64))
+        kvtier_core::size::parse_size(s).map(ByteSize)
     }
 }
 

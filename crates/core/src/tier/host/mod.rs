@@ -74,7 +74,9 @@ impl HostArena {
         let name = std::ffi::CString::new(cfg.name.as_str())
             .map_err(|_| Error::invalid("host arena `name` must not contain NUL"))?;
         // SAFETY: plain syscalls on a fresh fd; results are checked.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(Error::io(
                 "memfd_create for the host arena",
@@ -90,6 +92,16 @@ impl HostArena {
                 std::io::Error::last_os_error(),
             )
             .with_context("bytes", map_len));
+        }
+        // Every engine holds this descriptor: sealed, none of them can shrink the arena (which
+        // would SIGBUS the agent and every other engine) or grow it, and the seals are final.
+        // SAFETY: valid fd; F_ADD_SEALS takes an int of seal flags.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(Error::io(
+                "sealing the host arena memfd against resizing",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: mapping a file we own of exactly map_len bytes.
         let base = unsafe {
@@ -576,6 +588,20 @@ mod tests {
 
     fn k(i: u128) -> BlockKey {
         BlockKey::from_u128(i)
+    }
+
+    #[test]
+    fn no_holder_of_the_descriptor_can_resize_the_arena() {
+        let a = arena(4, 1000);
+        let len = a.slots() as i64 * a.slot_len() as i64;
+        for to in [0, len / 2, len * 2] {
+            // SAFETY: a valid descriptor; ftruncate only reports the seal.
+            let r = unsafe { libc::ftruncate(a.fd().as_raw_fd(), to) };
+            assert_eq!(
+                r, -1,
+                "ftruncate to {to} bytes of a {len}-byte arena went through"
+            );
+        }
     }
 
     #[test]
