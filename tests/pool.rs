@@ -212,6 +212,71 @@ fn authed(addr: &str, secret: Option<&[u8]>) -> TcpStream {
 }
 
 #[test]
+fn a_client_with_a_secret_refuses_a_server_that_cannot_prove_it() {
+    // An impostor on the address the agent was given: a server without the secret accepts any
+    // proof, so only the server's own proof of the client's nonce tells it apart.
+    let dir = tempfile::tempdir().unwrap();
+    let impostor = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
+    let c = client(
+        std::slice::from_ref(&impostor.addr),
+        1,
+        Some(b"correct horse battery staple 42"),
+    );
+    let c2 = c.clone();
+    let e = c.block(async move { c2.put(record(1)).await }).unwrap_err();
+    assert!(
+        e.to_string().contains("did not prove the shared secret"),
+        "{e}"
+    );
+    // A server with another secret refuses the client first.
+    let secret_path = dir.path().join("secret");
+    std::fs::write(&secret_path, b"another secret, 32 bytes long!!").unwrap();
+    let other = start_server(&dir.path().join("data2"), "127.0.0.1:0", Some(&secret_path));
+    let c = client(
+        std::slice::from_ref(&other.addr),
+        1,
+        Some(b"correct horse battery staple 42"),
+    );
+    let c2 = c.clone();
+    let e = c.block(async move { c2.put(record(1)).await }).unwrap_err();
+    assert!(e.to_string().contains("refused the connection"), "{e}");
+}
+
+#[test]
+fn a_pool_other_hosts_reach_needs_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvtier"))
+        .args([
+            "pool",
+            "--listen",
+            "0.0.0.0:0",
+            "--control",
+            "none",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an open pool on 0.0.0.0 started");
+    assert!(
+        err.contains("pool.secret_file") && err.contains("insecure_open"),
+        "{err}"
+    );
+    // Accepted when asked for in so many words, and on loopback by default.
+    let open = common::start_server_with(
+        &dir.path().join("data"),
+        "0.0.0.0:0",
+        None,
+        &["--insecure-open"],
+    );
+    let port = open.addr.rsplit(':').next().unwrap();
+    let c = client(&[format!("127.0.0.1:{port}")], 1, None);
+    let c2 = c.clone();
+    c.block(async move { c2.put(record(1)).await }).unwrap();
+}
+
+#[test]
 fn bad_peers_are_disconnected_with_a_logged_reason_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let secret_path = dir.path().join("secret");

@@ -141,7 +141,7 @@ impl AgentClient {
                 })
         };
         let fd_path = fd_socket_path(&cfg.socket);
-        let fd_sock = connect_within(&fd_path, deadline).map_err(|e| match e.kind() {
+        let fd_sock = fdpass::connect_within(&fd_path, deadline).map_err(|e| match e.kind() {
             std::io::ErrorKind::TimedOut => Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -715,73 +715,6 @@ fn granted(leases: Vec<proto::Lease>) -> Vec<Granted> {
             lease: l.lease,
         })
         .collect()
-}
-
-/// Connects a Unix stream socket to `path` by `deadline`. A listener whose backlog is full (an
-/// agent stopped or too busy to accept) makes a blocking connect wait forever; a non-blocking
-/// one fails at once with `EAGAIN`, so this retries, backing off to 5 ms, until the deadline
-/// (`TimedOut`).
-fn connect_within(
-    path: &std::path::Path,
-    deadline: std::time::Instant,
-) -> std::io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data; zeroed is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("socket path longer than {} bytes", addr.sun_path.len() - 1),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = b as libc::c_char;
-    }
-    // SAFETY: a plain syscall; the result is checked and owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    let sock = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut pause = Duration::from_micros(100);
-    loop {
-        // SAFETY: a valid socket and address of the size given.
-        let r = unsafe {
-            libc::connect(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-            _ => return Err(e),
-        }
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the listener's backlog stayed full",
-            ));
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
-    sock.set_nonblocking(false)?;
-    Ok(sock)
 }
 
 /// How many of `n` keys a call considered: its `next`, or all of them (0, from an agent older

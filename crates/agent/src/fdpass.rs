@@ -2,9 +2,10 @@
 //!
 //! The agent sends one message per connection: 16 bytes (a session token, and the arena size)
 //! with the memfd attached, or 16 zero bytes without a descriptor when it refuses the peer
-//! (its credentials allow it no tenant). The engine keeps the connection open for as long as it lives; when
-//! it closes (the engine exited or died), the agent reclaims everything the token's sessions
-//! held.
+//! (its credentials allow it no tenant). The engine keeps the connection open for as long as it
+//! lives; when it closes (the engine exited or died), the agent reclaims everything the token's
+//! sessions held. The engine connects within its deadline ([`connect_within`]), so a stopped
+//! agent is a timeout, not a hang.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -126,6 +127,73 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<(OwnedFd, u64, u64)> {
     let token = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(data[8..].try_into().expect("8 bytes"));
     Ok((fd, token, len))
+}
+
+/// Connects a Unix stream socket to `path` by `deadline`. A listener whose backlog is full (an
+/// agent stopped or too busy to accept) makes a blocking connect wait forever; a non-blocking
+/// one fails at once with `EAGAIN`, so this retries, backing off to 5 ms, until the deadline
+/// (`TimedOut`).
+pub fn connect_within(
+    path: &std::path::Path,
+    deadline: std::time::Instant,
+) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path longer than {} bytes", addr.sun_path.len() - 1),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: a plain syscall; the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let sock = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut pause = std::time::Duration::from_micros(100);
+    loop {
+        // SAFETY: a valid socket and address of the size given.
+        let r = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+            _ => return Err(e),
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the listener's backlog stayed full",
+            ));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+    sock.set_nonblocking(false)?;
+    Ok(sock)
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ const POOL_KEYS: &KeyMap = &[
     ("pool server", "stream_chunk", "pool.stream_chunk"),
     ("pool server", "stall_timeout", "pool.stall_timeout_ms"),
     ("pool server", "ucx", "pool.ucx"),
+    ("pool server", "secret", "pool.secret_file"),
 ];
 
 /// A component's error about one of its fields, restated about the file's key that sets it
@@ -100,7 +101,7 @@ impl Default for PoolSection {
     /// file's own: addresses and the data directory.
     fn default() -> Self {
         let store = SegmentStoreConfig::new("kvtier-pool-data");
-        let server = PoolServerConfig::new(([0, 0, 0, 0], 7070).into(), store.clone());
+        let server = PoolServerConfig::new(([127, 0, 0, 1], 7070).into(), store.clone());
         PoolSection {
             listen: server.listen,
             control: super::OptAddr(Some(([127, 0, 0, 1], 7071).into())),
@@ -111,6 +112,7 @@ impl Default for PoolSection {
             stream_chunk: super::ByteSize(server.stream_chunk as u64),
             stall_timeout_ms: server.stall_timeout.as_millis() as u64,
             secret_file: None,
+            insecure_open: server.insecure_open,
             io: "auto".into(),
             ucx: server.ucx,
             metrics_addr: super::OptAddr(Some(([127, 0, 0, 1], 9465).into())),
@@ -215,6 +217,11 @@ impl PoolSection {
         c.stream_chunk = usize::try_from(self.stream_chunk.0).unwrap_or(usize::MAX);
         c.stall_timeout = Duration::from_millis(self.stall_timeout_ms);
         c.secret = secret(&self.secret_file, "pool.secret_file", read)?;
+        c.insecure_open = self.insecure_open;
+        if !read && self.secret_file.is_some() {
+            // Checked without reading the file: a secret is configured.
+            c.secret = Some(b"(not read while checking)".to_vec());
+        }
         c.validate().map_err(|e| in_keys(POOL_KEYS, e))?;
         Ok(c)
     }

@@ -105,6 +105,8 @@ pub struct PoolSection {
     /// See [`KEYS`] (its default comes from the component it configures).
     pub secret_file: Option<PathBuf>,
     /// See [`KEYS`] (its default comes from the component it configures).
+    pub insecure_open: bool,
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub io: String,
     /// See [`KEYS`] (its default comes from the component it configures).
     pub ucx: bool,
@@ -176,6 +178,7 @@ setters!(
         stream_chunk,
         stall_timeout_ms,
         secret_file,
+        insecure_open,
         io,
         ucx,
         metrics_addr,

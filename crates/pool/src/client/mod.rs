@@ -194,11 +194,12 @@ impl PoolClient {
         if hello.op != Op::Hello {
             return Err(unavailable(&addr, "handshake failed: no hello"));
         }
+        let mine = auth::nonce();
         let proof = match (
             &self.cfg.secret,
             hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
         ) {
-            (Some(s), _) => auth::proof(s, &nonce).to_vec(),
+            (Some(s), _) => [&auth::proof(s, &nonce)[..], &mine[..]].concat(),
             (None, true) => {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
@@ -216,8 +217,20 @@ impl PoolClient {
         wr.write_all(&proof)
             .await
             .map_err(|e| unavailable(&addr, e))?;
-        match read_frame(&mut rd, 0).await {
-            Ok((f, _)) if f.op == Op::Auth && f.status == Status::Ok => {}
+        match read_frame(&mut rd, auth::PROOF_LEN as u32).await {
+            Ok((f, back)) if f.op == Op::Auth && f.status == Status::Ok => {
+                if let Some(s) = &self.cfg.secret {
+                    if !auth::verify_server(s, &mine, &back) {
+                        return Err(Error::new(
+                            ErrorKind::PermissionDenied,
+                            format!(
+                                "pool server {addr} did not prove the shared secret: it is not \
+                                 configured with this secret (or is not a kvtier pool server)"
+                            ),
+                        ));
+                    }
+                }
+            }
             Ok(_) | Err(ReadError::Closed) | Err(ReadError::Io(_)) => {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,

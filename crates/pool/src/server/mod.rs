@@ -61,8 +61,12 @@ pub struct PoolServerConfig {
     pub store: SegmentStoreConfig,
     /// Bytes of DRAM for hot records (0: no cache). Default 1 GiB.
     pub cache_bytes: u64,
-    /// Shared secret peers must prove; `None`: no authentication.
+    /// Shared secret peers must prove (and the server proves back); `None`: no
+    /// authentication, allowed only on a loopback `listen` unless [`Self::insecure_open`].
     pub secret: Option<Vec<u8>>,
+    /// Serve a non-loopback `listen` without a secret: anyone who reaches the port may read
+    /// and overwrite every object. Default `false` (such a server refuses to start).
+    pub insecure_open: bool,
     /// Largest body accepted, in bytes. Default [`wire::MAX_BODY`] (64 MiB + a page).
     pub max_body: u32,
     /// Requests in flight per connection, at most. Default 64.
@@ -104,6 +108,20 @@ impl PoolServerConfig {
                 "true, but this kvtier was built without feature `ucx`",
             );
         }
+        if self.secret.is_none() && !self.listen.ip().is_loopback() && !self.insecure_open {
+            return Err(Error::bad_field(
+                "pool server",
+                "secret",
+                format!(
+                    "none, but the data plane listens on {}, reachable from other hosts: anyone \
+                     who reaches it could read and overwrite every object. Give the servers and \
+                     the agents one shared secret (pool.secret_file, agent.pool_secret_file), \
+                     listen on a loopback address, or accept an open pool with \
+                     pool.insecure_open = true",
+                    self.listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -115,6 +133,7 @@ impl PoolServerConfig {
             store,
             cache_bytes: 1 << 30,
             secret: None,
+            insecure_open: false,
             max_body: wire::MAX_BODY,
             max_in_flight: 64,
             auth_timeout: Duration::from_secs(5),
@@ -365,7 +384,15 @@ impl PoolServer {
     /// Stops taking writes (puts answer `Draining`); reads go on. Flushes the store.
     pub fn drain(&self) -> Result<()> {
         self.draining.store(true, Ordering::Relaxed);
+        tracing::info!("draining: writes refused, reads served");
         self.store.flush()
+    }
+
+    /// Takes writes again after [`drain`](Self::drain).
+    pub fn undrain(&self) {
+        if self.draining.swap(false, Ordering::Relaxed) {
+            tracing::info!("undrained: writes taken again");
+        }
     }
 
     fn reject(&self, peer: SocketAddr, why: &str, auth: bool) {
@@ -389,7 +416,8 @@ impl PoolServer {
         self.counters.connections.add(1);
         self.counters.connections_total.inc();
         let (mut rd, mut wr) = sock.into_split();
-        // Handshake: Hello with a nonce, then the peer's Auth (a proof, or empty without a secret).
+        // Handshake: Hello with a nonce, then the peer's Auth (a proof and the peer's own nonce,
+        // or empty without a secret), answered with the server's proof of that nonce.
         let nonce = auth::nonce();
         let flags = if self.cfg.secret.is_some() {
             wire::FLAG_AUTH_REQUIRED
@@ -412,16 +440,27 @@ impl PoolServer {
                     Err(format!("expected an auth frame first, got {:?}", f.op))
                 }
                 Ok(Ok((f, body))) => match &self.cfg.secret {
-                    Some(secret) if !auth::verify(secret, &nonce, &body) => {
+                    Some(secret)
+                        if body.len() < auth::PROOF_LEN
+                            || !auth::verify(secret, &nonce, &body[..auth::PROOF_LEN]) =>
+                    {
                         Err("authentication failed: wrong or missing shared secret".to_string())
                     }
-                    _ => Ok(f),
+                    // The client's own nonce follows its proof: prove the secret back.
+                    Some(secret) if body.len() == auth::PROOF_LEN + auth::NONCE_LEN => Ok((
+                        f,
+                        auth::server_proof(secret, &body[auth::PROOF_LEN..]).to_vec(),
+                    )),
+                    _ => Ok((f, Vec::new())),
                 },
             };
             match verdict {
                 Err(why) => self.reject(peer, &why, true),
-                Ok(f) => {
-                    let reply = Frame::response(&f, Status::Ok, 0).encode();
+                Ok((f, back)) => {
+                    let mut reply = Frame::response(&f, Status::Ok, back.len() as u32)
+                        .encode()
+                        .to_vec();
+                    reply.extend_from_slice(&back);
                     if wr.write_all(&reply).await.is_ok() {
                         self.serve_frames(rd, wr, peer, &mut stop).await;
                     }
