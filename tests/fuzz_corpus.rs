@@ -1,5 +1,5 @@
 //! The fuzz targets in every test run: each target's body (`tests/fuzz/src/lib.rs`, the code
-//! `cargo fuzz` drives) over its committed corpus (`tests/fuzz/corpus/TARGET/`), then over
+//! `cargo fuzz` drives) over its committed seed corpus (`tests/fuzz/seeds/TARGET/`), then over
 //! seeded random mutations of it (a fixed number per target; `KVTIER_FUZZ_SEED` picks another
 //! seed, `KVTIER_FUZZ_ROUNDS` scales the count). A failing input is printed in hex and written
 //! to `target/fuzz-failures/`, to add to the corpus once fixed.
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fuzz/corpus")
+        .join("tests/fuzz/seeds")
         .join(target)
 }
 
@@ -176,9 +176,9 @@ fn abi_args() {
     fuzz("abi_args");
 }
 
-/// Writes the seed corpus (`cargo test --test fuzz_corpus -- --ignored write_seed_corpus`).
+/// Writes the seed corpus, `tests/fuzz/seeds/` (`cargo test --test fuzz_corpus -- --ignored write_seed_corpus`).
 #[test]
-#[ignore = "regenerates tests/fuzz/corpus"]
+#[ignore = "regenerates tests/fuzz/seeds"]
 fn write_seed_corpus() {
     use kvtier_agent::proto;
     use prost::Message;

@@ -99,15 +99,23 @@ pub(super) fn scan(cfg: &SegmentStoreConfig, io: &dyn IoEngine) -> Result<Scan> 
         } else {
             None
         };
-        let Some(header) = header.filter(|h| h.id == id) else {
-            tracing::warn!(path = %path.display(), "removing a segment file without a valid header");
+        let header = header.filter(|h| h.id == id);
+        if header.is_none() && size < 2 * ALIGN as u64 {
+            tracing::warn!(path = %path.display(), "removing a segment file without a valid header and no room for a record");
             std::fs::remove_file(&path).map_err(ctx)?;
             report.removed_files += 1;
             continue;
-        };
+        }
+        // A bad header page (a torn or flipped page 0) does not condemn the records after it:
+        // the segment is scanned in full as if unsealed, each record verified, and its header
+        // rewritten.
+        if header.is_none() {
+            tracing::warn!(path = %path.display(), "a segment file's header is damaged; scanning every record");
+        }
+        let sealed = header.is_some_and(|h| h.sealed());
         report.segments += 1;
         let limit = size - size % ALIGN as u64;
-        let (records, end) = if header.sealed() {
+        let (records, end) = if let Some(header) = header.filter(|_| sealed) {
             (
                 walk_sealed(io, &file, header.end.min(limit)),
                 header.end.min(limit),
@@ -127,7 +135,7 @@ pub(super) fn scan(cfg: &SegmentStoreConfig, io: &dyn IoEngine) -> Result<Scan> 
         };
         report.records += records.len();
         let seg = Segment::existing(id, file, path.clone(), size, end);
-        if !header.sealed() {
+        if !sealed {
             seg.write_seal(io, end, records.len() as u64).map_err(ctx)?;
         }
         seg.state.lock().sealed = true;

@@ -183,6 +183,36 @@ fn torn_tail_record_is_gone_after_reopen() {
 }
 
 #[test]
+fn a_damaged_header_page_costs_a_full_scan_not_the_segment() {
+    let d = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(cfg(d.path(), 8)).unwrap();
+    for i in 0..12 {
+        store.put(&obj(i)).unwrap();
+    }
+    store.flush().unwrap();
+    drop(store);
+    let mut segs: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    // Flip bytes in the first (sealed, full) segment's header page.
+    let f = File::options().write(true).open(&segs[0]).unwrap();
+    f.write_all_at(b"garbage!", 0).unwrap();
+    drop(f);
+    let (store, report) = SegmentStore::open_with_io(cfg(d.path(), 8), Arc::new(Psync)).unwrap();
+    assert_eq!(report.removed_files, 0, "{report:?}");
+    assert_eq!(report.records, 12, "{report:?}");
+    assert!((0..12).all(|i| check(&store, i)));
+    drop(store);
+    // Its header was rewritten: the next open walks it as sealed.
+    let (store, report) = SegmentStore::open_with_io(cfg(d.path(), 8), Arc::new(Psync)).unwrap();
+    assert_eq!((report.records, report.unsealed), (12, 1), "{report:?}");
+    assert!((0..12).all(|i| check(&store, i)));
+}
+
+#[test]
 fn second_chance_keeps_objects_that_are_read() {
     let d = tempfile::tempdir().unwrap();
     let store = SegmentStore::open(cfg(d.path(), 4)).unwrap();
