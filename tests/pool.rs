@@ -243,6 +243,25 @@ fn a_client_with_a_secret_refuses_a_server_that_cannot_prove_it() {
 }
 
 #[test]
+fn an_existence_check_larger_than_one_frame_is_answered_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
+    let c = client(std::slice::from_ref(&server.addr), 1, None);
+    let n = kvtier_pool::wire::MAX_EXISTS_KEYS as u64 + 5_000;
+    let c2 = c.clone();
+    c.block(async move {
+        c2.put(record(3)).await?;
+        c2.put(record(n - 2)).await
+    })
+    .unwrap();
+    let keys: Vec<BlockKey> = (0..n).map(key).collect();
+    let c2 = c.clone();
+    let got = c.block(async move { c2.exists(&keys).await }).unwrap();
+    let held: Vec<u64> = (0..n).filter(|&i| got[i as usize]).collect();
+    assert_eq!(held, [3, n - 2], "the keys past one frame's worth were not asked");
+}
+
+#[test]
 fn a_pool_other_hosts_reach_needs_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvtier"))

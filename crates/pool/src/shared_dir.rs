@@ -326,10 +326,14 @@ impl PoolBackend for SharedDirStore {
             ))
             .with_context("path", path.display()));
         }
-        let res = read_full(&f, &mut buf[..len]);
-        let verdict = match res {
+        let verdict = match read_full(&f, &mut buf[..len]) {
             Ok(()) => verify_record(&buf[..len], Some(key), None),
-            Err(_) => Err(VerifyError::Length),
+            Err(e) if is_short(&e) => Err(VerifyError::Length),
+            // EIO, ESTALE (a file server's hiccup): a miss now, the object kept for later.
+            Err(e) => {
+                self.counters.misses.inc();
+                return Err(io_err("reading a pool object file", &path, e));
+            }
         };
         match verdict {
             Ok(h) if h.record_len() == len => {
@@ -368,6 +372,12 @@ impl SharedDirStore {
     }
 }
 
+/// Whether a failed read means the file itself is short (truncated: corrupt, removed), as
+/// opposed to the file system failing (EIO, ESTALE, ...: the object may be fine).
+fn is_short(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof
+}
+
 fn read_full(f: &File, buf: &mut [u8]) -> std::io::Result<()> {
     f.read_exact_at(buf, 0)
 }
@@ -387,4 +397,18 @@ fn touch_atime(f: &File) {
     ];
     // SAFETY: a valid descriptor and a two-element array, as futimens requires.
     unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_short;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn only_a_short_file_is_corrupt_not_a_failing_file_system() {
+        assert!(is_short(&Error::from(ErrorKind::UnexpectedEof)));
+        for errno in [libc::EIO, libc::ESTALE, libc::EINTR, libc::ENOMEM] {
+            assert!(!is_short(&Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+    }
 }

@@ -602,12 +602,22 @@ impl PoolClient {
                     by_member.entry(ranked[i][attempt]).or_default().push(i);
                 }
                 todo.clear();
-                let calls = by_member.into_iter().map(|(m, idx)| async move {
-                    let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
-                    let body = wire::encode_keys(&ks);
-                    let f = Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
-                    (idx, self.call(m, f, None, body).await)
-                });
+                // At most MAX_EXISTS_KEYS per frame (the server refuses more): larger asks
+                // go as several frames, not as a silent miss.
+                let calls = by_member
+                    .into_iter()
+                    .flat_map(|(m, idx)| {
+                        idx.chunks(wire::MAX_EXISTS_KEYS)
+                            .map(|c| (m, c.to_vec()))
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|(m, idx)| async move {
+                        let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
+                        let body = wire::encode_keys(&ks);
+                        let f =
+                            Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
+                        (idx, self.call(m, f, None, body).await)
+                    });
                 for (idx, r) in futures_join_all(calls).await {
                     match r {
                         Ok((f, body)) if f.status == Status::Ok && body.len() == idx.len() => {

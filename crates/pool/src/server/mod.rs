@@ -299,12 +299,10 @@ impl PoolServer {
         };
         let server = Arc::new(PoolServer {
             store,
-            cache: Mutex::new(Cache {
-                map: kvtier_core::policy::WeightedCache::new(
-                    kvtier_core::policy::PolicyKind::default(),
-                    cfg.cache_bytes,
-                ),
-            }),
+            cache: Mutex::new(Cache::new(kvtier_core::policy::WeightedCache::new(
+                kvtier_core::policy::PolicyKind::default(),
+                cfg.cache_bytes,
+            ))),
             cfg,
             draining: AtomicBool::new(false),
             serving: AtomicBool::new(false),
@@ -330,8 +328,9 @@ impl PoolServer {
         }
     }
 
-    fn cache_insert(&self, key: BlockKey, rec: Arc<AlignedBuf>) {
-        let out = self.cache.lock().insert(key, rec);
+    /// Caches a record read when its key's writes stood at `epoch` (see [`Cache::insert_if`]).
+    fn cache_insert(&self, key: BlockKey, rec: Arc<AlignedBuf>, epoch: u64) {
+        let out = self.cache.lock().insert_if(key, rec, epoch);
         for r in out {
             self.recycle(r);
         }

@@ -105,7 +105,8 @@ impl PoolServer {
         outcome?;
         // Write-around: the DRAM cache holds what is read (most blocks are never read
         // again); an older cached copy of this key is replaced.
-        if let Some(old) = self.cache.lock().remove(&f.key) {
+        let old = self.cache.lock().forget(&f.key);
+        if let Some(old) = old {
             self.recycle(old);
         }
         Ok((Frame::response(f, Status::Ok, 0), Body::Empty))
@@ -139,6 +140,7 @@ impl PoolServer {
                 return Ok((Frame::response(f, Status::Ok, len as u32), Body::Record(r)));
             }
         }
+        let epoch = self.cache.lock().epoch(&f.key);
         let (s, key) = (self.clone(), f.key);
         let found = tokio::task::spawn_blocking(move || {
             let Some(len) = s.store.record_len(key) else {
@@ -161,7 +163,7 @@ impl PoolServer {
         self.counters.get_hits.inc();
         let buf = Arc::new(buf);
         if !bypass && self.cfg.cache_bytes > 0 {
-            self.cache_insert(f.key, buf.clone());
+            self.cache_insert(f.key, buf.clone(), epoch);
         }
         let len = record_len_of(&buf);
         Ok((
@@ -174,12 +176,15 @@ impl PoolServer {
     fn exists(&self, f: &Frame, body: &[u8]) -> Result<(Frame, Body)> {
         self.counters.exists.inc();
         let keys = wire::decode_keys(body)?;
-        let cache = self.cache.lock();
-        let out: Vec<u8> = keys
-            .iter()
-            .map(|k| (cache.contains(k) || self.store.contains(*k)) as u8)
-            .collect();
-        drop(cache);
+        // The store first (its own index, no cache lock), then the cache a slice of keys per
+        // lock, so that a 65,536-key ask never holds up gets and puts behind the cache's lock.
+        let mut out: Vec<u8> = keys.iter().map(|k| self.store.contains(*k) as u8).collect();
+        for (ks, o) in keys.chunks(256).zip(out.chunks_mut(256)) {
+            let cache = self.cache.lock();
+            for (k, o) in ks.iter().zip(o) {
+                *o |= cache.contains(k) as u8;
+            }
+        }
         Ok((
             Frame::response(f, Status::Ok, out.len() as u32),
             Body::Bytes(out),
@@ -189,14 +194,16 @@ impl PoolServer {
     /// `Delete`: from the cache and the store; `NotFound` when the store did not hold it.
     fn delete(&self, f: &Frame) -> (Frame, Body) {
         self.counters.deletes.inc();
-        if let Some(r) = self.cache.lock().remove(&f.key) {
-            self.recycle(r);
-        }
         let status = if self.store.remove(f.key) {
             Status::Ok
         } else {
             Status::NotFound
         };
+        // After the store forgot it: a read racing the delete cannot cache it again.
+        let old = self.cache.lock().forget(&f.key);
+        if let Some(r) = old {
+            self.recycle(r);
+        }
         (Frame::response(f, status, 0), Body::Empty)
     }
 

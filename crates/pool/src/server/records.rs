@@ -10,24 +10,62 @@ use kvtier_core::buf::AlignedBuf;
 use kvtier_core::error::{Error, ErrorKind, Result};
 use kvtier_core::key::BlockKey;
 
+/// Stripes of [`Cache::writes`]: keys share a write count only one in this many.
+const WRITE_STRIPES: usize = 64;
+
 /// A byte-bounded cache of whole records, evicting by the tiers' policy (hit density by
 /// default, see `kvtier_core::policy`), so the DRAM in front of the disk keeps what is read again.
+///
+/// A get that misses reads the store without the cache's lock, then caches what it read; a put
+/// or delete of the same key landing meanwhile must win. Writes count per stripe of keys
+/// ([`Cache::forget`]); a read notes the count before it reads ([`Cache::epoch`]) and caches
+/// only if it has not moved ([`Cache::insert_if`]), so a replaced or deleted record never comes
+/// back from the cache.
 pub(super) struct Cache {
     pub(super) map: kvtier_core::policy::WeightedCache<BlockKey, Arc<AlignedBuf>>,
+    writes: [u64; WRITE_STRIPES],
+}
+
+fn stripe(key: &BlockKey) -> usize {
+    (key.as_u128() % WRITE_STRIPES as u128) as usize
 }
 
 impl Cache {
+    pub(super) fn new(map: kvtier_core::policy::WeightedCache<BlockKey, Arc<AlignedBuf>>) -> Self {
+        Cache {
+            map,
+            writes: [0; WRITE_STRIPES],
+        }
+    }
+
     pub(super) fn get(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
         self.map.get(key).cloned()
     }
 
-    /// Inserts a record; returns what was pushed out (for the caller to recycle).
-    pub(super) fn insert(&mut self, key: BlockKey, rec: Arc<AlignedBuf>) -> Vec<Arc<AlignedBuf>> {
+    /// The write count of `key`'s stripe, to pass to [`Cache::insert_if`] after reading it.
+    pub(super) fn epoch(&self, key: &BlockKey) -> u64 {
+        self.writes[stripe(key)]
+    }
+
+    /// Inserts a record read when `key`'s stripe had seen `epoch` writes, unless a write landed
+    /// since; returns what was pushed out (for the caller to recycle).
+    pub(super) fn insert_if(
+        &mut self,
+        key: BlockKey,
+        rec: Arc<AlignedBuf>,
+        epoch: u64,
+    ) -> Vec<Arc<AlignedBuf>> {
+        if self.writes[stripe(&key)] != epoch {
+            return Vec::new();
+        }
         let len = rec.len() as u64;
         self.map.insert(key, rec, len)
     }
 
-    pub(super) fn remove(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
+    /// A put or delete of `key` landed: drops its cached copy (returned, to recycle), and keeps
+    /// reads already under way from caching what they read before it.
+    pub(super) fn forget(&mut self, key: &BlockKey) -> Option<Arc<AlignedBuf>> {
+        self.writes[stripe(key)] += 1;
         self.map.remove(key)
     }
 
@@ -91,5 +129,32 @@ pub(super) fn status_of(e: &Error) -> Status {
         Status::NoSpace
     } else {
         Status::Error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_cached() {
+        let mut c = Cache::new(kvtier_core::policy::WeightedCache::new(
+            kvtier_core::policy::PolicyKind::default(),
+            1 << 20,
+        ));
+        let (k, other) = (BlockKey::from_u128(7), BlockKey::from_u128(8));
+        let rec = || Arc::new(AlignedBuf::zeroed(4096));
+        // A read notes the count, a put of the key lands, the read's copy is stale: not cached.
+        let seen = c.epoch(&k);
+        assert!(c.forget(&k).is_none());
+        c.insert_if(k, rec(), seen);
+        assert!(!c.contains(&k));
+        // A write to another stripe does not stop it.
+        let seen = c.epoch(&k);
+        c.forget(&other);
+        c.insert_if(k, rec(), seen);
+        assert!(c.contains(&k));
+        // A delete drops the cached copy.
+        assert!(c.forget(&k).is_some() && !c.contains(&k));
     }
 }

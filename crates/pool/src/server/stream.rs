@@ -180,7 +180,8 @@ impl PoolServer {
                 return me.refusal(f, t0, Status::Error, e);
             }
             // Write-around, as for a put read whole: an older cached copy is replaced.
-            if let Some(old) = me.cache.lock().remove(&f.key) {
+            let old = me.cache.lock().forget(&f.key);
+            if let Some(old) = old {
                 me.recycle(old);
             }
             me.latency.observe(PoolOp::Put, t0.elapsed());
