@@ -258,7 +258,11 @@ fn an_existence_check_larger_than_one_frame_is_answered_whole() {
     let c2 = c.clone();
     let got = c.block(async move { c2.exists(&keys).await }).unwrap();
     let held: Vec<u64> = (0..n).filter(|&i| got[i as usize]).collect();
-    assert_eq!(held, [3, n - 2], "the keys past one frame's worth were not asked");
+    assert_eq!(
+        held,
+        [3, n - 2],
+        "the keys past one frame's worth were not asked"
+    );
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// Writes to the pool waiting at most; when full the oldest is dropped (a future miss,
     /// counted). Default: `4096`.
     pub write_queue: usize,
+    /// Longest the agent spends at shutdown writing its queue to the pool; what is left then
+    /// is dropped (counted as dropped writes, future misses). Default: 10 s.
+    pub shutdown_drain: std::time::Duration,
     /// The tenants and the uids and gids that may use them; empty (the default): every process
     /// that can open the sockets (owner and group) may use any tenant.
     pub access: access::Access,
@@ -55,6 +58,7 @@ impl AgentConfig {
             arena: HostArenaConfig::default(),
             pool: None,
             write_queue: 4096,
+            shutdown_drain: std::time::Duration::from_secs(10),
             access: access::Access::default(),
         }
     }

@@ -364,6 +364,7 @@ pub fn abi(opts: &AbiBenchOptions, mut progress: impl FnMut(&str)) -> Result<Abi
         },
         pool: None,
         write_queue: 16,
+        shutdown_drain: std::time::Duration::from_secs(10),
         access: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -134,11 +134,21 @@ impl PoolCheck {
 }
 
 /// The agent's readiness: serving, and its pool reachable. A pool check result is reused for
-/// a second, so that frequent probes cost one connection attempt a second at most.
+/// a second, so that frequent probes cost one connection attempt a second at most; while one
+/// check runs (up to half a second per pool server), other probes answer with the last result
+/// at once instead of queueing behind it.
 pub struct AgentReadiness {
     state: Arc<State>,
     check: PoolCheck,
-    last: Mutex<Option<(Instant, Option<Error>)>>,
+    last: Mutex<Checked>,
+}
+
+#[derive(Default)]
+struct Checked {
+    /// When the last check ended, and its error.
+    result: Option<(Instant, Option<Error>)>,
+    /// A check is running.
+    running: bool,
 }
 
 impl AgentReadiness {
@@ -147,7 +157,7 @@ impl AgentReadiness {
         AgentReadiness {
             state,
             check,
-            last: Mutex::new(None),
+            last: Mutex::new(Checked::default()),
         }
     }
 
@@ -157,15 +167,28 @@ impl AgentReadiness {
             return Err(unavailable("the agent is shutting down".into()));
         }
         let again = |e: &Error| Error::new(e.kind(), e.to_string());
-        let mut last = self.last.lock();
-        if let Some((at, r)) = &*last {
-            if at.elapsed() < Duration::from_secs(1) {
-                return r.as_ref().map_or(Ok(()), |e| Err(again(e)));
+        {
+            let mut last = self.last.lock();
+            let fresh = last
+                .result
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+            if fresh || last.running {
+                return match &last.result {
+                    Some((_, r)) => r.as_ref().map_or(Ok(()), |e| Err(again(e))),
+                    None => Err(unavailable("the pool is being checked".into())),
+                };
             }
+            last.running = true;
         }
+        // The check runs without the lock: probes meanwhile get the last result.
         let r = self.check.run();
         let out = r.as_ref().map(|_| ()).map_err(again);
-        *last = Some((Instant::now(), r.err()));
+        let mut last = self.last.lock();
+        *last = Checked {
+            result: Some((Instant::now(), r.err())),
+            running: false,
+        };
         out
     }
 }
@@ -186,6 +209,53 @@ pub fn pool_ready(server: &PoolServer) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_never_waits_behind_a_running_check() {
+        // A pool server whose accept queue is full: a connection to it takes the check's whole
+        // timeout.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            held.push(s);
+            assert!(held.len() < 10_000, "the accept queue never filled");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kvtier_agent::AgentConfig::new(dir.path().join("agent.sock"));
+        cfg.arena.capacity_bytes = 8 << 20;
+        let state = State::new(&cfg).unwrap();
+        let r = Arc::new(AgentReadiness::new(
+            state,
+            PoolCheck::Servers(vec![addr.to_string()]),
+        ));
+        let r2 = r.clone();
+        let slow = std::thread::spawn(move || r2.ready());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.last.lock().running {
+            assert!(
+                Instant::now() < deadline && !slow.is_finished(),
+                "the check never ran"
+            );
+            std::thread::yield_now();
+        }
+        // Another probe meanwhile answers at once, not after the check.
+        let quick = r.ready().unwrap_err();
+        assert!(
+            !slow.is_finished(),
+            "the probe waited for the running check"
+        );
+        assert!(quick.to_string().contains("being checked"), "{quick}");
+        let e = slow.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("no pool server reachable"), "{e}");
+        // And then the result is reused.
+        let again = r.ready().unwrap_err();
+        assert!(
+            again.to_string().contains("no pool server reachable"),
+            "{again}"
+        );
+        drop(held);
+    }
 
     #[test]
     fn unreachable_and_unresolvable_members_are_named() {

@@ -254,6 +254,9 @@ pub struct State {
     /// batch time / blocks), in ns; 0 until the first read.
     read_ns_per_block: AtomicU64,
     stopping: AtomicBool,
+    /// At shutdown, until when write-behind may keep writing its queue.
+    drain_until: Mutex<Option<Instant>>,
+    shutdown_drain: Duration,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Chains to read from the pool into memory (bounded: the oldest is dropped when full).
     prefetch: Mutex<VecDeque<Vec<BlockKey>>>,
@@ -322,6 +325,8 @@ impl State {
             prefetcher: Mutex::new(None),
             queue_cap: cfg.write_queue.max(1),
             stopping: AtomicBool::new(false),
+            drain_until: Mutex::new(None),
+            shutdown_drain: cfg.shutdown_drain,
             writer: Mutex::new(None),
             counters: Counters::default(),
             tenants: Mutex::new(Tenants::default()),
@@ -381,8 +386,10 @@ impl State {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Stops the write-behind worker after it drains the queue.
+    /// Stops the write-behind worker after it drains the queue, or once the configured drain
+    /// time ([`AgentConfig::shutdown_drain`]) is up: what is left then is dropped, counted.
     pub fn stop(&self) {
+        *self.drain_until.lock() = Some(Instant::now() + self.shutdown_drain);
         self.stopping.store(true, Ordering::Relaxed);
         self.queue_cv.notify_all();
         self.prefetch_cv.notify_all();

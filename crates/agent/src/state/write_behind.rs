@@ -33,6 +33,12 @@ impl State {
         self.room_cv.notify_all();
     }
 
+    /// Shutting down, and the time to drain the queue is up.
+    fn drain_time_up(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+            && self.drain_until.lock().is_some_and(|t| Instant::now() >= t)
+    }
+
     pub(super) fn write_behind(&self) {
         let Some(store) = self.store.as_ref() else {
             return;
@@ -42,6 +48,16 @@ impl State {
             let batch: Vec<(BlockKey, SlotId)> = {
                 let mut q = self.queue.lock();
                 loop {
+                    if self.drain_time_up() {
+                        let left: Vec<_> = q.drain(..).collect();
+                        drop(q);
+                        if !left.is_empty() {
+                            tracing::warn!(blocks = left.len(), "shutting down: blocks not written to the pool in time are dropped (future misses)");
+                            self.counters.dropped_writes.add(left.len() as u64);
+                            self.release_held(&left);
+                        }
+                        return;
+                    }
                     if !q.is_empty() {
                         let n = q.len().min(WRITE_BEHIND_BATCH);
                         break q.drain(..n).collect();

@@ -1,6 +1,7 @@
-//! Who may use the agent, as the kernel tells it: real agents on Unix sockets in a temporary
-//! directory; engines of other uids are this test binary re-executed under `setpriv` (which
-//! needs root: as another user only the single-uid checks run).
+//! The agent in this process as engines and peers meet it, on real Unix sockets in a temporary
+//! directory: who may use it, as the kernel tells it (engines of other uids are this test binary
+//! re-executed under `setpriv`, which needs root: as another user only the single-uid checks
+//! run), a descriptor socket that never accepts, and a shutdown while the pool stalls.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -57,7 +58,10 @@ fn agent_config(socket: &Path, tenants: &[String]) -> AgentConfig {
 
 /// An agent in this process (its own runtime on a thread), memory only, of [`SLOTS`] slots.
 fn start(socket: &Path, tenants: &[String]) -> Running {
-    let cfg = agent_config(socket, tenants);
+    start_with(agent_config(socket, tenants))
+}
+
+fn start_with(cfg: AgentConfig) -> Running {
     let (state_tx, state_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -431,4 +435,49 @@ fn an_agent_that_never_accepts_is_a_timeout_not_a_hang() {
         .expect("connecting to an agent that never accepts hung past its deadline");
     assert_eq!(got, Some(ErrorKind::Timeout));
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_shutdown_while_the_pool_stalls_ends_within_its_drain_time() {
+    // A pool server that accepts and never answers (stopped, or its network black-holed): every
+    // write-behind batch takes the pool client's whole deadline to fail.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    let hold = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().take(64) {
+            conns.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent_config(&dir.path().join("agent.sock"), &[]);
+    let mut pool =
+        kvtier_pool::client::PoolClientConfig::new(vec![kvtier_pool::placement::Member {
+            addr,
+            weight: 1.0,
+        }]);
+    pool.timeout = Duration::from_secs(1);
+    cfg.pool = Some(kvtier_pool::PoolSpec::Servers(pool));
+    cfg.shutdown_drain = Duration::from_millis(200);
+    let mut a = start_with(cfg);
+    let mut c =
+        AgentClient::connect(client_config(&dir.path().join("agent.sock"), "rank 0")).unwrap();
+    // Half the arena is held for write-behind: 32 blocks, four batches of 8, 4 s of stalled
+    // puts to drain them all.
+    let saved = save(&mut c, 0..32);
+    assert!(saved >= 24, "{saved}");
+    drop(c);
+    let t0 = Instant::now();
+    drop(a.stop.take());
+    a.thread.take().unwrap().join().unwrap();
+    let took = t0.elapsed();
+    // The drain time, plus the batch in flight when it ran out.
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let s = a.state.stats();
+    assert!(
+        s.dropped_writes > 0,
+        "the blocks left were not counted: {s:?}"
+    );
+    assert_eq!(s.pool_writes, 0);
+    drop(hold);
 }
