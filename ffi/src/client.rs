@@ -172,6 +172,10 @@ const COPY_THREADS: usize = 4;
 
 pub(crate) struct Inner {
     pub(crate) client: Option<AgentClient>,
+    /// A second session for background loads, connected at the first: a load waiting on reads
+    /// from the pool holds it, not `client`, so saves and lookups go on meanwhile. Loads take
+    /// their turns on it.
+    pub(crate) loader: Arc<Mutex<Option<AgentClient>>>,
     pub(crate) layout: KvLayout,
     pub(crate) kv: Option<Registered>,
 }
@@ -246,6 +250,7 @@ pub unsafe extern "C" fn kvt_client_connect(
         let client = AgentClient::connect(cfg)?;
         let inner = Inner {
             client: Some(client),
+            loader: Default::default(),
             layout,
             kv: None,
         };
@@ -271,6 +276,10 @@ pub unsafe extern "C" fn kvt_client_close(client: *mut kvt_client) {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Ok(mut g) = c.inner.lock() {
                 g.client = None;
+                // The loads' session too, unless a load holds it (it ends with that load).
+                if let Ok(mut l) = g.loader.try_lock() {
+                    *l = None;
+                }
             }
         }));
     }

@@ -100,6 +100,9 @@ pub unsafe extern "C" fn kvt_load_start(
     })
 }
 
+/// Runs a load on the client's loader session (see [`Inner::loader`]): the client's lock is
+/// taken only to copy each window into the engine's memory, never across the agent's reads
+/// from the pool.
 fn load(
     inner: &Mutex<Inner>,
     keys: &[BlockKey],
@@ -107,14 +110,22 @@ fn load(
     cancel: &std::sync::atomic::AtomicBool,
     progress: &LoadProgress,
 ) -> Result<Vec<bool>, FfiError> {
-    let mut g = inner
-        .lock()
-        .map_err(|_| FfiError::invalid("the client is poisoned by an earlier panic"))?;
-    let Inner { client, kv, .. } = &mut *g;
-    let kv = kv
-        .as_ref()
-        .ok_or_else(|| FfiError::invalid("no KV memory registered: call kvt_register_kv first"))?;
-    let c = client.as_mut().ok_or_else(closed)?;
+    let poisoned = || FfiError::invalid("the client is poisoned by an earlier panic");
+    let (loader, cfg) = {
+        let g = inner.lock().map_err(|_| poisoned())?;
+        let c = g.client.as_ref().ok_or_else(closed)?;
+        let mut cfg = c.config().clone();
+        cfg.engine = format!("{} (loads)", cfg.engine)
+            .chars()
+            .take(kvtier_agent::access::MAX_ENGINE_NAME)
+            .collect();
+        (g.loader.clone(), cfg)
+    };
+    let mut turn = loader.lock().map_err(|_| poisoned())?;
+    if turn.is_none() {
+        *turn = Some(kvtier_agent::client::AgentClient::connect(cfg)?);
+    }
+    let c = turn.as_mut().expect("just connected");
     let mut failed = Vec::new();
     // Only the last window completes a layer of every block of the load.
     let report = |layer: u32| {
@@ -124,12 +135,19 @@ fn load(
         }
         cv.notify_all();
     };
-    let mut delivered = c.load_windows(keys, |window, last| {
+    let going = || !cancel.load(std::sync::atomic::Ordering::Acquire);
+    let mut delivered = c.load_windows_while(keys, going, |window, last| {
+        let g = inner.lock();
         // After a cancel the engine may already be reusing these blocks: never touch them.
-        if cancel.load(std::sync::atomic::Ordering::Acquire) {
+        // Nor after a close, or without registered memory.
+        let kv = match &g {
+            Ok(g) if going() && g.client.is_some() => g.kv.as_ref(),
+            _ => None,
+        };
+        let Some(kv) = kv else {
             failed.extend(window.iter().map(|&(i, _)| i));
             return;
-        }
+        };
         let items: Vec<(u32, &[u8])> = window.iter().map(|&(i, p)| (blocks[i], p)).collect();
         let on_layer: &(dyn Fn(u32) + Sync) = if last { &report } else { &|_| {} };
         for (&(i, _), ok) in window.iter().zip(kv.scatter_many(&items, on_layer)) {

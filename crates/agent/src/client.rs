@@ -260,6 +260,11 @@ impl AgentClient {
         self.conn.is_some()
     }
 
+    /// What this client was connected with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
     /// The open session's id (for logs; the agent refuses it to every other uid).
     pub fn session(&self) -> Option<u64> {
         self.conn.as_ref().map(|c| c.session)
@@ -608,12 +613,28 @@ impl AgentClient {
     pub fn load_windows(
         &mut self,
         keys: &[BlockKey],
+        sink: impl FnMut(&[(usize, &[u8])], bool),
+    ) -> Result<Vec<bool>> {
+        self.load_windows_while(keys, || true, sink)
+    }
+
+    /// [`load_windows`](Self::load_windows), asking for the next window only while
+    /// `keep_going()`: the keys of windows not asked for are not delivered. A cancelled load
+    /// stops after the window in flight.
+    pub fn load_windows_while(
+        &mut self,
+        keys: &[BlockKey],
+        keep_going: impl Fn() -> bool,
         mut sink: impl FnMut(&[(usize, &[u8])], bool),
     ) -> Result<Vec<bool>> {
         let deadline = std::time::Instant::now() + self.cfg.load_budget;
         let mut delivered = Vec::with_capacity(keys.len());
         let mut at = 0;
         while at < keys.len() {
+            if !keep_going() {
+                delivered.resize(keys.len(), false);
+                break;
+            }
             // Each window's reads end well inside its call's deadline.
             let budget = deadline
                 .saturating_duration_since(std::time::Instant::now())

@@ -46,6 +46,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start_in(dir: tempfile::TempDir) -> Agent {
+        Agent::start_with(dir, "32KiB", &[])
+    }
+
+    /// An agent for objects of `object_bytes`, with extra `kvtier up` flags.
+    pub fn start_with(dir: tempfile::TempDir, object_bytes: &str, extra: &[&str]) -> Agent {
         let target = lib_dir().parent().unwrap().to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = Command::new(cargo)
@@ -61,7 +66,7 @@ impl Agent {
                 "--arena-bytes",
                 "24MiB",
                 "--object-bytes",
-                "32KiB",
+                object_bytes,
                 "--pool-bytes",
                 "64MiB",
                 "--segment-bytes",
@@ -71,6 +76,7 @@ impl Agent {
             .arg(&socket)
             .arg("--data")
             .arg(dir.path().join("data"))
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
