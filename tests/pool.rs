@@ -266,6 +266,91 @@ fn an_existence_check_larger_than_one_frame_is_answered_whole() {
 }
 
 #[test]
+fn a_stalled_replica_costs_its_copy_not_the_call() {
+    // Two replicas: a real server, and one that accepts and never answers (stopped, or its
+    // network black-holed).
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming().take(64) {
+            held.push(c);
+        }
+    });
+    let members = [server.addr.clone(), hole_addr];
+    let c = client_with(&members, 2, None, |cfg| {
+        cfg.timeout = Duration::from_secs(1);
+        cfg.down_for = Duration::from_secs(30);
+    });
+    // A key whose first replica is the stalled one.
+    let i = (0..)
+        .find(|&i| c.placement().replicas(key(i))[0] == 1)
+        .unwrap();
+    // The put succeeds on the live replica, as documented, instead of timing out whole.
+    let c2 = c.clone();
+    let stored = c.block(async move { c2.put(record(i)).await }).unwrap();
+    assert_eq!(stored, 1);
+    // The stalled replica was marked down: the get goes to the live one and finds it.
+    let c2 = c.clone();
+    let t0 = Instant::now();
+    let got = c.block(async move { c2.get(key(i), false).await }).unwrap();
+    assert_eq!(&got.expect("the live replica has it")[..], &record(i)[..]);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let st = c.client_stats();
+    assert!(st.replica_timeouts >= 1 && st.put_partial == 1, "{st:?}");
+}
+
+#[test]
+fn a_stalled_first_replica_leaves_the_next_time_to_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming().take(64) {
+            held.push(c);
+        }
+    });
+    // The record is put straight to the live server, so the client has not met the stalled one.
+    let direct = client(std::slice::from_ref(&server.addr), 1, None);
+    let members = [server.addr.clone(), hole_addr];
+    let c = client_with(&members, 2, None, |cfg| {
+        cfg.timeout = Duration::from_secs(2)
+    });
+    let i = (0..)
+        .find(|&i| c.placement().replicas(key(i))[0] == 1)
+        .unwrap();
+    let d2 = direct.clone();
+    direct
+        .block(async move { d2.put(record(i)).await })
+        .unwrap();
+    let c2 = c.clone();
+    let got = c.block(async move { c2.get(key(i), false).await }).unwrap();
+    assert_eq!(
+        &got.expect("found on the second replica")[..],
+        &record(i)[..]
+    );
+    // Also for existence checks.
+    let c2 = c.clone();
+    let i2 = (i + 1..)
+        .find(|&j| c.placement().replicas(key(j))[0] == 1)
+        .unwrap();
+    let d2 = direct.clone();
+    direct
+        .block(async move { d2.put(record(i2)).await })
+        .unwrap();
+    let got = c.block(async move { c2.exists(&[key(i2)]).await }).unwrap();
+    assert_eq!(got, [true]);
+}
+
+#[test]
 fn a_pool_other_hosts_reach_needs_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvtier"))

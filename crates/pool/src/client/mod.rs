@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
@@ -27,6 +27,7 @@ use super::placement::Placement;
 use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Reply, Status};
 mod backend;
+mod connect;
 
 use super::auth;
 use crate::wire::conn::{
@@ -62,6 +63,7 @@ struct MemberState {
 
 #[derive(Default)]
 struct Counters {
+    replica_timeouts: Counter,
     puts: Counter,
     put_partial: Counter,
     gets: Counter,
@@ -170,234 +172,6 @@ impl PoolClient {
             .expect("a pool client task panicked or its runtime stopped")
     }
 
-    async fn connect(&self, m: usize) -> Result<Arc<Conn>> {
-        let addr = self.placement.members()[m].addr.clone();
-        let sock = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
-        let _ = sock.set_nodelay(true);
-        // A server on this host: a loopback address, or this side's own.
-        let local = || match (sock.peer_addr(), sock.local_addr()) {
-            (Ok(p), Ok(l)) => p.ip().to_canonical().is_loopback() || p.ip() == l.ip(),
-            _ => false,
-        };
-        let splice = match self.cfg.splice {
-            Splice::Remote => !local(),
-            Splice::Always => true,
-            Splice::Never => false,
-        };
-        wire::size_socket_buffers(std::os::fd::AsRawFd::as_raw_fd(&sock));
-        let (mut rd, mut wr) = sock.into_split();
-        let (hello, nonce) = read_frame(&mut rd, 64)
-            .await
-            .map_err(|e| unavailable(&addr, format_args!("handshake failed: {e}")))?;
-        if hello.op != Op::Hello {
-            return Err(unavailable(&addr, "handshake failed: no hello"));
-        }
-        let mine = auth::nonce();
-        let proof = match (
-            &self.cfg.secret,
-            hello.flags & wire::FLAG_AUTH_REQUIRED != 0,
-        ) {
-            (Some(s), _) => [&auth::proof(s, &nonce)[..], &mine[..]].concat(),
-            (None, true) => {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "pool server {addr} requires a shared secret; configure the pool secret"
-                    ),
-                ))
-            }
-            (None, false) => Vec::new(),
-        };
-        let f = Frame::request(Op::Auth, 0, BlockKey::default(), proof.len() as u32);
-        wr.write_all(&f.encode())
-            .await
-            .map_err(|e| unavailable(&addr, e))?;
-        wr.write_all(&proof)
-            .await
-            .map_err(|e| unavailable(&addr, e))?;
-        match read_frame(&mut rd, auth::PROOF_LEN as u32).await {
-            Ok((f, back)) if f.op == Op::Auth && f.status == Status::Ok => {
-                if let Some(s) = &self.cfg.secret {
-                    if !auth::verify_server(s, &mine, &back) {
-                        return Err(Error::new(
-                            ErrorKind::PermissionDenied,
-                            format!(
-                                "pool server {addr} did not prove the shared secret: it is not \
-                                 configured with this secret (or is not a kvtier pool server)"
-                            ),
-                        ));
-                    }
-                }
-            }
-            Ok(_) | Err(ReadError::Closed) | Err(ReadError::Io(_)) => {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!("pool server {addr} refused the connection: wrong shared secret?"),
-                ))
-            }
-            Err(e) => return Err(unavailable(&addr, e)),
-        }
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Default::default();
-        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tx, mut rx) = mpsc::channel::<(Frame, Option<Arc<AlignedBuf>>, Vec<u8>)>(256);
-        if self.cfg.transport == Transport::Ucx {
-            #[cfg(feature = "ucx")]
-            {
-                let bell = super::ucx::connect_client(
-                    rd,
-                    wr,
-                    rx,
-                    pending.clone(),
-                    dead.clone(),
-                    self.cfg.max_body,
-                    self.bufs.clone(),
-                )
-                .await
-                .map_err(|e| unavailable(&addr, e))?;
-                return Ok(Arc::new(Conn {
-                    out: tx,
-                    pending,
-                    dead,
-                    bell: Some(bell),
-                }));
-            }
-            #[cfg(not(feature = "ucx"))]
-            return Err(Error::invalid(
-                "this kvtier was built without UCX; rebuild with `--features ucx` or use the tcp transport",
-            ));
-        }
-        // Writer: frames in the order calls were made. Large records are spliced (their pages
-        // handed to the kernel, not copied: see `super::splice`).
-        let (p2, d2) = (pending.clone(), dead.clone());
-        // Spliced records, kept alive until their answer arrives (the kernel reads their pages
-        // until the server has read them, even if the caller gave up on the put meanwhile).
-        let held: Arc<Mutex<HashMap<u64, Arc<AlignedBuf>>>> = Default::default();
-        let (h2, h3) = (held.clone(), held.clone());
-        let mut pipe = if splice {
-            super::splice::SplicePipe::new()
-                .inspect_err(|e| {
-                    kvtier_core::metrics::Fallback::SpliceToCopy.count();
-                    tracing::debug!(error = %e, "no pipe for zero-copy sends; copying records");
-                })
-                .ok()
-        } else {
-            None
-        };
-        self.rt.spawn(async move {
-            while let Some((f, rec, bytes)) = rx.recv().await {
-                let res = async {
-                    let head = f.encode();
-                    // A request's body is its record, or bytes of its own (puts carry none;
-                    // any would follow the record).
-                    let Some(r) = rec else {
-                        return write_frame(&mut wr, &head, &bytes).await;
-                    };
-                    let body = &r[..f.body_len as usize];
-                    if let Some(p) = pipe.as_ref().filter(|_| body.len() >= SPLICE_MIN) {
-                        // Held before any byte goes out, so its answer always finds it.
-                        h2.lock().insert(f.id, r.clone());
-                        wr.write_all(&head).await?;
-                        if p.send(wr.as_ref(), body).await? {
-                            return wr.write_all(&bytes).await;
-                        }
-                        h2.lock().remove(&f.id);
-                        // Refused (a seccomp profile, say): copy from now on.
-                        kvtier_core::metrics::Fallback::SpliceToCopy.count();
-                        tracing::debug!("vmsplice refused; copying records");
-                        pipe = None;
-                        wr.write_all(body).await?;
-                        return wr.write_all(&bytes).await;
-                    }
-                    write_frame(&mut wr, &head, body).await?;
-                    wr.write_all(&bytes).await
-                }
-                .await;
-                if res.is_err() {
-                    break;
-                }
-            }
-            d2.store(true, Ordering::Relaxed);
-            p2.lock().clear();
-        });
-        // Reader: hands each response to its caller by request id.
-        let (p3, d3, max) = (pending.clone(), dead.clone(), self.cfg.max_body);
-        let bufs = self.bufs.clone();
-        self.rt.spawn(async move {
-            loop {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
-                match read_answer(&mut rd, max, &bufs, Some(fd)).await {
-                    Ok((f, body, hash)) => {
-                        h3.lock().remove(&f.id);
-                        if let Some(tx) = p3.lock().remove(&f.id) {
-                            let _ = tx.send(Ok((f, body, hash)));
-                        }
-                    }
-                    Err(e) => {
-                        // The connection is gone: no one will read those pages any more.
-                        h3.lock().clear();
-                        d3.store(true, Ordering::Relaxed);
-                        for (_, tx) in p3.lock().drain() {
-                            let _ = tx.send(Err(Error::new(
-                                ErrorKind::Unavailable,
-                                format!("connection lost: {e}"),
-                            )));
-                        }
-                        break;
-                    }
-                }
-            }
-        });
-        Ok(Arc::new(Conn {
-            out: tx,
-            pending,
-            dead,
-            #[cfg(feature = "ucx")]
-            bell: None,
-        }))
-    }
-
-    async fn conn(&self, m: usize) -> Result<Arc<Conn>> {
-        let st = &self.members[m];
-        let addr = &self.placement.members()[m].addr;
-        if let Some(until) = *st.down_until.lock() {
-            if Instant::now() < until {
-                return Err(unavailable(addr, "marked down after a recent failure"));
-            }
-        }
-        let pick = |conns: &mut Vec<Arc<Conn>>| {
-            conns.retain(|c| !c.dead.load(Ordering::Relaxed));
-            (conns.len() >= self.cfg.conns_per_member.max(1))
-                .then(|| conns[st.next.fetch_add(1, Ordering::Relaxed) % conns.len()].clone())
-        };
-        if let Some(c) = pick(&mut st.conns.lock()) {
-            return Ok(c);
-        }
-        let _g = st.connecting.lock().await;
-        if let Some(c) = pick(&mut st.conns.lock()) {
-            return Ok(c);
-        }
-        match self.connect(m).await {
-            Ok(c) => {
-                *st.down_until.lock() = None;
-                st.conns.lock().push(c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                // A server that has connections alive is not down; use one of them.
-                let alive = st.conns.lock().first().cloned();
-                match alive {
-                    Some(c) => Ok(c),
-                    None => {
-                        *st.down_until.lock() = Some(Instant::now() + self.cfg.down_for);
-                        Err(e)
-                    }
-                }
-            }
-        }
-    }
-
     /// One request to member `m`; the response frame and body.
     async fn call(
         &self,
@@ -425,6 +199,9 @@ impl PoolClient {
         f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(f.id, tx);
+        // Dropped with this call (its deadline passed, its caller gave up): forget it, or the
+        // connection would keep its entry, and the answer's buffer, until it closes.
+        let _forget = Forget(&conn, f.id);
         // The connection's reader marks it dead, then fails the calls pending on it; a call
         // registered after that would wait for its deadline instead of going on to the next
         // replica, so it looks at the mark once registered.
@@ -449,6 +226,39 @@ impl PoolClient {
             }
             Err(_) => Err(unavailable(addr, "connection closed")),
         }
+    }
+
+    /// [`call_hashed`](Self::call_hashed) to one replica within `budget`: a replica that does
+    /// not answer in time (stopped, black-holed, overloaded) is marked down for
+    /// [`PoolClientConfig::down_for`], so that the next calls go straight to the others.
+    async fn call_within(
+        &self,
+        m: usize,
+        f: Frame,
+        rec: Option<Arc<AlignedBuf>>,
+        bytes: Vec<u8>,
+        budget: Duration,
+    ) -> Result<(Frame, AlignedBuf, Option<u64>)> {
+        match tokio::time::timeout(budget, self.call_hashed(m, f, rec, bytes)).await {
+            Ok(r) => r,
+            Err(_) => {
+                *self.members[m].down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                self.counters.replica_timeouts.inc();
+                let addr = &self.placement.members()[m].addr;
+                tracing::warn!(server = %addr, ?budget, "pool server did not answer in time; marked down");
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("pool server {addr} did not answer within {budget:?}"),
+                ))
+            }
+        }
+    }
+
+    /// The time left before `deadline` shared among `left` replicas still to ask (at least
+    /// 1 ms).
+    fn share(deadline: Instant, left: usize) -> Duration {
+        (deadline.saturating_duration_since(Instant::now()) / left.max(1) as u32)
+            .max(Duration::from_millis(1))
     }
 
     async fn with_deadline<T>(
@@ -479,9 +289,17 @@ impl PoolClient {
         let n = reps.len();
         let results = self
             .with_deadline("put", async {
+                // Every replica at once, each within the deadline on its own: a stalled one
+                // costs its own copy, not the put.
                 let calls = reps.iter().map(|&m| {
                     let f = Frame::request(Op::Put, 0, key, len as u32);
-                    self.call(m, f, Some(record.clone()), Vec::new())
+                    let budget = self.cfg.timeout.saturating_sub(Duration::from_millis(1));
+                    let rec = record.clone();
+                    async move {
+                        self.call_within(m, f, Some(rec), Vec::new(), budget)
+                            .await
+                            .map(|(f, body, _)| (f, body))
+                    }
                 });
                 Ok(futures_join_all(calls).await)
             })
@@ -532,9 +350,14 @@ impl PoolClient {
         let res = self
             .with_deadline("get", async {
                 let mut last_err = None;
-                for m in self.placement.replicas(key) {
+                let deadline = Instant::now() + self.cfg.timeout;
+                let reps = self.placement.replicas(key);
+                for (n, &m) in reps.iter().enumerate() {
                     let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
-                    match self.call_hashed(m, f, None, Vec::new()).await {
+                    // Each replica gets its share of the time left: a stalled first replica
+                    // leaves the next one time to answer.
+                    let budget = Self::share(deadline, reps.len() - n);
+                    match self.call_within(m, f, None, Vec::new(), budget).await {
                         Ok((f, body, hash)) if f.status == Status::Ok => {
                             match verify_record(&body, Some(key), hash) {
                                 Ok(_) => return Ok(Some(body)),
@@ -593,10 +416,13 @@ impl PoolClient {
         let mut out = vec![false; keys.len()];
         self.with_deadline("exists", async {
             let mut todo: Vec<usize> = (0..keys.len()).collect();
-            for attempt in 0..self.placement.replication() {
+            let deadline = Instant::now() + self.cfg.timeout;
+            let replication = self.placement.replication();
+            for attempt in 0..replication {
                 if todo.is_empty() {
                     break;
                 }
+                let budget = Self::share(deadline, replication - attempt);
                 let mut by_member: HashMap<usize, Vec<usize>> = HashMap::new();
                 for &i in &todo {
                     by_member.entry(ranked[i][attempt]).or_default().push(i);
@@ -616,7 +442,8 @@ impl PoolClient {
                         let body = wire::encode_keys(&ks);
                         let f =
                             Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
-                        (idx, self.call(m, f, None, body).await)
+                        let r = self.call_within(m, f, None, body, budget).await;
+                        (idx, r.map(|(f, body, _)| (f, body)))
                     });
                 for (idx, r) in futures_join_all(calls).await {
                     match r {
@@ -683,6 +510,7 @@ impl PoolClient {
             misses: c.misses.get(),
             corrupt: c.corrupt.get(),
             replica_failures: c.replica_failures.get(),
+            replica_timeouts: c.replica_timeouts.get(),
             bytes_in: c.bytes_in.get(),
             bytes_out: c.bytes_out.get(),
         }
@@ -706,10 +534,23 @@ pub struct PoolClientStats {
     pub corrupt: u64,
     /// Calls to one replica that failed (refused, timed out, connection lost, error status).
     pub replica_failures: u64,
+    /// Calls to one replica that did not answer within their share of the deadline (the
+    /// replica is then marked down for `down_for`).
+    pub replica_timeouts: u64,
     /// Bytes stored.
     pub bytes_in: u64,
     /// Bytes fetched.
     pub bytes_out: u64,
+}
+
+/// Removes a call's entry from its connection's pending calls when the call ends, however it
+/// ends (answered: already gone; timed out or dropped: it would otherwise stay).
+struct Forget<'a>(&'a Conn, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().remove(&self.1);
+    }
 }
 
 /// Waits for all futures, concurrently, keeping their order.
