@@ -350,6 +350,85 @@ fn a_stalled_first_replica_leaves_the_next_time_to_answer() {
     assert_eq!(got, [true]);
 }
 
+/// A counter of the server's stats.
+fn server_counter(c: &Arc<PoolClient>, name: &str) -> u64 {
+    let c2 = c.clone();
+    let st = c.block(async move { c2.server_stats(0).await }).unwrap();
+    st[name].as_u64().unwrap()
+}
+
+#[test]
+fn a_pool_server_caps_connections_and_closes_idle_and_stuck_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        None,
+        &[
+            "--max-connections",
+            "2",
+            "--idle-timeout-ms",
+            "300",
+            "--stall-timeout-ms",
+            "500",
+        ],
+    );
+    let addr = server.addr.clone();
+    // Two connections are served; a third is closed at once, without a hello.
+    let (a, _) = raw_connect(&addr);
+    let (b, _) = raw_connect(&addr);
+    let mut third = TcpStream::connect(&addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    assert!(
+        third.read_exact(&mut h).is_err(),
+        "a third connection was served"
+    );
+    drop((a, b));
+    // A connection that sends nothing after its handshake is closed after the idle time.
+    assert!(
+        closed_by_server(authed(&addr, None)),
+        "an idle connection stayed open"
+    );
+    // A peer asking for big answers and never reading them: closed after the stall time,
+    // its requests ended (the connection count comes back down).
+    let big = Arc::new(common::test_object(1, 900 << 10, key(1), 7).into_record());
+    let c = client(std::slice::from_ref(&addr), 1, None);
+    let c2 = c.clone();
+    c.block(async move { c2.put(big).await }).unwrap();
+    let mut stuck = authed(&addr, None);
+    for id in 0..200 {
+        stuck
+            .write_all(&Frame::request(Op::Get, id, key(1), 0).encode())
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server_counter(&c, "stalled") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a peer that reads nothing kept its connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Closed: what it reads is what was on its way, far from the 200 answers, then the end.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = stuck.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got < 100 * (900 << 10), "{got} bytes came after the close");
+    assert!(server_counter(&c, "idle_closed") >= 1);
+    assert!(server_counter(&c, "over_capacity") >= 1);
+}
+
 #[test]
 fn a_pool_other_hosts_reach_needs_a_secret() {
     let dir = tempfile::tempdir().unwrap();

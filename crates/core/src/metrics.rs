@@ -455,7 +455,9 @@ families! {
     PoolConnections => ("kvtier_pool_connections", Gauge),
     /// Pool server: connections accepted since start.
     PoolConnectionsTotal => ("kvtier_pool_connections_total", Counter),
-    /// Pool server: connections closed for a bad frame or failed authentication, by reason.
+    /// Pool server: connections it closed, by reason: `bad_frame`, `auth` (failed
+    /// authentication), `max_connections` (closed as it arrived), `stalled` (a body or an
+    /// answer not moving for the stall timeout), `idle` (no request for the idle timeout).
     PoolRejected => ("kvtier_pool_rejected_connections_total", Counter),
     /// Pool server: requests, by op.
     PoolRequests => ("kvtier_pool_requests_total", Counter),

@@ -234,6 +234,13 @@ pub fn pool_page(s: &PoolServerStats, hists: &[(&'static str, HistogramSnapshot)
         s.bad_frames,
     );
     w.counter(Family::PoolRejected, &[("reason", "auth")], s.auth_failures);
+    for (reason, v) in [
+        ("max_connections", s.over_capacity),
+        ("stalled", s.stalled),
+        ("idle", s.idle_closed),
+    ] {
+        w.counter(Family::PoolRejected, &[("reason", reason)], v);
+    }
     for (op, v) in [
         ("put", s.puts),
         ("get", s.gets),

@@ -41,6 +41,9 @@ const POOL_KEYS: &KeyMap = &[
     ("segment store", "segment_bytes", "pool.segment_bytes"),
     ("pool server", "stream_chunk", "pool.stream_chunk"),
     ("pool server", "stall_timeout", "pool.stall_timeout_ms"),
+    ("pool server", "max_connections", "pool.max_connections"),
+    ("pool server", "idle_timeout", "pool.idle_timeout_ms"),
+    ("pool server", "request_memory", "pool.request_memory"),
     ("pool server", "ucx", "pool.ucx"),
     ("pool server", "secret", "pool.secret_file"),
 ];
@@ -111,6 +114,9 @@ impl Default for PoolSection {
             cache_bytes: super::ByteSize(server.cache_bytes),
             stream_chunk: super::ByteSize(server.stream_chunk as u64),
             stall_timeout_ms: server.stall_timeout.as_millis() as u64,
+            max_connections: server.max_connections,
+            idle_timeout_ms: server.idle_timeout.as_millis() as u64,
+            request_memory: super::ByteSize(server.request_memory),
             secret_file: None,
             insecure_open: server.insecure_open,
             io: "auto".into(),
@@ -216,6 +222,9 @@ impl PoolSection {
         c.ucx = self.ucx;
         c.stream_chunk = usize::try_from(self.stream_chunk.0).unwrap_or(usize::MAX);
         c.stall_timeout = Duration::from_millis(self.stall_timeout_ms);
+        c.max_connections = self.max_connections;
+        c.idle_timeout = Duration::from_millis(self.idle_timeout_ms);
+        c.request_memory = self.request_memory.0;
         c.secret = secret(&self.secret_file, "pool.secret_file", read)?;
         c.insecure_open = self.insecure_open;
         if !read && self.secret_file.is_some() {

@@ -103,6 +103,12 @@ pub struct PoolSection {
     /// See [`KEYS`] (its default comes from the component it configures).
     pub stall_timeout_ms: u64,
     /// See [`KEYS`] (its default comes from the component it configures).
+    pub max_connections: usize,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub idle_timeout_ms: u64,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub request_memory: ByteSize,
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub secret_file: Option<PathBuf>,
     /// See [`KEYS`] (its default comes from the component it configures).
     pub insecure_open: bool,
@@ -177,6 +183,9 @@ setters!(
         cache_bytes,
         stream_chunk,
         stall_timeout_ms,
+        max_connections,
+        idle_timeout_ms,
+        request_memory,
         secret_file,
         insecure_open,
         io,

@@ -81,9 +81,17 @@ pub struct PoolServerConfig {
     /// ([`kvtier_core::buf::HUGE`]), which the disk takes in far fewer, larger segments (one 4 MiB put
     /// in flight: 1.18-1.59 GB/s against 1.01-1.34 with 1 MiB chunks, three A/B runs).
     pub stream_chunk: usize,
-    /// Longest wait for the next chunk of a streamed put's body before the connection is
-    /// closed. Default 10 s.
+    /// Longest wait for the next chunk of a streamed put's body, for a whole body, and for a
+    /// peer to take an answer, before the connection is closed. Default 10 s.
     pub stall_timeout: Duration,
+    /// Connections served at once, at most; more are closed as they arrive (counted as
+    /// rejected). Default 4096.
+    pub max_connections: usize,
+    /// A connection with no request for this long is closed (clients reconnect). Default 5 min.
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies held at once across all connections, at most: a request waits
+    /// for room before its body is read. Default 2 GiB.
+    pub request_memory: u64,
 }
 
 impl PoolServerConfig {
@@ -95,6 +103,18 @@ impl PoolServerConfig {
         let bad = |field, msg: &str| Err(Error::bad_field("pool server", field, msg));
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "0; at least 1");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "0; at least 1");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout", "0; at least 1 ms");
+        }
+        if self.request_memory < wire::MAX_BODY as u64 {
+            return bad(
+                "request_memory",
+                "below one record of the largest object (64 MiB and a page)",
+            );
         }
         if self.max_body < wire::MAX_BODY {
             return bad(
@@ -140,12 +160,22 @@ impl PoolServerConfig {
             ucx: false,
             stream_chunk: 2 << 20,
             stall_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(300),
+            request_memory: 2 << 30,
         }
     }
 }
 
+/// Whole KiB of `bytes`, rounded up (the unit of [`PoolServer::request_memory`]'s permits).
+fn kib(bytes: u64) -> usize {
+    bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS as u64) as usize
+}
+
 /// The server's shared state.
 pub struct PoolServer {
+    /// Room for request bodies, in KiB ([`PoolServerConfig::request_memory`]).
+    request_memory: Arc<Semaphore>,
     store: SegmentStore,
     cache: Mutex<Cache>,
     cfg: PoolServerConfig,
@@ -239,6 +269,12 @@ impl BoundServer {
                 _ = &mut shutdown => break,
                 acc = data.accept() => match acc {
                     Ok((sock, peer)) => {
+                        if server.counters.connections.get() >= server.cfg.max_connections as u64 {
+                            server.counters.over_capacity.inc();
+                            tracing::warn!(%peer, max = server.cfg.max_connections, "refusing a connection: at pool.max_connections");
+                            drop(sock);
+                            continue;
+                        }
                         let s = server.clone();
                         let rx = stop_rx.clone();
                         conns.spawn(async move { s.connection(sock, peer, rx).await });
@@ -298,6 +334,7 @@ impl PoolServer {
             None => None,
         };
         let server = Arc::new(PoolServer {
+            request_memory: Arc::new(Semaphore::new(kib(cfg.request_memory))),
             store,
             cache: Mutex::new(Cache::new(kvtier_core::policy::WeightedCache::new(
                 kvtier_core::policy::PolicyKind::default(),
@@ -346,6 +383,9 @@ impl PoolServer {
             rejected: c.rejected.get(),
             bad_frames: c.bad_frames.get(),
             auth_failures: c.auth_failures.get(),
+            over_capacity: c.over_capacity.get(),
+            stalled: c.stalled.get(),
+            idle_closed: c.idle_closed.get(),
             puts: c.puts.get(),
             streamed_puts: c.streamed_puts.get(),
             gets: c.gets.get(),
@@ -478,6 +518,7 @@ impl PoolServer {
     ) {
         let (tx, mut rx) = mpsc::channel::<(Frame, Body)>(self.cfg.max_in_flight);
         let me = self.clone();
+        let (stall, idle) = (self.cfg.stall_timeout, self.cfg.idle_timeout);
         let writer = tokio::spawn(async move {
             while let Some((f, body)) = rx.recv().await {
                 let bytes: &[u8] = match &body {
@@ -485,11 +526,17 @@ impl PoolServer {
                     Body::Bytes(b) => b,
                     Body::Record(r) => &r[..f.body_len as usize],
                 };
-                let res = write_frame(&mut wr, &f.encode(), bytes).await;
+                // A peer that stops taking answers is closed, not served forever.
+                let res =
+                    tokio::time::timeout(stall, write_frame(&mut wr, &f.encode(), bytes)).await;
                 if let Body::Record(r) = body {
                     me.recycle(r);
                 }
-                if res.is_err() {
+                if !matches!(res, Ok(Ok(_))) {
+                    if res.is_err() {
+                        me.counters.stalled.inc();
+                        tracing::warn!(%peer, ?stall, "closing a pool connection: the peer took no answer");
+                    }
                     break;
                 }
             }
@@ -500,13 +547,18 @@ impl PoolServer {
         let mut ucx_client: Option<u32> = None;
         loop {
             let next = tokio::select! {
-                r = read_header(&mut rd, self.cfg.max_body) => r,
+                r = tokio::time::timeout(idle, read_header(&mut rd, self.cfg.max_body)) => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
             let frame = match next {
-                Ok(f) => f,
-                Err(ReadError::Closed) => break,
-                Err(e) => {
+                Err(_) => {
+                    self.counters.idle_closed.inc();
+                    tracing::debug!(%peer, ?idle, "closing an idle pool connection");
+                    break;
+                }
+                Ok(Ok(f)) => f,
+                Ok(Err(ReadError::Closed)) => break,
+                Ok(Err(e)) => {
                     self.reject(peer, &e.to_string(), false);
                     break;
                 }
@@ -542,22 +594,40 @@ impl PoolServer {
                     }
                 }
             }
-            // A put's payload is checksummed as it arrives (see `PayloadHasher`).
-            let read = if frame.op == Op::Put {
-                let mut b = self.bufs.take(frame.body_len as usize);
-                let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
-                read_body_hashed(&mut rd, &mut b, Some(fd))
-                    .await
-                    .map(|h| (b, h))
-            } else {
-                read_body(&mut rd, &frame, Some(&self.bufs))
-                    .await
-                    .map(|b| (b, None))
+            // Room for the body in the server's request memory first (so that many clients
+            // sending large bodies at once cannot exhaust it), then the body, within the
+            // stall timeout.
+            let Ok(room) = self
+                .request_memory
+                .clone()
+                .acquire_many_owned(kib(frame.body_len as u64) as u32)
+                .await
+            else {
+                break;
             };
-            let (body, hash) = match read {
-                Ok(b) => b,
-                Err(e) => {
+            // A put's payload is checksummed as it arrives (see `PayloadHasher`).
+            let read = async {
+                if frame.op == Op::Put {
+                    let mut b = self.bufs.take(frame.body_len as usize);
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(rd.as_ref());
+                    read_body_hashed(&mut rd, &mut b, Some(fd))
+                        .await
+                        .map(|h| (b, h))
+                } else {
+                    read_body(&mut rd, &frame, Some(&self.bufs))
+                        .await
+                        .map(|b| (b, None))
+                }
+            };
+            let (body, hash) = match tokio::time::timeout(stall, read).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
                     self.reject(peer, &e.to_string(), false);
+                    break;
+                }
+                Err(_) => {
+                    self.counters.stalled.inc();
+                    tracing::warn!(%peer, ?stall, "closing a pool connection: no whole body in time");
                     break;
                 }
             };
@@ -576,6 +646,7 @@ impl PoolServer {
                 s.counters.in_flight.add(1);
                 let resp = s.clone().handle_request(frame, body, hash).await;
                 s.counters.in_flight.sub(1);
+                drop(room);
                 let _ = tx.send(resp).await;
                 drop((permit, ticket));
             });

@@ -45,6 +45,9 @@ pub(super) struct Counters {
     pub(super) rejected: Counter,
     pub(super) bad_frames: Counter,
     pub(super) auth_failures: Counter,
+    pub(super) over_capacity: Counter,
+    pub(super) stalled: Counter,
+    pub(super) idle_closed: Counter,
     pub(super) puts: Counter,
     pub(super) streamed_puts: Counter,
     pub(super) gets: Counter,
@@ -71,6 +74,13 @@ pub struct PoolServerStats {
     pub bad_frames: u64,
     /// Of those, failed authentication.
     pub auth_failures: u64,
+    /// Connections closed as they arrived: `max_connections` were open.
+    pub over_capacity: u64,
+    /// Connections closed because a body did not arrive, or the peer took no answer, within
+    /// the stall timeout.
+    pub stalled: u64,
+    /// Connections closed after the idle timeout without a request.
+    pub idle_closed: u64,
     /// Put requests.
     pub puts: u64,
     /// Of those, puts whose body was streamed to disk as it arrived (`stream_chunk`).
