@@ -146,6 +146,7 @@ impl CudaCopier {
             )));
         }
         self.current()?;
+        let mut failed = None;
         for span in layout.copy_plan(block)? {
             let dev = layers[span.layer] + span.engine.start as u64;
             // SAFETY: `host` is valid for `len` bytes and the span lies inside the object (the
@@ -161,13 +162,22 @@ impl CudaCopier {
                     }
                 }
             };
-            check(r, "cuMemcpyAsync")?;
+            if let Err(e) = check(r, "cuMemcpyAsync") {
+                failed = Some(e);
+                break;
+            }
         }
+        // Every copy already enqueued must end before the caller may reuse the buffers: wait
+        // for the stream also after a failed enqueue.
         // SAFETY: our stream.
-        check(
+        let synced = check(
             unsafe { sys::cuStreamSynchronize(self.stream) },
             "cuStreamSynchronize",
-        )
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => synced,
+        }
     }
 
     /// Allocates `bytes` of device memory (for tests and benches); free with [`CudaCopier::free`].

@@ -96,6 +96,8 @@ impl Uring {
                 // whole call; we wait for the completion before returning.
                 let p = unsafe { ptr.add(done) };
                 let fd = types::Fd(file.as_raw_fd());
+                // Tagged, so that only this operation's own completion ends the wait.
+                let tag = TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let sqe = if write {
                     opcode::Write::new(fd, p as *const u8, chunk)
                         .offset(offset + done as u64)
@@ -104,19 +106,15 @@ impl Uring {
                     opcode::Read::new(fd, p, chunk)
                         .offset(offset + done as u64)
                         .build()
-                };
+                }
+                .user_data(tag);
                 // SAFETY: the buffer outlives the operation (we wait below).
                 unsafe {
                     ring.submission()
                         .push(&sqe)
                         .map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
                 }
-                ring.submit_and_wait(1)?;
-                let cqe = ring
-                    .completion()
-                    .next()
-                    .ok_or_else(|| std::io::Error::other("io_uring: no completion"))?;
-                let res = cqe.result();
+                let res = wait_for(ring, tag)?;
                 if res < 0 {
                     return Err(std::io::Error::from_raw_os_error(-res));
                 }
@@ -131,6 +129,35 @@ impl Uring {
             }
             Ok(())
         })
+    }
+}
+
+/// Tags of io_uring operations (their `user_data`), unique in the process.
+static TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Waits for the completion tagged `tag` and returns its result. The kernel owns the buffer
+/// until then, so a wait interrupted by a signal (`EINTR`), or one the kernel asks to retry, is
+/// retried rather than returned; completions of other tags (none are expected: every
+/// operation reaps its own) are skipped.
+fn wait_for(ring: &mut io_uring::IoUring, tag: u64) -> std::io::Result<i32> {
+    loop {
+        if let Some(res) = ring
+            .completion()
+            .find(|c| c.user_data() == tag)
+            .map(|c| c.result())
+        {
+            return Ok(res);
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            // A refused io_uring_enter: the operation was not taken, or the ring is unusable.
+            Err(e) => return Err(e),
+        }
     }
 }
 
