@@ -24,6 +24,48 @@ pub enum BenchCmd {
     /// prefix cache, and the copy and disk bounds. Runs scripts/bench_ttft.sh; every argument
     /// after `ttft` goes to it (`--kv-heavy --sizes 8192 --rounds 5 --arena-bytes 4GiB --json`).
     Ttft(TtftArgs),
+    /// A trace replayed at its own rate (or faster) through a real agent and two pool servers
+    /// with replication 2 while a pool server and the agent are killed and restarted and bytes
+    /// are flipped on disk: requests, hit ratio, wrong bytes, calls past their deadline,
+    /// latency, and each process's memory and descriptors at start and end.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// The trace (Mooncake format).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mooncake_conversation_trace.jsonl"))]
+    trace: PathBuf,
+    /// Tokens per trace block.
+    #[arg(long, default_value_t = 512)]
+    block_tokens: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 1800)]
+    seconds: u64,
+    /// Replay speed (1: the trace's own rate).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Engine threads.
+    #[arg(long, default_value_t = 2)]
+    engines: usize,
+    /// Payload bytes of one block.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    object_bytes: u64,
+    /// The agent's arena (smaller than the trace's working set).
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    arena_bytes: u64,
+    /// Each pool server's capacity (smaller than the trace).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pool_bytes: u64,
+    /// Seconds between faults (0: none).
+    #[arg(long, default_value_t = 20)]
+    fault_every: u64,
+    /// Where the processes keep their data (a fresh directory under it, removed after).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -139,6 +181,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Abi(a) => bench_abi(a),
         BenchCmd::Pool(a) => bench_pool(a),
         BenchCmd::Ttft(a) => bench_ttft(a),
+        BenchCmd::Soak(a) => bench_soak(a),
     }
 }
 
@@ -372,6 +415,67 @@ fn bench_keys(a: KeyBenchArgs) -> Result<()> {
             "{:>16} {:>12.2} {:>14.1}",
             r.tokens_per_block, r.gbps, r.ns_per_block
         );
+    }
+    Ok(())
+}
+
+fn bench_soak(a: SoakArgs) -> Result<()> {
+    let dir = a.dir.join(format!("kvtier-soak-{}", std::process::id()));
+    let opts = kvtier_bench::soak::SoakOptions {
+        trace: a.trace,
+        block_tokens: a.block_tokens,
+        duration: std::time::Duration::from_secs(a.seconds),
+        speed: a.speed,
+        engines: a.engines,
+        object_bytes: a.object_bytes as usize,
+        arena_bytes: a.arena_bytes,
+        pool_bytes: a.pool_bytes,
+        fault_every: std::time::Duration::from_secs(a.fault_every),
+        dir: dir.clone(),
+        exe: std::env::current_exe().map_err(|e| Error::io("finding this executable", e))?,
+    };
+    let r = kvtier_bench::soak::soak(&opts, |m| eprintln!("kvtier bench soak: {m}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    if a.json {
+        crate::print_json(&r);
+        return Ok(());
+    }
+    let ratio = r.hits as f64 / r.blocks.max(1) as f64;
+    println!(
+        "seconds {:.0}, requests {}, blocks asked {}, hits {} ({:.1}%), saved {}",
+        r.seconds,
+        r.requests,
+        r.blocks,
+        r.hits,
+        ratio * 100.0,
+        r.saved
+    );
+    println!(
+        "wrong blocks {}, calls past their deadline {}, failed calls {}",
+        r.wrong_blocks, r.past_deadline, r.failed_calls
+    );
+    println!(
+        "save p50 {:.2} ms p99 {:.2} ms; load p50 {:.2} ms p99 {:.2} ms",
+        r.save_ms.0, r.save_ms.1, r.load_ms.0, r.load_ms.1
+    );
+    for (k, n) in &r.faults {
+        println!("fault {k}: {n}");
+    }
+    for p in &r.processes {
+        println!(
+            "{:<7} RSS {} -> {} KiB, fds {} -> {}, restarts {}",
+            p.name, p.rss_kib.0, p.rss_kib.1, p.fds.0, p.fds.1, p.restarts
+        );
+    }
+    if r.wrong_blocks > 0 || r.past_deadline > 0 {
+        return Err(Error::new(
+            kvtier_core::ErrorKind::Corrupt,
+            format!(
+                "{} wrong blocks, {} calls past their deadline",
+                r.wrong_blocks, r.past_deadline
+            ),
+        ));
     }
     Ok(())
 }

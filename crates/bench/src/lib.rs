@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod pool;
+pub mod soak;
 
 use kvtier_core::block::BlockObject;
 use kvtier_core::buf::AlignedBuf;
