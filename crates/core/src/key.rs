@@ -281,7 +281,9 @@ impl Namespace {
                 blocks_incl_partial
             )));
         }
-        let mut buf = Vec::with_capacity(16 + 4 * b + 64);
+        // Sized by the tokens there are, not by the block size alone: a huge tokens_per_block
+        // with a short prompt must not allocate gigabytes (found by the abi_args fuzz target).
+        let mut buf = Vec::with_capacity(16 + 4 * b.min(tokens.len()) + 64);
         let mut prev = parent;
         for (i, chunk) in tokens.chunks_exact(b).enumerate() {
             buf.clear();
@@ -330,6 +332,17 @@ mod tests {
             pp_rank: 0,
             salt: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_huge_block_size_with_a_short_prompt_allocates_nothing_big() {
+        // 4 x u32::MAX bytes of buffer were reserved per call before (an abort on most hosts).
+        let ns = Namespace::new(&NamespaceParams {
+            tokens_per_block: u32::MAX,
+            ..params()
+        })
+        .unwrap();
+        assert!(ns.block_keys(&[1, 2, 3]).is_empty());
     }
 
     #[test]
