@@ -280,6 +280,33 @@ fn a_killed_agent_is_an_error_within_the_deadline_then_the_client_reconnects() {
 }
 
 #[test]
+fn a_stopped_agent_is_a_timeout_within_the_deadline_and_serves_again_when_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut cfg = agent.config();
+    cfg.timeout = Duration::from_millis(500);
+    let mut c = AgentClient::connect(cfg.clone()).unwrap();
+    let keys: Vec<BlockKey> = (0..32).map(key).collect();
+    assert_eq!(save_all_of(&mut c, &keys), 32);
+    // SIGSTOP: the agent's sockets stay open but nothing answers (a frozen process).
+    let pid = agent.child.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let t0 = Instant::now();
+    let e = c.lookup(&keys, false).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(e.kind(), kvtier_core::ErrorKind::Timeout, "{e}");
+    // A new engine connecting meanwhile: a timeout too, not a hang.
+    let t0 = Instant::now();
+    assert!(AgentClient::connect(cfg).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Continued: the client reconnects and finds its blocks.
+    let (prefix, _) = c.lookup(&keys, false).unwrap();
+    assert_eq!(prefix, 32);
+    drop(agent);
+}
+
+#[test]
 fn lookup_prefetches_pool_blocks_into_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path());

@@ -36,7 +36,10 @@ fn two_minutes_of_faults_give_no_wrong_byte_and_no_late_call() {
     assert!(r["requests"].as_u64().unwrap() > 200, "{r}");
     assert!(r["hits"].as_u64().unwrap() > 0, "{r}");
     for f in r["faults"].as_array().unwrap() {
-        assert!(f[1].as_u64().unwrap() >= 3, "each fault at least three times: {r}");
+        assert!(
+            f[1].as_u64().unwrap() >= 3,
+            "each fault at least three times: {r}"
+        );
     }
     for p in r["processes"].as_array().unwrap() {
         let (start, end) = (p["fds"][0].as_u64().unwrap(), p["fds"][1].as_u64().unwrap());
