@@ -495,33 +495,21 @@ fn metrics_count_what_the_traffic_did_and_stat_prints_the_same() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let mut c =
-            kvtier_pool::proto::pool_client::PoolClient::connect(format!("http://{control}"))
-                .await
-                .unwrap();
-        c.drain(kvtier_pool::proto::DrainRequest {}).await.unwrap();
-    });
+    let mut ctl = rt
+        .block_on(kvtier_pool::proto::pool_client::PoolClient::connect(
+            format!("http://{control}"),
+        ))
+        .unwrap();
+    rt.block_on(ctl.drain(kvtier_pool::proto::DrainRequest {}))
+        .unwrap();
     let why = wait_ready(&pool_m, 503);
     assert!(why.contains("draining"), "{why}");
     // Undrained, it is ready again; then drained for good.
-    rt.block_on(async {
-        let mut c =
-            kvtier_pool::proto::pool_client::PoolClient::connect(format!("http://{control}"))
-                .await
-                .unwrap();
-        c.undrain(kvtier_pool::proto::UndrainRequest {})
-            .await
-            .unwrap();
-    });
+    rt.block_on(ctl.undrain(kvtier_pool::proto::UndrainRequest {}))
+        .unwrap();
     wait_ready(&pool_m, 200);
-    rt.block_on(async {
-        let mut c =
-            kvtier_pool::proto::pool_client::PoolClient::connect(format!("http://{control}"))
-                .await
-                .unwrap();
-        c.drain(kvtier_pool::proto::DrainRequest {}).await.unwrap();
-    });
+    rt.block_on(ctl.drain(kvtier_pool::proto::DrainRequest {}))
+        .unwrap();
     let why = wait_ready(&pool_m, 503);
     assert!(why.contains("draining"), "{why}");
     assert_eq!(scrape(&pool_m).get("kvtier_pool_draining", &[]), Some(1.0));

@@ -271,14 +271,7 @@ fn a_stalled_replica_costs_its_copy_not_the_call() {
     // network black-holed).
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hole_addr = hole.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in hole.incoming().take(64) {
-            held.push(c);
-        }
-    });
+    let hole_addr = common::black_hole();
     let members = [server.addr.clone(), hole_addr];
     let c = client_with(&members, 2, None, |cfg| {
         cfg.timeout = Duration::from_secs(1);
@@ -310,14 +303,7 @@ fn a_stalled_replica_costs_its_copy_not_the_call() {
 fn a_stalled_first_replica_leaves_the_next_time_to_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(&dir.path().join("data"), "127.0.0.1:0", None);
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hole_addr = hole.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in hole.incoming().take(64) {
-            held.push(c);
-        }
-    });
+    let hole_addr = common::black_hole();
     // The record is put straight to the live server, so the client has not met the stalled one.
     let direct = client(std::slice::from_ref(&server.addr), 1, None);
     let members = [server.addr.clone(), hole_addr];

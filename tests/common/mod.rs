@@ -115,3 +115,15 @@ pub fn test_object(
     o.seal(key, layout, 0);
     o
 }
+
+/// A TCP address that accepts connections and never answers (a stopped server, or one whose
+/// network black-holes): its connections are held open for the rest of the test.
+pub fn black_hole() -> String {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let held: Vec<_> = hole.incoming().take(64).collect();
+        drop(held);
+    });
+    addr
+}
