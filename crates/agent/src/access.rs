@@ -34,8 +34,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The credentials of a connected socket's peer (`SO_PEERCRED`).
-    pub fn of(sock: &UnixStream) -> io::Result<Peer> {
+    /// The credentials of a connected socket's peer (`SO_PEERCRED`); with `groups`, its
+    /// supplementary groups too (read from `/proc`, needed only to match tenants' gids).
+    pub fn of(sock: &UnixStream, groups: bool) -> io::Result<Peer> {
         let mut cred = libc::ucred {
             pid: 0,
             uid: 0,
@@ -55,7 +56,16 @@ impl Peer {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Peer::new(cred.uid, cred.gid, cred.pid))
+        Ok(if groups {
+            Peer::new(cred.uid, cred.gid, cred.pid)
+        } else {
+            Peer {
+                uid: cred.uid,
+                gid: cred.gid,
+                groups: Vec::new(),
+                pid: cred.pid,
+            }
+        })
     }
 
     /// A peer from its credentials; reads its supplementary groups from `/proc` when `pid` is
@@ -382,7 +392,7 @@ mod tests {
     #[test]
     fn the_kernel_names_the_peer_of_a_socket() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let p = Peer::of(&a).unwrap();
+        let p = Peer::of(&a, true).unwrap();
         // SAFETY: no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         assert_eq!((p.uid, p.gid, p.pid), (uid, gid, std::process::id() as i32));

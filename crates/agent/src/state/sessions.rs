@@ -15,16 +15,17 @@ impl State {
                         break;
                     }
                     let Ok(mut conn) = conn else { continue };
-                    let peer = Peer::of(&conn).ok();
-                    if !self.access.admits(peer.as_ref()) {
-                        // Never hand the arena to a peer that may use no tenant.
-                        self.refused(Refusal::NoTenant);
-                        tracing::warn!(uid = peer.as_ref().map(|p| p.uid), "refused a peer allowed no tenant (agent.tenants)");
-                        let _ = fdpass::send_refusal(&conn);
-                        continue;
-                    }
-                    let Some(peer) = peer.or_else(|| self.access.is_open().then(|| Peer::new(u32::MAX, u32::MAX, 0))) else {
-                        continue;
+                    // A peer whose credentials the kernel cannot give is refused in every mode.
+                    let peer = Peer::of(&conn, !self.access.is_open()).ok();
+                    let peer = match peer {
+                        Some(p) if self.access.admits(Some(&p)) => p,
+                        other => {
+                            // Never hand the arena to a peer that may use no tenant.
+                            self.refused(Refusal::NoTenant);
+                            tracing::warn!(uid = other.map(|p| p.uid), "refused a peer allowed no tenant (agent.tenants)");
+                            let _ = fdpass::send_refusal(&conn);
+                            continue;
+                        }
                     };
                     let token = self.id();
                     self.tokens.lock().insert(token, peer);
@@ -91,10 +92,7 @@ impl State {
                 "unknown descriptor token: connect to the descriptor socket first",
             ));
         };
-        // (A peer of unknown credentials, u32::MAX, exists only without tenants.)
-        let known = peer.uid != u32::MAX;
-        if (known && caller.is_some_and(|uid| uid != peer.uid))
-            || (caller.is_none() && !self.access.is_open())
+        if caller.is_some_and(|uid| uid != peer.uid) || (caller.is_none() && !self.access.is_open())
         {
             self.refused(Refusal::NotOwner);
             return Err(Error::new(
@@ -141,7 +139,7 @@ impl State {
     pub fn authorize(&self, session: u64, caller: Option<u32>) -> Result<()> {
         let owner = self.sessions.lock().get(&session).map(|s| s.uid);
         match owner {
-            Some(uid) if uid != u32::MAX && caller != Some(uid) => {
+            Some(uid) if caller != Some(uid) => {
                 self.refused(Refusal::NotOwner);
                 Err(Error::new(
                     ErrorKind::PermissionDenied,
