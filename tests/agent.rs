@@ -291,6 +291,9 @@ fn a_stopped_agent_is_a_timeout_within_the_deadline_and_serves_again_when_contin
     // SIGSTOP: the agent's sockets stay open but nothing answers (a frozen process).
     let pid = agent.child.id() as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // kill() returns before the stop lands: wait until every thread is in the stopped state,
+    // or a thread still running could answer the lookup below.
+    wait_until_stopped(pid);
     let t0 = Instant::now();
     let e = c.lookup(&keys, false).unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
@@ -304,6 +307,25 @@ fn a_stopped_agent_is_a_timeout_within_the_deadline_and_serves_again_when_contin
     let (prefix, _) = c.lookup(&keys, false).unwrap();
     assert_eq!(prefix, 32);
     drop(agent);
+}
+
+/// Waits until the kernel reports every thread of `pid` stopped ('T' in /proc/PID/task/*/stat).
+fn wait_until_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let all_stopped = tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {pid} did not stop");
+        std::thread::yield_now();
+    }
 }
 
 #[test]
