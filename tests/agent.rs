@@ -432,6 +432,35 @@ fn another_node_loads_from_pool_servers() {
 }
 
 #[test]
+fn another_node_loads_from_pool_servers_found_in_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = common::Etcd::start(dir.path(), 1);
+    let flags = ["--etcd", &etcd.flag(), "--cluster", "agents"];
+    let servers: Vec<common::Server> = (0..2)
+        .map(|i| {
+            common::start_server_with(
+                &dir.path().join(format!("s{i}")),
+                "127.0.0.1:0",
+                None,
+                &flags,
+            )
+        })
+        .collect();
+    // Both registered before the agents start (the agents are given etcd only).
+    let mut cfg = kvtier_pool::client::PoolClientConfig::new(Vec::new());
+    let mut cluster = kvtier_pool::cluster::ClusterConfig::new(etcd.endpoints.clone());
+    cluster.name = "agents".into();
+    cfg.cluster = Some(cluster);
+    let watcher = kvtier_pool::client::PoolClient::new(cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watcher.placement().map_or(0, |p| p.members().len()) < servers.len() {
+        assert!(Instant::now() < deadline, "the servers did not register");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    another_node_loads_through(&[flags[0], flags[1], flags[2], flags[3], "--replication", "2"]);
+}
+
+#[test]
 fn another_node_loads_from_a_shared_directory() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");

@@ -88,7 +88,7 @@ fn replicated_objects_survive_a_killed_server_which_recovers_and_serves_again() 
     // SIGKILL server 1: every object is still readable, byte-equal.
     let victim = 1;
     let expect_on_victim = (0..N)
-        .filter(|&i| c.placement().replicas(key(i)).contains(&victim))
+        .filter(|&i| c.placement().unwrap().replicas(key(i)).contains(&victim))
         .count() as u64;
     assert_eq!(expect_on_victim, on[victim]);
     servers[victim].child.kill().unwrap();
@@ -124,7 +124,7 @@ fn replicated_objects_survive_a_killed_server_which_recovers_and_serves_again() 
     let c3 = c.clone();
     let served = alone.block(async move {
         let mut served = 0;
-        for i in (0..N).filter(|&i| c3.placement().replicas(key(i)).contains(&victim)) {
+        for i in (0..N).filter(|&i| c3.placement().unwrap().replicas(key(i)).contains(&victim)) {
             let r = a2
                 .get(key(i), true)
                 .await
@@ -139,7 +139,7 @@ fn replicated_objects_survive_a_killed_server_which_recovers_and_serves_again() 
     // The first client, which marked the server down when it died, writes to it again: a new
     // object placed on it reaches both replicas (bounded wait for the down mark to lapse).
     let fresh = (N..N + 1000)
-        .find(|&i| c.placement().replicas(key(i)).contains(&victim))
+        .find(|&i| c.placement().unwrap().replicas(key(i)).contains(&victim))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -279,7 +279,7 @@ fn a_stalled_replica_costs_its_copy_not_the_call() {
     });
     // A key whose first replica is the stalled one.
     let i = (0..)
-        .find(|&i| c.placement().replicas(key(i))[0] == 1)
+        .find(|&i| c.placement().unwrap().replicas(key(i))[0] == 1)
         .unwrap();
     // The put succeeds on the live replica, as documented, instead of timing out whole.
     let c2 = c.clone();
@@ -311,7 +311,7 @@ fn a_stalled_first_replica_leaves_the_next_time_to_answer() {
         cfg.timeout = Duration::from_secs(2)
     });
     let i = (0..)
-        .find(|&i| c.placement().replicas(key(i))[0] == 1)
+        .find(|&i| c.placement().unwrap().replicas(key(i))[0] == 1)
         .unwrap();
     let d2 = direct.clone();
     direct
@@ -326,7 +326,7 @@ fn a_stalled_first_replica_leaves_the_next_time_to_answer() {
     // Also for existence checks.
     let c2 = c.clone();
     let i2 = (i + 1..)
-        .find(|&j| c.placement().replicas(key(j))[0] == 1)
+        .find(|&j| c.placement().unwrap().replicas(key(j))[0] == 1)
         .unwrap();
     let d2 = direct.clone();
     direct

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use kvtier_core::error::Result;
 use kvtier_ops::config;
+use kvtier_pool::cluster;
 use kvtier_pool::server::PoolServer;
 
 use crate::daemon::{metrics_endpoint, runtime, signalled};
@@ -14,6 +15,7 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
     let cfg = loaded.config;
     let p = cfg.pool.clone();
     let scfg = p.server_config()?;
+    let cluster = p.cluster_config()?;
     runtime()?.block_on(async move {
         let bound = PoolServer::bind(scfg).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -39,6 +41,36 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
             st.store.used_bytes >> 20,
             st.store.capacity_bytes >> 20
         );
+        let data_addr = bound.data_addr().to_string();
+        let registration = cluster.map(|(c, addr)| {
+            let info = cluster::MemberInfo {
+                addr: addr.unwrap_or(data_addr),
+                // The share of keys follows the capacity (1 per GiB).
+                weight: (st.store.capacity_bytes as f64 / (1u64 << 30) as f64).max(1e-3),
+                capacity_bytes: st.store.capacity_bytes,
+                zone: p.zone.clone(),
+                state: cluster::MemberState::Serving,
+            };
+            println!(
+                "kvtier pool: registering {} in etcd cluster `{}`",
+                info.addr, c.name
+            );
+            let health = cluster::ClusterHealth::new();
+            let reg = std::sync::Arc::new(cluster::register(c, health, info));
+            // A drained server takes no new keys: it says so in its registration.
+            let (r, s) = (reg.clone(), server.clone());
+            let poll = tokio::spawn(async move {
+                loop {
+                    r.set_state(if s.is_draining() {
+                        cluster::MemberState::Draining
+                    } else {
+                        cluster::MemberState::Serving
+                    });
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            });
+            (reg, poll)
+        });
         std::io::stdout().flush().ok();
         bound
             .serve(async move {
@@ -47,6 +79,14 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
                 let _ = stop_tx.send(true);
             })
             .await?;
+        if let Some((reg, poll)) = registration {
+            // Out of the cluster at once, not when the lease runs out.
+            poll.abort();
+            let _ = poll.await;
+            if let Ok(r) = std::sync::Arc::try_unwrap(reg) {
+                r.leave().await;
+            }
+        }
         Ok(())
     })
 }

@@ -127,3 +127,149 @@ pub fn black_hole() -> String {
     });
     addr
 }
+
+/// A real etcd cluster on loopback (Debian's `etcd-server`): `members` processes, each with
+/// its data in `dir`. Killed on drop.
+pub struct Etcd {
+    pub members: Vec<Option<Child>>,
+    /// Client URLs, `127.0.0.1:port` each.
+    pub endpoints: Vec<String>,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path, members: usize) -> Etcd {
+        let ports: Vec<(u16, u16)> = (0..members)
+            .map(|_| {
+                let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                (
+                    a.local_addr().unwrap().port(),
+                    b.local_addr().unwrap().port(),
+                )
+            })
+            .collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let children = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let bin = std::env::var("KVTIER_ETCD").unwrap_or_else(|_| "etcd".into());
+                let child = Command::new(&bin)
+                    .args(["--name", &format!("e{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("etcd{i}")))
+                    .args([
+                        "--listen-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                        "--advertise-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                        "--listen-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                        "--initial-cluster",
+                        &initial,
+                        "--initial-cluster-state",
+                        "new",
+                        "--log-level",
+                        "error",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "starting {bin} (apt-get install etcd-server, or set KVTIER_ETCD): {e}"
+                        )
+                    });
+                Some(child)
+            })
+            .collect();
+        let etcd = Etcd {
+            members: children,
+            endpoints: ports
+                .iter()
+                .map(|(c, _)| format!("127.0.0.1:{c}"))
+                .collect(),
+        };
+        etcd.wait_healthy();
+        etcd
+    }
+
+    /// `a,b,c`: the endpoints as one flag value.
+    pub fn flag(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Waits until every live member answers `etcdctl endpoint health`.
+    pub fn wait_healthy(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let live: Vec<String> = self
+            .endpoints
+            .iter()
+            .zip(&self.members)
+            .filter(|(_, m)| m.is_some())
+            .map(|(e, _)| e.clone())
+            .collect();
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &live.join(","), "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not become healthy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the member that is the raft leader now.
+    pub fn leader(&self) -> usize {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if self.members[i].is_none() {
+                continue;
+            }
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", e, "endpoint", "status", "-w", "json"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let st = &v[0]["Status"];
+            if st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no etcd leader found");
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -17,6 +17,7 @@
 pub mod auth;
 mod backend;
 pub mod client;
+pub mod cluster;
 pub mod placement;
 pub mod server;
 pub mod shared_dir;

@@ -34,6 +34,8 @@ const AGENT_KEYS: &KeyMap = &[
     ("pool client", "replication", "agent.replication"),
     ("pool client", "timeout", "agent.pool_timeout_ms"),
     ("pool client", "transport", "agent.pool_transport"),
+    ("cluster", "etcd", "agent.etcd"),
+    ("cluster", "name", "agent.cluster"),
 ];
 
 const POOL_KEYS: &KeyMap = &[
@@ -87,6 +89,8 @@ impl Default for AgentSection {
             segment_bytes: super::ByteSize(store.segment_bytes),
             no_pool: false,
             pool_servers: Vec::new(),
+            etcd: Vec::new(),
+            cluster: kvtier_pool::cluster::ClusterConfig::new(Vec::new()).name,
             replication: client.replication,
             pool_secret_file: None,
             pool_transport: client.transport,
@@ -119,6 +123,10 @@ impl Default for PoolSection {
             request_memory: super::ByteSize(server.request_memory),
             secret_file: None,
             insecure_open: server.insecure_open,
+            etcd: Vec::new(),
+            cluster: kvtier_pool::cluster::ClusterConfig::new(Vec::new()).name,
+            advertise: String::new(),
+            zone: String::new(),
             io: "auto".into(),
             ucx: server.ucx,
             metrics_addr: super::OptAddr(Some(([127, 0, 0, 1], 9465).into())),
@@ -155,7 +163,7 @@ impl AgentSection {
             .collect::<Result<Vec<_>>>()?;
         c.pool = if self.no_pool {
             None
-        } else if !self.pool_servers.is_empty() {
+        } else if !self.pool_servers.is_empty() || !self.etcd.is_empty() {
             let members = self
                 .pool_servers
                 .iter()
@@ -174,6 +182,11 @@ impl AgentSection {
             p.timeout = Duration::from_millis(self.pool_timeout_ms);
             p.transport = self.pool_transport;
             p.secret = secret(&self.pool_secret_file, "agent.pool_secret_file", read)?;
+            if !self.etcd.is_empty() {
+                let mut c = kvtier_pool::cluster::ClusterConfig::new(self.etcd.clone());
+                c.name = self.cluster.clone();
+                p.cluster = Some(c);
+            }
             Some(PoolSpec::Servers(p))
         } else if let Some(dir) = &self.shared_dir {
             let mut p = SharedDirConfig::new(dir);
@@ -201,6 +214,40 @@ impl PoolSection {
     /// file's key (`pool.capacity`).
     pub fn server_config(&self) -> Result<PoolServerConfig> {
         self.build(true)
+    }
+
+    /// The cluster this server registers in, and the address it registers (`pool.advertise`;
+    /// `None`: the bound listen address); `None` without `pool.etcd`.
+    pub fn cluster_config(
+        &self,
+    ) -> Result<Option<(kvtier_pool::cluster::ClusterConfig, Option<String>)>> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let mut c = kvtier_pool::cluster::ClusterConfig::new(self.etcd.clone());
+        c.name = self.cluster.clone();
+        c.validate().map_err(|e| match e.context("field") {
+            Some("etcd") => field_error("pool.etcd", e.message()),
+            Some("name") => field_error("pool.cluster", e.message()),
+            _ => e,
+        })?;
+        let advertise = if self.advertise.is_empty() {
+            if self.listen.ip().is_unspecified() {
+                return Err(field_error(
+                    "pool.advertise",
+                    format!(
+                        "empty while pool.listen is {}; set the address agents reach this server at",
+                        self.listen
+                    ),
+                ));
+            }
+            None
+        } else {
+            Member::parse(&self.advertise)
+                .map_err(|e| field_error("pool.advertise", e.message()))?;
+            Some(self.advertise.clone())
+        };
+        Ok(Some((c, advertise)))
     }
 
     /// The configuration of this section, validated by its components (their errors restated

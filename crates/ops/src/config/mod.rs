@@ -64,6 +64,10 @@ pub struct AgentSection {
     /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_servers: Vec<String>,
     /// See [`KEYS`] (its default comes from the component it configures).
+    pub etcd: Vec<String>,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub cluster: String,
+    /// See [`KEYS`] (its default comes from the component it configures).
     pub replication: usize,
     /// See [`KEYS`] (its default comes from the component it configures).
     pub pool_secret_file: Option<PathBuf>,
@@ -112,6 +116,14 @@ pub struct PoolSection {
     pub secret_file: Option<PathBuf>,
     /// See [`KEYS`] (its default comes from the component it configures).
     pub insecure_open: bool,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub etcd: Vec<String>,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub cluster: String,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub advertise: String,
+    /// See [`KEYS`] (its default comes from the component it configures).
+    pub zone: String,
     /// See [`KEYS`] (its default comes from the component it configures).
     pub io: String,
     /// See [`KEYS`] (its default comes from the component it configures).
@@ -162,6 +174,8 @@ setters!(
         segment_bytes,
         no_pool,
         pool_servers,
+        etcd,
+        cluster,
         replication,
         pool_secret_file,
         pool_transport,
@@ -188,6 +202,10 @@ setters!(
         request_memory,
         secret_file,
         insecure_open,
+        etcd,
+        cluster,
+        advertise,
+        zone,
         io,
         ucx,
         metrics_addr,

@@ -39,7 +39,10 @@ impl AgentSection {
         )?;
         let chosen: Vec<&str> = [
             (self.no_pool, "agent.no_pool"),
-            (!self.pool_servers.is_empty(), "agent.pool_servers"),
+            (
+                !self.pool_servers.is_empty() || !self.etcd.is_empty(),
+                "agent.pool_servers or agent.etcd",
+            ),
             (self.shared_dir.is_some(), "agent.shared_dir"),
         ]
         .iter()

@@ -32,8 +32,11 @@ impl Transport {
 pub struct PoolClientConfig {
     /// TCP (default) or UCX.
     pub transport: Transport,
-    /// The pool servers.
+    /// The pool servers (with [`cluster`](Self::cluster): those to start from, may be none).
     pub members: Vec<Member>,
+    /// Where the member set comes from in a cluster: the client watches it in etcd and
+    /// places on the live members. `None`: the list in [`members`](Self::members) only.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Copies of each object. Default 1.
     pub replication: usize,
     /// The shared secret, when the servers require one.
@@ -72,13 +75,18 @@ impl PoolClientConfig {
     /// Checks the values; the error names the bad field (see [`Error::bad_field`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |field, msg: String| Err(Error::bad_field("pool client", field, msg));
-        if self.members.is_empty() {
-            return bad("members", "none; list at least one `host:port`".into());
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        } else if self.members.is_empty() {
+            return bad(
+                "members",
+                "none; list at least one `host:port`, or give etcd endpoints".into(),
+            );
         }
         if self.replication == 0 {
             return bad("replication", "0; at least 1".into());
         }
-        if self.replication > self.members.len() {
+        if self.cluster.is_none() && self.replication > self.members.len() {
             return bad(
                 "replication",
                 format!(
@@ -108,6 +116,7 @@ impl PoolClientConfig {
         PoolClientConfig {
             transport: Transport::Tcp,
             members,
+            cluster: None,
             replication: 1,
             secret: None,
             timeout: Duration::from_secs(2),

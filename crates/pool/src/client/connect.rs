@@ -5,8 +5,8 @@
 use super::*;
 
 impl PoolClient {
-    async fn connect(&self, m: usize) -> Result<Arc<Conn>> {
-        let addr = self.placement.members()[m].addr.clone();
+    async fn connect(&self, m: &MemberState) -> Result<Arc<Conn>> {
+        let addr = m.addr.clone();
         let sock = TcpStream::connect(&addr)
             .await
             .map_err(|e| unavailable(&addr, format_args!("connect failed: {e}")))?;
@@ -193,9 +193,8 @@ impl PoolClient {
         }))
     }
 
-    pub(super) async fn conn(&self, m: usize) -> Result<Arc<Conn>> {
-        let st = &self.members[m];
-        let addr = &self.placement.members()[m].addr;
+    pub(super) async fn conn(&self, st: &Arc<MemberState>) -> Result<Arc<Conn>> {
+        let addr = &st.addr;
         if let Some(until) = *st.down_until.lock() {
             if Instant::now() < until {
                 return Err(unavailable(addr, "marked down after a recent failure"));
@@ -213,7 +212,7 @@ impl PoolClient {
         if let Some(c) = pick(&mut st.conns.lock()) {
             return Ok(c);
         }
-        match self.connect(m).await {
+        match self.connect(st).await {
             Ok(c) => {
                 *st.down_until.lock() = None;
                 st.conns.lock().push(c.clone());

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::placement::Placement;
+use super::placement::{Member, Placement};
 use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Reply, Status};
 mod backend;
@@ -53,7 +53,9 @@ struct Conn {
     bell: Option<Arc<super::ucx::Bell>>,
 }
 
-struct MemberState {
+pub(super) struct MemberState {
+    /// `host:port` of its data plane.
+    addr: String,
     conns: Mutex<Vec<Arc<Conn>>>,
     next: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
@@ -64,6 +66,8 @@ struct MemberState {
 #[derive(Default)]
 struct Counters {
     replica_timeouts: Counter,
+    membership_changes: Counter,
+    previous_asked: Counter,
     puts: Counter,
     put_partial: Counter,
     gets: Counter,
@@ -75,11 +79,46 @@ struct Counters {
     bytes_out: Counter,
 }
 
+/// The members known at one time: their placement and connection state.
+pub(super) struct View {
+    /// `None` while no member is known (a cluster whose membership is not read yet).
+    placement: Option<Placement>,
+    states: Vec<Arc<MemberState>>,
+    /// When this view replaced the one before.
+    since: Instant,
+}
+
+impl View {
+    /// The members holding `key`, most preferred first (none while no member is known).
+    fn replicas(&self, key: BlockKey) -> Vec<Arc<MemberState>> {
+        match &self.placement {
+            Some(p) => p
+                .replicas(key)
+                .into_iter()
+                .map(|i| self.states[i].clone())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn replication(&self) -> usize {
+        self.placement.as_ref().map_or(0, Placement::replication)
+    }
+}
+
 /// A client of a set of pool servers. Cheap to share (`Arc`).
+///
+/// The member set is the configured list, or, in a cluster, what
+/// [`set_members`](PoolClient::set_members) was last given (by the membership watch of
+/// [`crate::cluster`]). For a while after the set changed, a key missing on its new replicas
+/// is also asked of its replicas in the set before (rebalancing copies it meanwhile).
 pub struct PoolClient {
-    placement: Placement,
+    view: parking_lot::RwLock<Arc<View>>,
+    /// The view before the current one, asked on a miss for [`REBALANCE_GRACE`].
+    previous: parking_lot::RwLock<Option<Arc<View>>>,
     cfg: PoolClientConfig,
-    members: Vec<MemberState>,
+    /// etcd's state, when the member set comes from a cluster.
+    cluster_health: Arc<crate::cluster::ClusterHealth>,
     next_id: AtomicU64,
     counters: Counters,
     /// Response buffers, reused (callers hand them back with [`PoolClient::recycle`]).
@@ -89,9 +128,10 @@ pub struct PoolClient {
 
 impl std::fmt::Debug for PoolClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.view();
         f.debug_struct("PoolClient")
-            .field("members", &self.placement.members())
-            .field("replication", &self.placement.replication())
+            .field("members", &v.placement.as_ref().map(Placement::members))
+            .field("replication", &v.replication())
             .finish()
     }
 }
@@ -107,33 +147,149 @@ impl PoolClient {
     /// Checks the configuration and starts the client's runtime. Connects lazily.
     pub fn new(cfg: PoolClientConfig) -> Result<Arc<PoolClient>> {
         cfg.validate()?;
-        let placement = Placement::new(cfg.members.clone(), cfg.replication)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kvtier-pool-client")
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the pool client's runtime", e))?;
-        let members = cfg
-            .members
-            .iter()
-            .map(|_| MemberState {
-                conns: Mutex::new(Vec::new()),
-                next: AtomicUsize::new(0),
-                down_until: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            })
-            .collect();
+        let view = View {
+            placement: None,
+            states: Vec::new(),
+            since: Instant::now(),
+        };
         let bufs = Arc::new(BufPool::new(cfg.buffer_pool_bytes));
-        Ok(Arc::new(PoolClient {
-            placement,
+        let client = Arc::new(PoolClient {
+            view: parking_lot::RwLock::new(Arc::new(view)),
+            previous: parking_lot::RwLock::new(None),
+            cluster_health: crate::cluster::ClusterHealth::new(),
             cfg,
-            members,
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
             bufs,
             rt,
-        }))
+        });
+        if !client.cfg.members.is_empty() {
+            client.set_members(client.cfg.members.clone())?;
+            // The configured list is the member set from the start: nothing to fall back on.
+            *client.previous.write() = None;
+        }
+        if let Some(c) = client.cfg.cluster.clone() {
+            let first_within = c.timeout;
+            // The membership watch holds the client weakly: dropping the client ends it.
+            let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+            let health = client.cluster_health.clone();
+            client.rt.spawn(crate::cluster::watch(c, health, tx));
+            let weak = Arc::downgrade(&client);
+            client.rt.spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let members = crate::cluster::placed_members(&rx.borrow_and_update());
+                    let Some(c) = weak.upgrade() else { break };
+                    if let Err(e) = c.set_members(members) {
+                        tracing::warn!(error = %e, "ignoring a membership the pool cannot place on");
+                    }
+                }
+            });
+            // Place from the first call: wait for the first membership, within etcd's timeout
+            // (etcd unreachable or no member yet: start anyway, calls fail until one is seen).
+            let deadline = Instant::now() + first_within;
+            while client.view().placement.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if client.view().placement.is_none() {
+                tracing::warn!(
+                    "no pool member seen in etcd yet; saves are dropped until one registers"
+                );
+            }
+        }
+        Ok(client)
+    }
+
+    /// The member set now.
+    pub(super) fn view(&self) -> Arc<View> {
+        self.view.read().clone()
+    }
+
+    /// Replaces the member set (a cluster's membership changed). Connections to members
+    /// that stay are kept; keys are placed on the new set at once, and for
+    /// [`REBALANCE_GRACE`] a miss is also asked of the replicas in the set before. The
+    /// replication factor is the configured one, or the number of members when fewer. An
+    /// empty set leaves every call failing with `Unavailable` until members are known.
+    pub fn set_members(&self, mut members: Vec<Member>) -> Result<()> {
+        // In the order given (member indices stay those of the list), each address once.
+        let mut seen = std::collections::HashSet::new();
+        members.retain(|m| seen.insert(m.addr.clone()));
+        let old = self.view();
+        if old
+            .placement
+            .as_ref()
+            .map_or(members.is_empty(), |p| p.members() == members)
+        {
+            return Ok(());
+        }
+        let placement = if members.is_empty() {
+            None
+        } else {
+            let r = self.cfg.replication.min(members.len());
+            Some(Placement::new(members, r)?)
+        };
+        let states = placement
+            .as_ref()
+            .map(|p| {
+                p.members()
+                    .iter()
+                    .map(|m| {
+                        old.states
+                            .iter()
+                            .find(|s| s.addr == m.addr)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(MemberState {
+                                    addr: m.addr.clone(),
+                                    conns: Mutex::new(Vec::new()),
+                                    next: AtomicUsize::new(0),
+                                    down_until: Mutex::new(None),
+                                    connecting: tokio::sync::Mutex::new(()),
+                                })
+                            })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let new = Arc::new(View {
+            placement,
+            states,
+            since: Instant::now(),
+        });
+        tracing::info!(
+            members = ?new.placement.as_ref().map(|p| p.members().iter().map(|m| m.addr.as_str()).collect::<Vec<_>>()),
+            "pool member set changed"
+        );
+        self.counters.membership_changes.inc();
+        *self.previous.write() = old.placement.is_some().then_some(old);
+        *self.view.write() = new;
+        Ok(())
+    }
+
+    /// The replicas of `key` in the set before the current one, while within
+    /// [`REBALANCE_GRACE`] of the change, less those in `asked`.
+    fn previous_replicas(
+        &self,
+        key: BlockKey,
+        asked: &[Arc<MemberState>],
+    ) -> Vec<Arc<MemberState>> {
+        let cur = self.view();
+        if cur.since.elapsed() > REBALANCE_GRACE {
+            return Vec::new();
+        }
+        match self.previous.read().as_ref() {
+            Some(p) => p
+                .replicas(key)
+                .into_iter()
+                .filter(|m| !asked.iter().any(|a| a.addr == m.addr))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Fills the buffer pool with `n` buffers of `len` bytes, their pages touched, so that a
@@ -153,9 +309,71 @@ impl PoolClient {
         self.bufs.give(buf);
     }
 
-    /// The placement in use.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
+    /// etcd's state as this client sees it (in a cluster; never up otherwise).
+    pub fn cluster_health(&self) -> &crate::cluster::ClusterHealth {
+        &self.cluster_health
+    }
+
+    /// The placement in use (`None` while no member is known).
+    pub fn placement(&self) -> Option<Placement> {
+        self.view().placement.clone()
+    }
+
+    /// The member at `addr` in the current set.
+    fn member(&self, addr: &str) -> Result<Arc<MemberState>> {
+        self.view()
+            .states
+            .iter()
+            .find(|s| s.addr == addr)
+            .cloned()
+            .ok_or_else(|| unavailable(addr, "not a member of the pool now"))
+    }
+
+    /// Stores a sealed record on the member at `addr` only (rebalancing: a copy to a replica
+    /// that lacks it). Ok when it stored it.
+    pub async fn put_on(&self, addr: &str, record: Arc<AlignedBuf>) -> Result<()> {
+        let h = BlockHeader::decode(&record).map_err(Error::from)?;
+        let len = h.record_len();
+        let st = self.member(addr)?;
+        let f = Frame::request(Op::Put, 0, h.key(), len as u32);
+        let (f, body, _) = self
+            .call_within(&st, f, Some(record), Vec::new(), self.cfg.timeout)
+            .await?;
+        match f.status {
+            Status::Ok => Ok(()),
+            s => Err(Error::new(
+                if s == Status::NoSpace {
+                    ErrorKind::NoSpace
+                } else {
+                    ErrorKind::Unavailable
+                },
+                format!(
+                    "pool server {addr} refused a copy ({s:?}): {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            )),
+        }
+    }
+
+    /// Which of `keys` the member at `addr` holds (at most [`wire::MAX_EXISTS_KEYS`] a call).
+    pub async fn exists_on(&self, addr: &str, keys: &[BlockKey]) -> Result<Vec<bool>> {
+        let st = self.member(addr)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(wire::MAX_EXISTS_KEYS) {
+            let body = wire::encode_keys(chunk);
+            let f = Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
+            let (f, body, _) = self
+                .call_within(&st, f, None, body, self.cfg.timeout)
+                .await?;
+            if f.status != Status::Ok || body.len() != chunk.len() {
+                return Err(unavailable(
+                    addr,
+                    format_args!("exists answered {:?}", f.status),
+                ));
+            }
+            out.extend(body.iter().map(|&b| b != 0));
+        }
+        Ok(out)
     }
 
     /// Runs `fut` on the client's runtime and waits for it, from any thread (including a
@@ -175,7 +393,7 @@ impl PoolClient {
     /// One request to member `m`; the response frame and body.
     async fn call(
         &self,
-        m: usize,
+        m: &Arc<MemberState>,
         f: Frame,
         rec: Option<Arc<AlignedBuf>>,
         bytes: Vec<u8>,
@@ -189,12 +407,12 @@ impl PoolClient {
     /// on the way in.
     async fn call_hashed(
         &self,
-        m: usize,
+        m: &Arc<MemberState>,
         mut f: Frame,
         rec: Option<Arc<AlignedBuf>>,
         bytes: Vec<u8>,
     ) -> Result<(Frame, AlignedBuf, Option<u64>)> {
-        let addr = &self.placement.members()[m].addr;
+        let addr = &m.addr;
         let conn = self.conn(m).await?;
         f.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -221,7 +439,7 @@ impl PoolClient {
         match res {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                *self.members[m].down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                *m.down_until.lock() = Some(Instant::now() + self.cfg.down_for);
                 Err(unavailable(addr, e))
             }
             Err(_) => Err(unavailable(addr, "connection closed")),
@@ -233,7 +451,7 @@ impl PoolClient {
     /// [`PoolClientConfig::down_for`], so that the next calls go straight to the others.
     async fn call_within(
         &self,
-        m: usize,
+        m: &Arc<MemberState>,
         f: Frame,
         rec: Option<Arc<AlignedBuf>>,
         bytes: Vec<u8>,
@@ -242,9 +460,9 @@ impl PoolClient {
         match tokio::time::timeout(budget, self.call_hashed(m, f, rec, bytes)).await {
             Ok(r) => r,
             Err(_) => {
-                *self.members[m].down_until.lock() = Some(Instant::now() + self.cfg.down_for);
+                *m.down_until.lock() = Some(Instant::now() + self.cfg.down_for);
                 self.counters.replica_timeouts.inc();
-                let addr = &self.placement.members()[m].addr;
+                let addr = &m.addr;
                 tracing::warn!(server = %addr, ?budget, "pool server did not answer in time; marked down");
                 Err(Error::new(
                     ErrorKind::Timeout,
@@ -285,13 +503,19 @@ impl PoolClient {
             return Err(Error::invalid("a record shorter than its header says"));
         }
         self.counters.puts.inc();
-        let reps = self.placement.replicas(key);
+        let reps = self.view().replicas(key);
+        if reps.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the pool has no members known yet",
+            ));
+        }
         let n = reps.len();
         let results = self
             .with_deadline("put", async {
                 // Every replica at once, each within the deadline on its own: a stalled one
                 // costs its own copy, not the put.
-                let calls = reps.iter().map(|&m| {
+                let calls = reps.iter().map(|m| {
                     let f = Frame::request(Op::Put, 0, key, len as u32);
                     let budget = self.cfg.timeout.saturating_sub(Duration::from_millis(1));
                     let rec = record.clone();
@@ -351,12 +575,17 @@ impl PoolClient {
             .with_deadline("get", async {
                 let mut last_err = None;
                 let deadline = Instant::now() + self.cfg.timeout;
-                let reps = self.placement.replicas(key);
-                for (n, &m) in reps.iter().enumerate() {
+                let mut reps = self.view().replicas(key);
+                let current = reps.len();
+                let mut n = 0;
+                while n < reps.len() {
+                    let m = reps[n].clone();
+                    let m = &m;
                     let f = Frame::request(Op::Get, 0, key, 0).with_flags(flags);
                     // Each replica gets its share of the time left: a stalled first replica
                     // leaves the next one time to answer.
                     let budget = Self::share(deadline, reps.len() - n);
+                    n += 1;
                     match self.call_within(m, f, None, Vec::new(), budget).await {
                         Ok((f, body, hash)) if f.status == Status::Ok => {
                             match verify_record(&body, Some(key), hash) {
@@ -364,7 +593,7 @@ impl PoolClient {
                                 Err(v) => {
                                     self.recycle(body);
                                     self.counters.corrupt.inc();
-                                    tracing::warn!(%key, server = %self.placement.members()[m].addr, reason = v.as_str(), "pool record failed verification; trying the next replica");
+                                    tracing::warn!(%key, server = %m.addr, reason = v.as_str(), "pool record failed verification; trying the next replica");
                                 }
                             }
                         }
@@ -372,7 +601,7 @@ impl PoolClient {
                         Ok((f, body, _)) => {
                             self.counters.replica_failures.inc();
                             last_err = Some(unavailable(
-                                &self.placement.members()[m].addr,
+                                &m.addr,
                                 format_args!("{:?}: {}", f.status, String::from_utf8_lossy(&body)),
                             ));
                         }
@@ -380,6 +609,15 @@ impl PoolClient {
                             self.counters.replica_failures.inc();
                             last_err = Some(e);
                         }
+                    }
+                    if n == reps.len() && n == current {
+                        // Missed on the replicas now: the key may not have been copied to
+                        // them yet since the member set changed; ask where it was before.
+                        let before = self.previous_replicas(key, &reps);
+                        if !before.is_empty() {
+                            self.counters.previous_asked.inc();
+                        }
+                        reps.extend(before);
                     }
                 }
                 match last_err {
@@ -400,24 +638,26 @@ impl PoolClient {
     }
 
     fn any_replica_answered(&self, key: BlockKey) -> bool {
-        self.placement.replicas(key).iter().any(|&m| {
-            self.members[m]
-                .down_until
-                .lock()
-                .is_none_or(|t| Instant::now() >= t)
-        })
+        self.view()
+            .replicas(key)
+            .iter()
+            .any(|m| m.down_until.lock().is_none_or(|t| Instant::now() >= t))
     }
 
     /// Which of `keys` are stored (asked of each key's first live replica, in one batch per
     /// server; a server that fails is retried on the next replica).
     #[allow(clippy::needless_range_loop)] // `attempt` indexes every key's replica list
     pub async fn exists(&self, keys: &[BlockKey]) -> Result<Vec<bool>> {
-        let ranked: Vec<Vec<usize>> = keys.iter().map(|k| self.placement.replicas(*k)).collect();
+        let view = self.view();
+        let ranked: Vec<Vec<usize>> = match &view.placement {
+            Some(p) => keys.iter().map(|k| p.replicas(*k)).collect(),
+            None => return Ok(vec![false; keys.len()]),
+        };
         let mut out = vec![false; keys.len()];
         self.with_deadline("exists", async {
             let mut todo: Vec<usize> = (0..keys.len()).collect();
             let deadline = Instant::now() + self.cfg.timeout;
-            let replication = self.placement.replication();
+            let replication = view.replication();
             for attempt in 0..replication {
                 if todo.is_empty() {
                     break;
@@ -437,13 +677,20 @@ impl PoolClient {
                             .map(|c| (m, c.to_vec()))
                             .collect::<Vec<_>>()
                     })
-                    .map(|(m, idx)| async move {
-                        let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
-                        let body = wire::encode_keys(&ks);
-                        let f =
-                            Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
-                        let r = self.call_within(m, f, None, body, budget).await;
-                        (idx, r.map(|(f, body, _)| (f, body)))
+                    .map(|(m, idx)| {
+                        let m = view.states[m].clone();
+                        async move {
+                            let ks: Vec<BlockKey> = idx.iter().map(|&i| keys[i]).collect();
+                            let body = wire::encode_keys(&ks);
+                            let f = Frame::request(
+                                Op::Exists,
+                                0,
+                                BlockKey::default(),
+                                body.len() as u32,
+                            );
+                            let r = self.call_within(&m, f, None, body, budget).await;
+                            (idx, r.map(|(f, body, _)| (f, body)))
+                        }
                     });
                 for (idx, r) in futures_join_all(calls).await {
                     match r {
@@ -469,10 +716,9 @@ impl PoolClient {
     /// Removes `key` from every replica. True if any had it.
     pub async fn delete(&self, key: BlockKey) -> Result<bool> {
         self.with_deadline("delete", async {
-            let calls = self
-                .placement
-                .replicas(key)
-                .into_iter()
+            let reps = self.view().replicas(key);
+            let calls = reps
+                .iter()
                 .map(|m| self.call(m, Frame::request(Op::Delete, 0, key, 0), None, Vec::new()));
             Ok(futures_join_all(calls)
                 .await
@@ -482,12 +728,19 @@ impl PoolClient {
         .await
     }
 
-    /// The counters of member `m` ([`super::server::PoolServerStats`] as JSON).
+    /// The counters of member `m` of the current set, in address order
+    /// ([`super::server::PoolServerStats`] as JSON).
     pub async fn server_stats(&self, m: usize) -> Result<serde_json::Value> {
+        let st = self
+            .view()
+            .states
+            .get(m)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("the pool has no member {m}")))?;
         self.with_deadline("stats", async {
             let (_, body) = self
                 .call(
-                    m,
+                    &st,
                     Frame::request(Op::Stats, 0, BlockKey::default(), 0),
                     None,
                     Vec::new(),
@@ -511,6 +764,9 @@ impl PoolClient {
             corrupt: c.corrupt.get(),
             replica_failures: c.replica_failures.get(),
             replica_timeouts: c.replica_timeouts.get(),
+            membership_changes: c.membership_changes.get(),
+            previous_asked: c.previous_asked.get(),
+            members: self.view().states.len() as u64,
             bytes_in: c.bytes_in.get(),
             bytes_out: c.bytes_out.get(),
         }
@@ -537,11 +793,22 @@ pub struct PoolClientStats {
     /// Calls to one replica that did not answer within their share of the deadline (the
     /// replica is then marked down for `down_for`).
     pub replica_timeouts: u64,
+    /// Times the member set changed (a cluster's membership; the configured list counts 1).
+    pub membership_changes: u64,
+    /// Gets that missed on their replicas and asked the replicas of the set before
+    /// (rebalancing in progress).
+    pub previous_asked: u64,
+    /// Members in the set now.
+    pub members: u64,
     /// Bytes stored.
     pub bytes_in: u64,
     /// Bytes fetched.
     pub bytes_out: u64,
 }
+
+/// How long after a member-set change a miss is also asked of the replicas before it:
+/// rebalancing copies keys to their new replicas meanwhile.
+pub const REBALANCE_GRACE: Duration = Duration::from_secs(600);
 
 /// Removes a call's entry from its connection's pending calls when the call ends, however it
 /// ends (answered: already gone; timed out or dropped: it would otherwise stay).

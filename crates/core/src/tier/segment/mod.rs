@@ -330,6 +330,11 @@ impl SegmentStore {
         self.index.is_empty()
     }
 
+    /// Every indexed key, a snapshot (writes meanwhile may or may not be in it).
+    pub fn keys(&self) -> Vec<BlockKey> {
+        self.index.iter().map(|e| *e.key()).collect()
+    }
+
     /// True when `key` is indexed (not verified; no counters).
     pub fn contains(&self, key: BlockKey) -> bool {
         self.index.contains_key(&key)
