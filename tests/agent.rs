@@ -447,11 +447,7 @@ fn another_node_loads_from_pool_servers_found_in_etcd() {
         })
         .collect();
     // Both registered before the agents start (the agents are given etcd only).
-    let mut cfg = kvtier_pool::client::PoolClientConfig::new(Vec::new());
-    let mut cluster = kvtier_pool::cluster::ClusterConfig::new(etcd.endpoints.clone());
-    cluster.name = "agents".into();
-    cfg.cluster = Some(cluster);
-    let watcher = kvtier_pool::client::PoolClient::new(cfg).unwrap();
+    let watcher = etcd.client("agents", 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while watcher.placement().map_or(0, |p| p.members().len()) < servers.len() {
         assert!(Instant::now() < deadline, "the servers did not register");

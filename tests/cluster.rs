@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use kvtier_core::buf::AlignedBuf;
 use kvtier_core::BlockKey;
 use kvtier_pool::client::{PoolClient, PoolClientConfig};
-use kvtier_pool::cluster::ClusterConfig;
 
 const PAYLOAD: usize = 16 << 10;
 const N: u64 = 400;
@@ -29,15 +28,6 @@ fn server(dir: &std::path::Path, i: usize, etcd: &common::Etcd) -> common::Serve
         None,
         &["--etcd", &etcd.flag(), "--cluster", "test"],
     )
-}
-
-fn cluster_client(etcd: &common::Etcd, replication: usize) -> Arc<PoolClient> {
-    let mut cfg = PoolClientConfig::new(Vec::new());
-    let mut c = ClusterConfig::new(etcd.endpoints.clone());
-    c.name = "test".into();
-    cfg.cluster = Some(c);
-    cfg.replication = replication;
-    PoolClient::new(cfg).unwrap()
 }
 
 /// Waits until the client places on exactly `addrs`.
@@ -85,7 +75,7 @@ fn servers_found_in_etcd_serve_through_a_server_loss_a_join_and_an_etcd_leader_l
         .iter()
         .map(|s| s.as_ref().unwrap().addr.clone())
         .collect();
-    let c = cluster_client(&etcd, 2);
+    let c = etcd.client("test", 2);
     // The client was given no server: it finds the three in etcd.
     wait_members(
         &c,
@@ -132,7 +122,7 @@ fn etcd_gone_leaves_the_last_membership_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = common::Etcd::start(dir.path(), 1);
     let servers: Vec<common::Server> = (0..2).map(|i| server(dir.path(), i, &etcd)).collect();
-    let c = cluster_client(&etcd, 2);
+    let c = etcd.client("test", 2);
     wait_members(
         &c,
         &[&servers[0].addr, &servers[1].addr],

@@ -58,15 +58,17 @@ pub fn run(loaded: config::Loaded) -> Result<()> {
             let health = cluster::ClusterHealth::new();
             let reg = std::sync::Arc::new(cluster::register(c, health, info));
             // A drained server takes no new keys: it says so in its registration.
-            let (r, s) = (reg.clone(), server.clone());
+            let (r, mut draining) = (reg.clone(), server.watch_draining());
             let poll = tokio::spawn(async move {
                 loop {
-                    r.set_state(if s.is_draining() {
+                    r.set_state(if *draining.borrow_and_update() {
                         cluster::MemberState::Draining
                     } else {
                         cluster::MemberState::Serving
                     });
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if draining.changed().await.is_err() {
+                        break;
+                    }
                 }
             });
             (reg, poll)

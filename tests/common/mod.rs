@@ -201,6 +201,20 @@ impl Etcd {
         etcd
     }
 
+    /// A pool client that knows only these endpoints and the cluster's name.
+    pub fn client(
+        &self,
+        cluster: &str,
+        replication: usize,
+    ) -> Arc<kvtier_pool::client::PoolClient> {
+        let mut cfg = kvtier_pool::client::PoolClientConfig::new(Vec::new());
+        let mut c = kvtier_pool::cluster::ClusterConfig::new(self.endpoints.clone());
+        c.name = cluster.into();
+        cfg.cluster = Some(c);
+        cfg.replication = replication;
+        kvtier_pool::client::PoolClient::new(cfg).unwrap()
+    }
+
     /// `a,b,c`: the endpoints as one flag value.
     pub fn flag(&self) -> String {
         self.endpoints.join(",")

@@ -28,6 +28,8 @@ use super::splice::SPLICE_MIN;
 use super::wire::{self, Frame, Op, Reply, Status};
 mod backend;
 mod connect;
+mod members;
+use members::View;
 
 use super::auth;
 use crate::wire::conn::{
@@ -77,33 +79,6 @@ struct Counters {
     replica_failures: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-}
-
-/// The members known at one time: their placement and connection state.
-pub(super) struct View {
-    /// `None` while no member is known (a cluster whose membership is not read yet).
-    placement: Option<Placement>,
-    states: Vec<Arc<MemberState>>,
-    /// When this view replaced the one before.
-    since: Instant,
-}
-
-impl View {
-    /// The members holding `key`, most preferred first (none while no member is known).
-    fn replicas(&self, key: BlockKey) -> Vec<Arc<MemberState>> {
-        match &self.placement {
-            Some(p) => p
-                .replicas(key)
-                .into_iter()
-                .map(|i| self.states[i].clone())
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    fn replication(&self) -> usize {
-        self.placement.as_ref().map_or(0, Placement::replication)
-    }
 }
 
 /// A client of a set of pool servers. Cheap to share (`Arc`).
@@ -175,121 +150,9 @@ impl PoolClient {
             *client.previous.write() = None;
         }
         if let Some(c) = client.cfg.cluster.clone() {
-            let first_within = c.timeout;
-            // The membership watch holds the client weakly: dropping the client ends it.
-            let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
-            let health = client.cluster_health.clone();
-            client.rt.spawn(crate::cluster::watch(c, health, tx));
-            let weak = Arc::downgrade(&client);
-            client.rt.spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let members = crate::cluster::placed_members(&rx.borrow_and_update());
-                    let Some(c) = weak.upgrade() else { break };
-                    if let Err(e) = c.set_members(members) {
-                        tracing::warn!(error = %e, "ignoring a membership the pool cannot place on");
-                    }
-                }
-            });
-            // Place from the first call: wait for the first membership, within etcd's timeout
-            // (etcd unreachable or no member yet: start anyway, calls fail until one is seen).
-            let deadline = Instant::now() + first_within;
-            while client.view().placement.is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if client.view().placement.is_none() {
-                tracing::warn!(
-                    "no pool member seen in etcd yet; saves are dropped until one registers"
-                );
-            }
+            client.follow(c);
         }
         Ok(client)
-    }
-
-    /// The member set now.
-    pub(super) fn view(&self) -> Arc<View> {
-        self.view.read().clone()
-    }
-
-    /// Replaces the member set (a cluster's membership changed). Connections to members
-    /// that stay are kept; keys are placed on the new set at once, and for
-    /// [`REBALANCE_GRACE`] a miss is also asked of the replicas in the set before. The
-    /// replication factor is the configured one, or the number of members when fewer. An
-    /// empty set leaves every call failing with `Unavailable` until members are known.
-    pub fn set_members(&self, mut members: Vec<Member>) -> Result<()> {
-        // In the order given (member indices stay those of the list), each address once.
-        let mut seen = std::collections::HashSet::new();
-        members.retain(|m| seen.insert(m.addr.clone()));
-        let old = self.view();
-        if old
-            .placement
-            .as_ref()
-            .map_or(members.is_empty(), |p| p.members() == members)
-        {
-            return Ok(());
-        }
-        let placement = if members.is_empty() {
-            None
-        } else {
-            let r = self.cfg.replication.min(members.len());
-            Some(Placement::new(members, r)?)
-        };
-        let states = placement
-            .as_ref()
-            .map(|p| {
-                p.members()
-                    .iter()
-                    .map(|m| {
-                        old.states
-                            .iter()
-                            .find(|s| s.addr == m.addr)
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(MemberState {
-                                    addr: m.addr.clone(),
-                                    conns: Mutex::new(Vec::new()),
-                                    next: AtomicUsize::new(0),
-                                    down_until: Mutex::new(None),
-                                    connecting: tokio::sync::Mutex::new(()),
-                                })
-                            })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let new = Arc::new(View {
-            placement,
-            states,
-            since: Instant::now(),
-        });
-        tracing::info!(
-            members = ?new.placement.as_ref().map(|p| p.members().iter().map(|m| m.addr.as_str()).collect::<Vec<_>>()),
-            "pool member set changed"
-        );
-        self.counters.membership_changes.inc();
-        *self.previous.write() = old.placement.is_some().then_some(old);
-        *self.view.write() = new;
-        Ok(())
-    }
-
-    /// The replicas of `key` in the set before the current one, while within
-    /// [`REBALANCE_GRACE`] of the change, less those in `asked`.
-    fn previous_replicas(
-        &self,
-        key: BlockKey,
-        asked: &[Arc<MemberState>],
-    ) -> Vec<Arc<MemberState>> {
-        let cur = self.view();
-        if cur.since.elapsed() > REBALANCE_GRACE {
-            return Vec::new();
-        }
-        match self.previous.read().as_ref() {
-            Some(p) => p
-                .replicas(key)
-                .into_iter()
-                .filter(|m| !asked.iter().any(|a| a.addr == m.addr))
-                .collect(),
-            None => Vec::new(),
-        }
     }
 
     /// Fills the buffer pool with `n` buffers of `len` bytes, their pages touched, so that a
@@ -307,73 +170,6 @@ impl PoolClient {
     /// Hands a buffer returned by [`get`](Self::get) back for reuse.
     pub fn recycle(&self, buf: AlignedBuf) {
         self.bufs.give(buf);
-    }
-
-    /// etcd's state as this client sees it (in a cluster; never up otherwise).
-    pub fn cluster_health(&self) -> &crate::cluster::ClusterHealth {
-        &self.cluster_health
-    }
-
-    /// The placement in use (`None` while no member is known).
-    pub fn placement(&self) -> Option<Placement> {
-        self.view().placement.clone()
-    }
-
-    /// The member at `addr` in the current set.
-    fn member(&self, addr: &str) -> Result<Arc<MemberState>> {
-        self.view()
-            .states
-            .iter()
-            .find(|s| s.addr == addr)
-            .cloned()
-            .ok_or_else(|| unavailable(addr, "not a member of the pool now"))
-    }
-
-    /// Stores a sealed record on the member at `addr` only (rebalancing: a copy to a replica
-    /// that lacks it). Ok when it stored it.
-    pub async fn put_on(&self, addr: &str, record: Arc<AlignedBuf>) -> Result<()> {
-        let h = BlockHeader::decode(&record).map_err(Error::from)?;
-        let len = h.record_len();
-        let st = self.member(addr)?;
-        let f = Frame::request(Op::Put, 0, h.key(), len as u32);
-        let (f, body, _) = self
-            .call_within(&st, f, Some(record), Vec::new(), self.cfg.timeout)
-            .await?;
-        match f.status {
-            Status::Ok => Ok(()),
-            s => Err(Error::new(
-                if s == Status::NoSpace {
-                    ErrorKind::NoSpace
-                } else {
-                    ErrorKind::Unavailable
-                },
-                format!(
-                    "pool server {addr} refused a copy ({s:?}): {}",
-                    String::from_utf8_lossy(&body)
-                ),
-            )),
-        }
-    }
-
-    /// Which of `keys` the member at `addr` holds (at most [`wire::MAX_EXISTS_KEYS`] a call).
-    pub async fn exists_on(&self, addr: &str, keys: &[BlockKey]) -> Result<Vec<bool>> {
-        let st = self.member(addr)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(wire::MAX_EXISTS_KEYS) {
-            let body = wire::encode_keys(chunk);
-            let f = Frame::request(Op::Exists, 0, BlockKey::default(), body.len() as u32);
-            let (f, body, _) = self
-                .call_within(&st, f, None, body, self.cfg.timeout)
-                .await?;
-            if f.status != Status::Ok || body.len() != chunk.len() {
-                return Err(unavailable(
-                    addr,
-                    format_args!("exists answered {:?}", f.status),
-                ));
-            }
-            out.extend(body.iter().map(|&b| b != 0));
-        }
-        Ok(out)
     }
 
     /// Runs `fut` on the client's runtime and waits for it, from any thread (including a

@@ -24,11 +24,6 @@ impl Registration {
         });
     }
 
-    /// The record published now.
-    pub fn info(&self) -> MemberInfo {
-        self.info.borrow().clone()
-    }
-
     /// Leaves the cluster: stops renewing and deletes the entry (the others then stop placing
     /// keys here at once rather than when the lease runs out). Best effort within the etcd
     /// timeout.

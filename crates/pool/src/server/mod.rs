@@ -180,6 +180,8 @@ pub struct PoolServer {
     cache: Mutex<Cache>,
     cfg: PoolServerConfig,
     draining: AtomicBool,
+    /// [`draining`](Self::draining) for those who wait for it to change.
+    drain_watch: tokio::sync::watch::Sender<bool>,
     /// Accepting connections (from the start of `serve` until its shutdown).
     serving: AtomicBool,
     counters: Counters,
@@ -342,6 +344,7 @@ impl PoolServer {
             ))),
             cfg,
             draining: AtomicBool::new(false),
+            drain_watch: tokio::sync::watch::Sender::new(false),
             serving: AtomicBool::new(false),
             counters: Counters::default(),
             latency: OpLatency::default(),
@@ -415,6 +418,11 @@ impl PoolServer {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Whether the server drains, as it changes (a cluster registration follows it).
+    pub fn watch_draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain_watch.subscribe()
+    }
+
     /// Whether the server is accepting connections (serving, not shutting down).
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
@@ -423,12 +431,14 @@ impl PoolServer {
     /// Stops taking writes (puts answer `Draining`); reads go on. Flushes the store.
     pub fn drain(&self) -> Result<()> {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain_watch.send_replace(true);
         tracing::info!("draining: writes refused, reads served");
         self.store.flush()
     }
 
     /// Takes writes again after [`drain`](Self::drain).
     pub fn undrain(&self) {
+        self.drain_watch.send_replace(false);
         if self.draining.swap(false, Ordering::Relaxed) {
             tracing::info!("undrained: writes taken again");
         }
